@@ -1,0 +1,470 @@
+"""Tables to bytes and back, both ways, through ``construct``.
+
+A layout compiles once into a construct ``Struct`` whose members are adapters: one per
+field, one per 16-bit word seen through bit views (``same`` fields), arrays for
+repeated fields and record groups. Reply payloads decode into a :class:`Reading`;
+settings payloads are built from values, after validation against the tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from construct import (
+    Adapter,
+    Array,
+    Bytes,
+    Construct,
+    ConstructError,
+    GreedyBytes,
+    Int8sb,
+    Int8ub,
+    Int16sb,
+    Int16ub,
+    Int32sb,
+    Int32ub,
+    Struct,
+    this,
+)
+
+from .model import Command, Field, Kind, Value, Wire
+from .tables import COMMANDS
+
+EXTRA = "extra"
+
+
+class CodecError(ValueError):
+    """A payload that does not fit the tables; the message names what and why."""
+
+
+class TruncatedPayload(CodecError):
+    pass
+
+
+class SettingRefused(CodecError):
+    """A settings value the tables do not allow (or that cannot be encoded)."""
+
+    def __init__(self, key: str, value: Any, allowed: str, reason: str | None = None) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        why = reason or "is not allowed"
+        super().__init__(f"{key}: {value!r} {why}; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A decoded payload: values by field key (record groups by group name)."""
+
+    command: Command
+    version: int
+    values: dict[str, Value]
+    extra: bytes = b""
+
+    def items(self, include_hidden: bool = False) -> Iterator[tuple[Field, Value]]:
+        """(field, value) in wire order; a record group yields its first field and the list."""
+        seen: set[str] = set()
+        for f in layout_of(self.command, self.version):
+            name = f.group or f.key
+            if name in seen or (f.hidden and not include_hidden and f.group is None):
+                continue
+            seen.add(name)
+            yield f, self.values.get(name)
+
+
+def layout_of(command: Command, version: int) -> tuple[Field, ...]:
+    layout = command.layout(version)
+    if layout is None:
+        raise CodecError(
+            f"command {command.label} ({command.name}) is not offered at PCU version {version}"
+        )
+    return layout
+
+
+# --------------------------------------------------------------------------------------
+# Conversions between raw integers (or bytes) and values
+# --------------------------------------------------------------------------------------
+
+_INT = {1: Int8sb, 2: Int16sb, 4: Int32sb}
+_UINT = {1: Int8ub, 2: Int16ub, 4: Int32ub}
+
+
+def _digits(scale: float) -> int:
+    return max(0, -math.floor(math.log10(scale) + 1e-9)) if scale < 1 else 0
+
+
+def to_value(f: Field, raw: Any) -> Value:
+    """The value a raw wire quantity stands for."""
+    if f.wire is Wire.TEXT:
+        return bytes(raw).decode("latin-1").rstrip("\x00")
+    if f.wire is Wire.RESERVED:
+        return bytes(raw).hex()
+    if f.wire is Wire.ALARMS:
+        return _alarm_codes(f, bytes(raw))
+    if f.wire is Wire.BIT:
+        return bool(raw)
+    if f.flag is not None:
+        on, off = f.flag
+        return True if raw == on else False if raw == off else None if raw == 0 else raw
+    if f.codes is not None:
+        return f.codes.get(raw, raw)
+    if f.clock:
+        return f"{raw // 60:02d}:{raw % 60:02d}" if 0 <= raw <= 1440 else raw
+    if f.scale != 1:
+        scaled = raw * f.scale
+        return round(scaled, _digits(f.scale)) if f.scale < 1 else int(round(scaled))
+    return int(raw)
+
+
+def to_raw(f: Field, value: Value) -> Any:
+    """The raw wire quantity for a value; :class:`SettingRefused` if it has none."""
+    if f.wire is Wire.TEXT:
+        return _text_raw(f, value)
+    if f.wire is Wire.RESERVED:
+        raw = bytes(f.size) if value is None else (
+            bytes.fromhex(value) if isinstance(value, str) else bytes(value)
+        )
+        if len(raw) != f.size:
+            raise SettingRefused(f.key, value, f"{f.size} bytes")
+        return raw
+    if f.wire is Wire.ALARMS:
+        return _alarm_bytes(f, value)
+    if f.wire is Wire.BIT:
+        if not isinstance(value, bool):
+            raise SettingRefused(f.key, value, "true or false")
+        return int(value)
+    if f.flag is not None and isinstance(value, bool | None):
+        on, off = f.flag
+        return 0 if value is None else on if value else off
+    if f.codes is not None and isinstance(value, str):
+        for code, label in f.codes.items():
+            if label.lower() == value.strip().lower():
+                return code
+        raise SettingRefused(f.key, value, f.writable_values, "is not a known value")
+    if f.clock and isinstance(value, str):
+        return _minutes(f, value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingRefused(f.key, value, f.writable_values, "has the wrong type")
+    raw = value / f.scale
+    if not math.isclose(raw, round(raw), abs_tol=1e-6):
+        raise SettingRefused(f.key, value, f"multiples of {f.scale:g}", "has too many decimals")
+    return _fit(f, int(round(raw)), value)
+
+
+def _fit(f: Field, raw: int, value: Value) -> int:
+    if f.wire in (Wire.BIT, Wire.BITS):
+        assert f.bits is not None
+        lo, hi = 0, (1 << (f.bits[1] - f.bits[0])) - 1
+    elif f.wire is Wire.INT:
+        lo, hi = -(1 << (8 * f.size - 1)), (1 << (8 * f.size - 1)) - 1
+    else:
+        lo, hi = 0, (1 << (8 * f.size)) - 1
+    if not lo <= raw <= hi:
+        raise SettingRefused(f.key, value, f"a raw value from {lo} to {hi}", "does not fit")
+    return raw
+
+
+def _minutes(f: Field, value: str) -> int:
+    try:
+        hours, minutes = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise SettingRefused(f.key, value, "a time as HH:MM", "is not a time") from None
+    if not (0 <= minutes < 60 and 0 <= hours * 60 + minutes <= 1440):
+        raise SettingRefused(f.key, value, "00:00 to 24:00", "is not a time of day")
+    return hours * 60 + minutes
+
+
+def _text_raw(f: Field, value: Value) -> bytes:
+    if not isinstance(value, str):
+        raise SettingRefused(f.key, value, "text", "has the wrong type")
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise SettingRefused(f.key, value, "plain ASCII text", "has characters that") from None
+    if f.size and len(raw) > f.size:
+        raise SettingRefused(f.key, value, f"at most {f.size} characters", "is too long")
+    return raw.ljust(f.size, b"\x00") if f.size else raw
+
+
+def _alarm_codes(f: Field, raw: bytes) -> list[int]:
+    codes = []
+    for index in range(len(raw) // 2):
+        word = int.from_bytes(raw[2 * index : 2 * index + 2], "big")
+        codes += [f.alarm_base + 16 * index + b + 1 for b in range(16) if word >> b & 1]
+    return codes
+
+
+def _alarm_bytes(f: Field, codes: Value) -> bytes:
+    words = [0] * (f.size // 2)
+    for code in codes or ():
+        index, position = divmod(int(code) - f.alarm_base - 1, 16)
+        if not 0 <= index < len(words):
+            raise SettingRefused(f.key, code, f"codes {f.alarm_base + 1}.."
+                                 f"{f.alarm_base + 8 * f.size}", "is out of this field")
+        words[index] |= 1 << position
+    return b"".join(w.to_bytes(2, "big") for w in words)
+
+
+# --------------------------------------------------------------------------------------
+# construct adapters
+# --------------------------------------------------------------------------------------
+
+
+class FieldAdapter(Adapter):  # type: ignore[misc]
+    """One field: raw wire quantity <-> value."""
+
+    def __init__(self, f: Field) -> None:
+        super().__init__(_raw_construct(f))
+        self.f = f
+
+    def _decode(self, obj: Any, context: Any, path: str) -> Value:
+        return to_value(self.f, obj)
+
+    def _encode(self, obj: Value, context: Any, path: str) -> Any:
+        return to_raw(self.f, obj)
+
+
+class WordAdapter(Adapter):  # type: ignore[misc]
+    """One 16-bit word read through several views: bits, bit ranges, the whole word."""
+
+    def __init__(self, views: tuple[Field, ...]) -> None:
+        super().__init__(Int16ub)
+        self.views = views
+
+    def _decode(self, word: int, context: Any, path: str) -> dict[str, Value]:
+        out = {}
+        for f in self.views:
+            if f.bits is None:
+                out[f.key] = to_value(f, word)
+            else:
+                first, end = f.bits
+                out[f.key] = to_value(f, word >> first & ((1 << (end - first)) - 1))
+        return out
+
+    def _encode(self, values: Mapping[str, Value], context: Any, path: str) -> int:
+        word = 0
+        for f in self.views:  # a whole-word view gives the base, bit views override
+            if f.bits is None and values.get(f.key) is not None:
+                word = to_raw(f, values[f.key])
+        for f in self.views:
+            if f.bits is not None and values.get(f.key) is not None:
+                first, end = f.bits
+                mask = ((1 << (end - first)) - 1) << first
+                word = word & ~mask | to_raw(f, values[f.key]) << first
+        return word
+
+
+def _raw_construct(f: Field) -> Construct:
+    if f.wire is Wire.TEXT:
+        return Bytes(f.size) if f.size else GreedyBytes
+    if f.wire in (Wire.RESERVED, Wire.ALARMS):
+        return Bytes(f.size)
+    return (_INT if f.wire is Wire.INT else _UINT)[f.size]
+
+
+def _count(repeat: int | str) -> Any:
+    return repeat if isinstance(repeat, int) else this[repeat]
+
+
+@dataclass(frozen=True)
+class _Element:
+    name: str
+    fields: tuple[Field, ...]
+    kind: str  # "field", "word", "array", "records"
+
+
+def _elements(layout: tuple[Field, ...]) -> list[_Element]:
+    elements: list[_Element] = []
+    for f in layout:
+        last = elements[-1] if elements else None
+        if f.same and last is not None:
+            name = last.name if last.kind == "word" else f"_word_{last.fields[0].key}"
+            elements[-1] = _Element(name, (*last.fields, f), "word")
+        elif f.group is not None:
+            if last is not None and last.kind == "records" and last.name == f.group:
+                elements[-1] = _Element(f.group, (*last.fields, f), "records")
+            else:
+                elements.append(_Element(f.group, (f,), "records"))
+        elif f.repeat is not None:
+            elements.append(_Element(f.key, (f,), "array"))
+        elif f.wire in (Wire.BIT, Wire.BITS):
+            elements.append(_Element(f"_word_{f.key}", (f,), "word"))
+        else:
+            elements.append(_Element(f.key, (f,), "field"))
+    return elements
+
+
+@cache
+def _compiled(code: int, since: int) -> tuple[Construct, tuple[_Element, ...]]:
+    layout = COMMANDS[code].layouts[since]
+    elements = tuple(_elements(layout))
+    members = []
+    for e in elements:
+        if e.kind == "field":
+            members.append(e.name / FieldAdapter(e.fields[0]))
+        elif e.kind == "word":
+            members.append(e.name / WordAdapter(e.fields))
+        elif e.kind == "array":
+            f = e.fields[0]
+            assert f.repeat is not None
+            members.append(e.name / Array(_count(f.repeat), FieldAdapter(f)))
+        else:
+            repeat = e.fields[0].repeat
+            assert repeat is not None
+            record = Struct(*(f.key / FieldAdapter(f) for f in e.fields))
+            members.append(e.name / Array(_count(repeat), record))
+    return Struct(*members, EXTRA / GreedyBytes), elements
+
+
+def _structure(command: Command, version: int) -> tuple[Construct, tuple[_Element, ...]]:
+    layout_of(command, version)
+    since = max(v for v in command.layouts if v <= version)
+    return _compiled(command.code, since)
+
+
+def fixed_size(command: Command, version: int) -> int | None:
+    """The payload size of a layout, or None when it depends on a count."""
+    try:
+        return _sizeof(command, version)
+    except ConstructError:
+        return None
+
+
+def _sizeof(command: Command, version: int) -> int:
+    size = 0
+    for e in _structure(command, version)[1]:
+        f = e.fields[0]
+        if e.kind == "word":
+            size += 2
+        elif e.kind == "field":
+            if f.wire is Wire.TEXT and f.size == 0:
+                raise ConstructError("variable")
+            size += f.size
+        else:
+            if not isinstance(f.repeat, int):
+                raise ConstructError("variable")
+            size += f.repeat * sum(x.size for x in e.fields)
+    return size
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------
+
+
+def decode(command: Command, version: int, payload: bytes) -> Reading:
+    """Decode a reply payload. Bytes past the layout are kept in ``extra``, never an error."""
+    struct, elements = _structure(command, version)
+    try:
+        parsed = struct.parse(payload)
+    except ConstructError as exc:
+        size = fixed_size(command, version)
+        expected = f"the {size} bytes" if size is not None else "the size"
+        raise TruncatedPayload(
+            f"{command.label} payload of {len(payload)} bytes is shorter than {expected} "
+            f"that PCU {max(v for v in command.layouts if v <= version)} defines"
+        ) from exc
+    values: dict[str, Value] = {}
+    for e in elements:
+        item = parsed[e.name]
+        if e.kind == "word":
+            values.update(item)
+        elif e.kind == "records":
+            values[e.name] = [{f.key: r[f.key] for f in e.fields} for r in item]
+        elif e.kind == "array":
+            values[e.name] = list(item)
+        else:
+            values[e.name] = item
+    return Reading(command, version, values, bytes(parsed[EXTRA]))
+
+
+def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes:
+    """Encode values into a payload, without range checks (replies, round trips)."""
+    struct, elements = _structure(command, version)
+    data: dict[str, Any] = {EXTRA: bytes(values.get(EXTRA, b""))}
+    for e in elements:
+        if e.kind == "word":
+            data[e.name] = {f.key: values.get(f.key) for f in e.fields}
+        elif e.kind == "records":
+            data[e.name] = [
+                {f.key: r.get(f.key) for f in e.fields} for r in values.get(e.name) or []
+            ]
+        else:
+            data[e.name] = values.get(e.name)
+            if e.name not in values and e.fields[0].wire is not Wire.RESERVED:
+                raise SettingRefused(e.name, None, e.fields[0].writable_values, "is missing")
+    try:
+        return bytes(struct.build(data))
+    except SettingRefused:
+        raise
+    except ConstructError as exc:
+        raise CodecError(f"{command.label}: cannot encode: {exc}") from exc
+
+
+def validate(command: Command, version: int, values: Mapping[str, Value]) -> None:
+    """Refuse values that the tables do not allow for a write of ``command``."""
+    for f in layout_of(command, version):
+        if f.wire is Wire.RESERVED:
+            continue
+        if f.group is not None:
+            records = values.get(f.group)
+            if not isinstance(records, list):
+                raise SettingRefused(f.group, records, "a list of records", "is missing")
+            for index, record in enumerate(records):
+                if not isinstance(record, Mapping) or f.key not in record:
+                    raise SettingRefused(f"{f.group}[{index}].{f.key}", None,
+                                         f.writable_values, "is missing")
+                _check(f, f"{f.group}[{index}].{f.key}", record[f.key])
+            if isinstance(f.repeat, str) and values.get(f.repeat) != len(records):
+                raise SettingRefused(f.repeat, values.get(f.repeat),
+                                     f"the number of {f.group} records ({len(records)})",
+                                     "does not match")
+            continue
+        if f.key not in values:
+            raise SettingRefused(f.key, None, f.writable_values,
+                                 "is missing (a write carries the whole block)")
+        _check(f, f.key, values[f.key])
+
+
+def _check(f: Field, name: str, value: Value) -> None:
+    raw = to_raw(f, value)  # type and encodability
+    if f.flag is not None and not isinstance(value, bool | None):
+        raise SettingRefused(name, value, f.writable_values)
+    if f.codes is not None and f.limits is None and raw not in f.codes:
+        raise SettingRefused(name, value, f.writable_values)
+    if f.wire is Wire.TEXT and f.limits is not None:
+        lo, hi = f.limits
+        if not lo <= len(value) <= hi:
+            raise SettingRefused(name, value, f"{lo:g} to {hi:g} characters")
+        return
+    if f.limits is not None and not f.clock and f.codes is None:
+        lo, hi = f.limits
+        if not lo <= value <= hi:
+            raise SettingRefused(name, value, f.writable_values, "is out of range")
+    if f.limits is not None and (f.clock or f.codes is not None):
+        lo, hi = f.limits
+        if not lo <= raw <= hi:
+            raise SettingRefused(name, value, f.writable_values, "is out of range")
+
+
+def build(command: Command, version: int, values: Mapping[str, Value]) -> bytes:
+    """A validated settings payload. Counts of record groups may be left out."""
+    full = dict(values)
+    for f in layout_of(command, version):
+        if f.group is not None and isinstance(f.repeat, str) and f.repeat not in values:
+            full[f.repeat] = len(values.get(f.group) or [])
+    validate(command, version, full)
+    return encode(command, version, full)
+
+
+def decode_payload(code: int, version: int, payload: bytes) -> Reading:
+    command = COMMANDS.get(code)
+    if command is None:
+        raise CodecError(f"unknown command 0x{code:02x}")
+    return decode(command, version, payload)
+
+
+def writable(command: Command) -> bool:
+    return command.kind in (Kind.SETTINGS, Kind.NETWORK) or command.code == 0xBA

@@ -1,0 +1,209 @@
+"""OSIM frames: ``fe 55 | source | destination | command | 00 | length | payload | xor | ae``.
+
+The checksum starts at 0x0f and XORs every byte from the header to the last payload
+byte. :class:`FrameReader` turns a byte stream cut anywhere into whole frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+
+from construct import Bytes, Const, ConstructError, Int8ub, Struct, this
+
+APP = 0x64  # the address of the app (us)
+INVERTER = 0x14  # the address of the inverter
+
+HEADER = b"\xfe\x55"
+FOOTER = 0xAE
+OVERHEAD = 9  # header 2, addresses 2, command 2, length 1, checksum 1, footer 1
+MAX_FRAME = OVERHEAD + 255
+
+FRAME = Struct(
+    "header" / Const(HEADER),
+    "source" / Int8ub,
+    "destination" / Int8ub,
+    "command" / Int8ub,
+    "pad" / Const(b"\x00"),
+    "length" / Int8ub,
+    "payload" / Bytes(this.length),
+    "checksum" / Int8ub,
+    "footer" / Const(bytes([FOOTER])),
+)
+
+
+class FrameError(ValueError):
+    """A frame that cannot be trusted; the message says why, in one line."""
+
+
+class BadChecksum(FrameError):
+    def __init__(self, carried: int, computed: int, frame: bytes) -> None:
+        self.carried, self.computed, self.frame = carried, computed, frame
+        super().__init__(
+            f"bad checksum in frame for command 0x{frame[4]:02x}: "
+            f"carries 0x{carried:02x}, computes to 0x{computed:02x}"
+        )
+
+
+class TruncatedFrame(FrameError):
+    def __init__(self, expected: int, got: int) -> None:
+        self.expected, self.got = expected, got
+        super().__init__(f"truncated frame: expected {expected} bytes, got {got}")
+
+
+class MalformedFrame(FrameError):
+    pass
+
+
+def checksum(data: bytes) -> int:
+    return reduce(lambda acc, byte: acc ^ byte, data, 0x0F)
+
+
+@dataclass(frozen=True)
+class Frame:
+    command: int
+    payload: bytes = b""
+    source: int = APP
+    destination: int = INVERTER
+    checksum: int | None = None  # as carried; None means "compute it"
+
+    def encode(self) -> bytes:
+        if len(self.payload) > 255:
+            raise FrameError(f"payload of {len(self.payload)} bytes does not fit a frame")
+        body = bytes(
+            [*HEADER, self.source, self.destination, self.command, 0, len(self.payload)]
+        ) + self.payload
+        carried = checksum(body) if self.checksum is None else self.checksum
+        return body + bytes([carried, FOOTER])
+
+    @property
+    def computed_checksum(self) -> int:
+        return Frame(self.command, self.payload, self.source, self.destination).encode()[-2]
+
+    @property
+    def checksum_ok(self) -> bool:
+        return self.checksum is None or self.checksum == self.computed_checksum
+
+    def __str__(self) -> str:
+        return f"0x{self.command:02x} ({len(self.payload)} bytes) {self.payload.hex()}"
+
+
+def request(command: int, payload: bytes = b"") -> bytes:
+    """The bytes of a request from the app to the inverter."""
+    return Frame(command, payload).encode()
+
+
+def reply(command: int, payload: bytes = b"") -> bytes:
+    """The bytes of a reply from the inverter to the app."""
+    return Frame(command, payload, source=INVERTER, destination=APP).encode()
+
+
+def parse_frame(data: bytes, verify: bool = True) -> Frame:
+    """One whole frame from exactly its bytes.
+
+    Raises :class:`BadChecksum` (unless ``verify`` is false), :class:`TruncatedFrame`
+    or :class:`MalformedFrame`.
+    """
+    if len(data) >= 7 and data[:2] == HEADER and len(data) < OVERHEAD + data[6]:
+        raise TruncatedFrame(OVERHEAD + data[6], len(data))
+    if len(data) < OVERHEAD:
+        raise TruncatedFrame(OVERHEAD, len(data))
+    try:
+        parsed = FRAME.parse(data)
+    except ConstructError as exc:
+        raise MalformedFrame(f"malformed frame {data[:16].hex()}…: {_reason(exc)}") from exc
+    size = OVERHEAD + parsed.length
+    if len(data) != size:
+        raise MalformedFrame(f"{len(data) - size} bytes after the end of the frame")
+    computed = checksum(data[: size - 2])
+    if verify and parsed.checksum != computed:
+        raise BadChecksum(parsed.checksum, computed, bytes(data))
+    return Frame(parsed.command, bytes(parsed.payload), parsed.source, parsed.destination,
+                 parsed.checksum)
+
+
+def _reason(exc: ConstructError) -> str:
+    text = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+    return text.split(") ", 1)[-1]
+
+
+class FrameReader:
+    """Reassembles frames from bytes that arrive in any chunking.
+
+    Garbage before or between frames is skipped; a frame with a bad checksum is
+    reported and skipped, and reading resumes at the next header. The buffer never
+    holds more than ``limit`` bytes.
+    """
+
+    def __init__(self, verify: bool = True, limit: int = 4 * MAX_FRAME) -> None:
+        self.verify = verify
+        self.limit = limit
+        self.buffer = bytearray()
+        self.skipped = 0  # garbage bytes dropped so far
+
+    def feed(self, data: bytes) -> list[Frame | FrameError]:
+        """Add bytes; return the frames (and frame errors) now complete, in order."""
+        self.buffer += data
+        out: list[Frame | FrameError] = []
+        while True:
+            item = self._next()
+            if item is None:
+                break
+            out.append(item)
+        if len(self.buffer) > self.limit:
+            self._drop(len(self.buffer) - self.limit)
+        return out
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes held back, waiting for the rest of a frame."""
+        return bytes(self.buffer)
+
+    def _drop(self, count: int) -> None:
+        del self.buffer[:count]
+        self.skipped += count
+
+    def _next(self) -> Frame | FrameError | None:
+        buf = self.buffer
+        while True:
+            start = buf.find(HEADER)
+            if start < 0:
+                # keep a trailing 0xfe: it may be the first half of a header
+                self._drop(len(buf) - (1 if buf.endswith(HEADER[:1]) else 0))
+                return None
+            if start:
+                self._drop(start)
+            if len(buf) < 7:
+                return None
+            size = OVERHEAD + buf[6]
+            if len(buf) < size:
+                later = self._complete_frame_after(1)
+                if later is None:
+                    return None
+                self._drop(later)  # what we waited on was garbage that looked like a header
+                continue
+            candidate = bytes(buf[:size])
+            try:
+                frame = parse_frame(candidate, verify=self.verify)
+            except BadChecksum as exc:
+                self._drop(2)
+                return exc
+            except FrameError:
+                self._drop(1)
+                continue
+            del buf[:size]
+            return frame
+
+    def _complete_frame_after(self, offset: int) -> int | None:
+        """The position of a later header that starts a whole, valid frame, if any."""
+        buf = self.buffer
+        pos = buf.find(HEADER, offset)
+        while pos >= 0:
+            if len(buf) - pos >= 7 and len(buf) - pos >= OVERHEAD + buf[pos + 6]:
+                try:
+                    parse_frame(bytes(buf[pos : pos + OVERHEAD + buf[pos + 6]]))
+                    return pos
+                except FrameError:
+                    pass
+            pos = buf.find(HEADER, pos + 1)
+        return None
