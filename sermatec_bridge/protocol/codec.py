@@ -114,7 +114,7 @@ def to_value(f: Field, raw: Any) -> Value:
         return f"{raw // 60:02d}:{raw % 60:02d}" if 0 <= raw <= 1440 else raw
     if f.scale != 1:
         scaled = raw * f.scale
-        return round(scaled, _digits(f.scale)) if f.scale < 1 else int(round(scaled))
+        return round(scaled, _digits(f.scale)) if f.scale < 1 else round(scaled)
     return int(raw)
 
 
@@ -123,12 +123,12 @@ def to_raw(f: Field, value: Value) -> Any:
     if f.wire is Wire.TEXT:
         return _text_raw(f, value)
     if f.wire is Wire.RESERVED:
-        raw = bytes(f.size) if value is None else (
+        kept = bytes(f.size) if value is None else (
             bytes.fromhex(value) if isinstance(value, str) else bytes(value)
         )
-        if len(raw) != f.size:
+        if len(kept) != f.size:
             raise SettingRefused(f.key, value, f"{f.size} bytes")
-        return raw
+        return kept
     if f.wire is Wire.ALARMS:
         return _alarm_bytes(f, value)
     if f.wire is Wire.BIT:
@@ -150,7 +150,7 @@ def to_raw(f: Field, value: Value) -> Any:
     raw = value / f.scale
     if not math.isclose(raw, round(raw), abs_tol=1e-6):
         raise SettingRefused(f.key, value, f"multiples of {f.scale:g}", "has too many decimals")
-    return _fit(f, int(round(raw)), value)
+    return _fit(f, round(raw), value)
 
 
 def _fit(f: Field, raw: int, value: Value) -> int:

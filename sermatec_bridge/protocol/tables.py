@@ -36,9 +36,9 @@ from .model import (
     power_factor,
     reserved,
     text,
+    vars_,
     volt_amps,
     volts,
-    vars_,
     watts,
 )
 
@@ -801,6 +801,13 @@ COMMANDS: dict[int, Command] = {
         ROUTER, CLOUD, DRM, FORCED_SCHEDULE, LOCAL_NETWORK, ROUTER_AND_CLOUD,
         ROUTER_AND_CLOUD_QUERY, REGISTER_WRITE, REGISTER_QUERY,
     )
+}
+
+GROUP_NAMES = {
+    "tou_schedule": "Time-of-use schedule",
+    "forced_charge_periods": "Forced charge periods",
+    "forced_discharge_periods": "Forced discharge periods",
+    "registers": "Registers",
 }
 
 # From PCU 259 the 0x95 query is answered by two frames.

@@ -1,0 +1,72 @@
+"""Readings as people read them: ``name: value unit`` lines, or one JSON object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .protocol.codec import Reading, to_raw
+from .protocol.model import Field, Value, Wire
+from .protocol.tables import GROUP_NAMES
+
+MASK = "********"
+
+
+def format_value(f: Field, value: Value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "not set"
+    if isinstance(value, float) and f.precision is not None:
+        return f"{value:.{f.precision}f}"
+    return str(value)
+
+
+def _in_use(records: list[dict[str, Value]]) -> list[dict[str, Value]]:
+    """Records that carry something (the inverter pads schedules with empty slots)."""
+    empty = {"00:00", 0, None, "Unused", ""}
+    return [r for r in records if any(v not in empty for k, v in r.items() if k != "reserved")]
+
+
+def lines(reading: Reading) -> list[str]:
+    out = []
+    for f, value in reading.items():
+        if f.wire is Wire.RESERVED:
+            continue
+        if f.group is not None:
+            records = _in_use(value or [])
+            shown = "; ".join(
+                " ".join(str(v) for k, v in r.items() if k != "reserved") for r in records
+            )
+            out.append(f"{GROUP_NAMES.get(f.group, f.group)}: {shown or 'none'}")
+            continue
+        text = MASK if f.secret else format_value(f, value)
+        out.append(f"{f.name}: {text}" + (f" {f.unit}" if f.unit and value is not None else ""))
+    if reading.extra:
+        out.append(f"(extra payload bytes, not in the tables: {reading.extra.hex()})")
+    return out
+
+
+def as_json(reading: Reading) -> dict[str, Any]:
+    """Every field (hidden ones too) with its key, display name, value, unit and raw value."""
+    fields: dict[str, Any] = {}
+    for f, value in reading.items(include_hidden=True):
+        if f.wire is Wire.RESERVED:
+            continue
+        if f.group is not None:
+            fields[f.group] = {"name": GROUP_NAMES.get(f.group, f.group), "value": value,
+                               "unit": None}
+            continue
+        entry: dict[str, Any] = {"name": f.name, "value": MASK if f.secret else value,
+                                 "unit": f.unit}
+        if not f.secret and f.wire not in (Wire.TEXT, Wire.ALARMS) and f.repeat is None:
+            entry["raw"] = to_raw(f, value)
+        fields[f.key] = entry
+    out: dict[str, Any] = {
+        "command": reading.command.label,
+        "name": reading.command.name,
+        "pcu_version": reading.version,
+        "fields": fields,
+    }
+    if reading.extra:
+        out["extra"] = reading.extra.hex()
+    return out

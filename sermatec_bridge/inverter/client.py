@@ -1,0 +1,411 @@
+"""One persistent TCP connection to one inverter, with a serialized request queue.
+
+The inverter answers one request at a time, so every exchange (a query, a write, a
+read-modify-write, the two-part register query) takes the connection's lock, which is
+a FIFO queue in asyncio: one request in flight, in arrival order. Replies are matched by
+command code; anything else that arrives is logged and dropped. A request that times out
+leaves the byte stream in an unknown state, so the client drops that connection and
+opens a new one: a late reply can then never reach the next caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+import structlog
+
+from ..protocol import codec, frame, tables
+from ..protocol.codec import Reading
+from ..protocol.model import Command, Kind
+from ..protocol.tables import COMMANDS, SYSTEM_INFO
+
+log = structlog.get_logger(__name__)
+
+
+class InverterError(Exception):
+    """Talking to the inverter failed; the message says how, in one line."""
+
+
+class InverterUnreachable(InverterError):
+    pass
+
+
+class InverterTimeout(InverterError):
+    pass
+
+
+class NotOffered(InverterError):
+    pass
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the inverter is, from its 0x98 reply."""
+
+    reported_version: int
+    version: int  # the PCU version whose tables apply
+    model: str
+    serial: str
+    battery_make: str
+    reading: Reading
+
+    @classmethod
+    def from_reading(cls, reading: Reading) -> Identity:
+        values = reading.values
+        reported = int(values["pcu_version"])
+        return cls(
+            reported_version=reported,
+            version=tables.effective_version(reported),
+            model=str(values["model_code"]),
+            serial=str(values["serial_number"]).strip() or "unknown",
+            battery_make=str(values["battery_make"]),
+            reading=reading,
+        )
+
+
+# The register query 0xbb, as this project models it (the real exchange is not public):
+#   part 1: request payload = count (2 bytes)       -> inverter acknowledges with the count
+#   part 2: request payload = addresses (2 bytes each) -> reply: count + (address, value) pairs
+# A part 1 that is not followed by part 2 blocks the inverter until it is power-cycled.
+
+
+def register_query_parts(addresses: list[int]) -> tuple[bytes, bytes]:
+    """The two request payloads of a register query."""
+    if not 1 <= len(addresses) <= 10:
+        raise codec.SettingRefused("register_count", len(addresses), "from 1 to 10 registers")
+    for address in addresses:
+        if not 0 <= address <= 0xFFFF:
+            raise codec.SettingRefused("address", address, "from 0 to 65535")
+    part1 = len(addresses).to_bytes(2, "big")
+    part2 = b"".join(a.to_bytes(2, "big") for a in addresses)
+    return part1, part2
+
+
+class InverterClient:
+    """An inverter at ``host:port``. Use ``async with`` or :meth:`connect` / :meth:`close`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 8899,
+        *,
+        timeout: float = 5.0,
+        retries: int = 2,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        connect_attempts: int | None = 1,
+        name: str | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff, self.backoff_max = backoff, backoff_max
+        self.connect_attempts = connect_attempts
+        self.identity: Identity | None = None
+        self.log = log.bind(inverter=name or f"{host}:{port}")
+        self._lock = asyncio.Lock()
+        self._writer: asyncio.StreamWriter | None = None
+        self._inbox: asyncio.Queue[frame.Frame | None] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    @property
+    def version(self) -> int:
+        return self.identity.version if self.identity else 0
+
+    # ----------------------------------------------------------------------------------
+    # Connection
+    # ----------------------------------------------------------------------------------
+
+    async def connect(self) -> Identity:
+        """Open the connection (retrying with backoff) and read the identity (0x98)."""
+        async with self._lock:
+            await self._ensure_connected()
+        assert self.identity is not None
+        return self.identity
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop_connection()
+
+    async def _ensure_connected(self) -> None:
+        if self.connected and self.identity is not None:
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._open()
+                reading = (await self._exchange(SYSTEM_INFO, b"", (0x98,), 0))[0]
+                self.identity = Identity.from_reading(reading)
+                self.log.info("connected", serial=self.identity.serial,
+                              pcu=self.identity.reported_version, model=self.identity.model)
+                return
+            except (InverterError, OSError) as exc:
+                await self._drop_connection()
+                if self.connect_attempts is not None and attempt >= self.connect_attempts:
+                    if isinstance(exc, InverterError):
+                        raise
+                    raise InverterUnreachable(
+                        f"cannot reach the inverter at {self.host}:{self.port}: "
+                        f"{exc.strerror or exc}"
+                    ) from exc
+                delay = self._delay(attempt)
+                self.log.warning("connect failed, retrying", error=str(exc),
+                                 retry_in=round(delay, 1))
+                await asyncio.sleep(delay)
+
+    def _delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        ceiling = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _open(self) -> None:
+        try:
+            reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
+        except TimeoutError as exc:
+            raise InverterUnreachable(
+                f"cannot reach the inverter at {self.host}:{self.port}: "
+                f"no answer within {self.timeout:g} s"
+            ) from exc
+        self._inbox = asyncio.Queue()
+        self._pump = asyncio.create_task(self._read_frames(reader, self._inbox))
+        self.reconnects += 1
+
+    async def _drop_connection(self) -> None:
+        self.identity = None
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+            self._pump = None
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+            self._writer = None
+
+    async def _read_frames(
+        self, reader: asyncio.StreamReader, inbox: asyncio.Queue[frame.Frame | None]
+    ) -> None:
+        """Feed the socket into a FrameReader; None in the inbox means 'connection closed'."""
+        frames = frame.FrameReader()
+        try:
+            while data := await reader.read(4096):
+                for item in frames.feed(data):
+                    if isinstance(item, frame.FrameError):
+                        self.log.warning("bad frame dropped", error=str(item))
+                    else:
+                        inbox.put_nowait(item)
+        except OSError as exc:
+            self.log.warning("connection lost", error=str(exc))
+        finally:
+            inbox.put_nowait(None)
+
+    # ----------------------------------------------------------------------------------
+    # Exchanges (caller holds the lock)
+    # ----------------------------------------------------------------------------------
+
+    def _send(self, code: int, payload: bytes) -> None:
+        if self._writer is None or self._writer.is_closing():
+            raise InverterUnreachable(f"not connected to {self.host}:{self.port}")
+        self._writer.write(frame.request(code, payload))
+
+    def _discard_stale(self) -> None:
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is None:
+                self._inbox.put_nowait(None)
+                raise InverterUnreachable(f"the inverter at {self.host}:{self.port} hung up")
+            self.log.warning("stray frame dropped", frame=str(item))
+
+    async def _await_frame(self, code: int, deadline: float) -> frame.Frame:
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise InverterTimeout(
+                    f"no reply 0x{code:02x} from {self.host}:{self.port} "
+                    f"within {self.timeout:g} s"
+                )
+            try:
+                item = await asyncio.wait_for(self._inbox.get(), remaining)
+            except TimeoutError:
+                continue
+            if item is None:
+                self._inbox.put_nowait(None)
+                raise InverterUnreachable(f"the inverter at {self.host}:{self.port} hung up")
+            if item.command == code:
+                return item
+            self.log.warning("unexpected frame dropped", expected=f"0x{code:02x}",
+                             frame=str(item))
+
+    async def _exchange(
+        self, command: Command, payload: bytes, expect: tuple[int, ...], version: int
+    ) -> list[Reading]:
+        """Send one request and collect its replies, decoded, in order."""
+        self._discard_stale()
+        self._send(command.code, payload)
+        assert self._writer is not None
+        await self._writer.drain()
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        readings = []
+        for code in expect:
+            reply = await self._await_frame(code, deadline)
+            readings.append(codec.decode_payload(reply.command, version, reply.payload))
+        return readings
+
+    async def _with_retries(self, command: Command, payload: bytes) -> list[Reading]:
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._ensure_connected()
+            expect = tables.replies(command, self.version) if not command.is_write else ()
+            try:
+                readings = await self._exchange(command, payload, expect, self.version)
+            except (InverterTimeout, InverterUnreachable, OSError) as exc:
+                # The stream may still carry a late reply: never reuse it.
+                await self._drop_connection()
+                if attempt > self.retries:
+                    if isinstance(exc, OSError):
+                        raise InverterUnreachable(
+                            f"lost the inverter at {self.host}:{self.port}: {exc}"
+                        ) from exc
+                    raise
+                self.log.warning("request failed, retrying", command=command.label,
+                                 error=str(exc), attempt=attempt)
+                await asyncio.sleep(self._delay(attempt))
+                continue
+            return readings
+
+    def _offered(self, command: Command) -> None:
+        if command.layout(self.version) is None:
+            raise NotOffered(
+                f"command {command.label} ({command.name}) is not offered by PCU version "
+                f"{self.version}"
+            )
+
+    # ----------------------------------------------------------------------------------
+    # Public requests
+    # ----------------------------------------------------------------------------------
+
+    async def query(self, command: Command | int) -> list[Reading]:
+        """Ask a query; one decoded reading per reply frame (0x95 gives 0x95 and 0x9d)."""
+        async with self.session() as session:
+            return await session.query(command)
+
+    async def write(self, command: Command | int, values: Mapping[str, Any]) -> None:
+        """Send a validated settings write. Writes get no reply: read back to confirm."""
+        async with self.session() as session:
+            await session.write(command, values)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """Hold the queue slot for several exchanges (a read-modify-write)."""
+        async with self._lock:
+            await self._ensure_connected()
+            yield Session(self)
+
+    async def read_registers(self, addresses: list[int]) -> dict[int, int]:
+        """The two-part register query 0xbb, both parts inside one queue slot.
+
+        Once part 1 is written, part 2 is written too, even if part 1's acknowledgement
+        times out or the caller is cancelled: a lone part 1 blocks the inverter.
+        """
+        part1, part2 = register_query_parts(addresses)
+        async with self._lock:
+            await self._ensure_connected()
+            self._offered(tables.REGISTER_QUERY)
+            # The shielded task owns the rest of the exchange; the lock is held until it ends.
+            task = asyncio.ensure_future(self._register_exchange(part1, part2))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await task  # let part 2 go out before the slot is released
+                raise
+            except InverterError:
+                await self._drop_connection()  # a late reply must not reach anyone
+                raise
+
+    async def _register_exchange(self, part1: bytes, part2: bytes) -> dict[int, int]:
+        loop = asyncio.get_running_loop()
+        self._discard_stale()
+        self._send(0xBB, part1)
+        try:
+            assert self._writer is not None
+            await self._writer.drain()
+            try:
+                await self._await_frame(0xBB, loop.time() + self.timeout)
+            except InverterTimeout:
+                self.log.warning("no acknowledgement of register query part 1; sending part 2")
+        finally:
+            # Part 2 always follows part 1, whatever happened in between.
+            if self._writer is not None and not self._writer.is_closing():
+                self._send(0xBB, part2)
+                await self._writer.drain()
+            else:
+                self.log.error("register query part 2 could not be sent: the inverter may "
+                               "stay blocked until it is power-cycled")
+        deadline = loop.time() + self.timeout
+        while True:
+            reply = await self._await_frame(0xBB, deadline)
+            if len(reply.payload) == 2 and len(part2) != 0:
+                continue  # a late acknowledgement of part 1
+            reading = codec.decode(tables.REGISTER_QUERY, self.version, reply.payload)
+            return {int(r["address"]): int(r["value"]) for r in reading.values["registers"]}
+
+
+class Session:
+    """Exchanges inside one queue slot; get one from :meth:`InverterClient.session`."""
+
+    def __init__(self, client: InverterClient) -> None:
+        self.client = client
+
+    @property
+    def version(self) -> int:
+        return self.client.version
+
+    async def query(self, command: Command | int) -> list[Reading]:
+        cmd = _command(command)
+        if cmd.kind is not Kind.QUERY:
+            raise NotOffered(f"{cmd.label} ({cmd.name}) is a {cmd.kind.value} command, "
+                             "not a query")
+        self.client._offered(cmd)
+        return await self.client._with_retries(cmd, b"")
+
+    async def write(self, command: Command | int, values: Mapping[str, Any]) -> None:
+        cmd = _command(command)
+        if not cmd.is_write:
+            raise NotOffered(f"{cmd.label} ({cmd.name}) is not a write")
+        self.client._offered(cmd)
+        payload = codec.build(cmd, self.version, values)
+        await self.client._with_retries(cmd, payload)
+        self.client.log.info("written", command=cmd.label)
+
+
+def _command(command: Command | int) -> Command:
+    if isinstance(command, Command):
+        return command
+    try:
+        return COMMANDS[command]
+    except KeyError:
+        raise NotOffered(f"unknown command 0x{command:02x}") from None
