@@ -26,6 +26,7 @@ from .protocol import codec, frame, tables
 from .protocol.model import Command, Kind
 
 NEWEST_PCU = 609
+DEFAULT_INVERTER = "10.10.100.254"
 
 
 class Exit(IntEnum):
@@ -172,7 +173,8 @@ def _print(readings: Sequence[codec.Reading], as_json: bool) -> None:
 
 
 def _client(args: argparse.Namespace) -> InverterClient:
-    return InverterClient(args.inverter, args.port, timeout=args.timeout, retries=1)
+    return InverterClient(args.inverter or DEFAULT_INVERTER, args.port or 8899,
+                          timeout=args.timeout, retries=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -244,6 +246,78 @@ async def _simulate(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# run / daemon / config / health
+# --------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
+    from .config import ConfigError, load_settings
+
+    overrides = dict(overrides or {})
+    if getattr(args, "inverter", None) and args.action != "daemon":
+        overrides["inverter"] = {"host": args.inverter, **(
+            {"port": args.port} if args.port else {})}
+    try:
+        return load_settings(args.config, overrides)
+    except ConfigError as exc:
+        raise Failure("invalid configuration:\n  " + "\n  ".join(exc.problems),
+                      Exit.CONFIG) from None
+
+
+def _run(args: argparse.Namespace) -> Exit:
+    from .bridge import service
+
+    settings = _settings(args)
+    log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
+    service.run(settings)
+    return Exit.OK
+
+
+def _daemon(args: argparse.Namespace) -> Exit:
+    """The seed tool's ``daemon`` command, mapped onto ``run``."""
+    overrides: dict[str, Any] = {
+        "inverter": {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or 8899},
+        "mqtt": {"host": args.mqtt_host, "port": args.mqtt_port},
+    }
+    if args.wait is not None:
+        overrides["poll"] = {"live": args.wait}
+    settings = _settings(args, overrides)
+    if args.fork:
+        _detach()
+    log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
+    from .bridge import service
+
+    service.run(settings)
+    return Exit.OK
+
+
+def _detach() -> None:
+    import os
+
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+
+
+def _config(args: argparse.Namespace) -> Exit:
+    from .config import masked_yaml
+
+    print(masked_yaml(_settings(args)), end="")
+    return Exit.OK
+
+
+def _health(args: argparse.Namespace) -> Exit:
+    from .bridge.health import check
+
+    settings = _settings(args)
+    problems = check(settings.health.file, settings.health.max_age)
+    if problems:
+        raise Failure("unhealthy: " + "; ".join(problems), Exit.UNHEALTHY)
+    print("healthy")
+    return Exit.OK
+
+
+# --------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------
 
@@ -252,9 +326,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("-i", "--inverter", metavar="HOST", default=default("10.10.100.254"),
-                        help="inverter address (default 10.10.100.254, its access point)")
-    parser.add_argument("-p", "--port", type=int, default=default(8899),
+    parser.add_argument("-i", "--inverter", metavar="HOST", default=default(None),
+                        help=f"inverter address (default {DEFAULT_INVERTER}, its access point)")
+    parser.add_argument("-p", "--port", type=int, default=default(None),
                         help="inverter TCP port (default 8899)")
     parser.add_argument("-d", "--debug", action="count", default=default(0),
                         help="more logging (repeat for more)")
@@ -311,6 +385,23 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--silence-rate", type=float, default=0.0, metavar="P",
                    help="share of requests left unanswered")
     p.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
+
+    config_help = "YAML configuration file (default: $SERMATEC_CONFIG)"
+    for name, text in (("run", "run the MQTT bridge (the daemon)"),
+                       ("config", "print the effective configuration, secrets masked"),
+                       ("health", "check the running daemon's heartbeat (exit 0 if healthy)")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("-c", "--config", metavar="PATH", help=config_help)
+
+    p = sub.add_parser("daemon",
+                       help="the seed tool's daemon command (same as run, configured by flags)")
+    p.add_argument("-m", "--host", dest="mqtt_host", required=True, help="MQTT broker host")
+    p.add_argument("-t", "--port", dest="mqtt_port", type=int, default=1883,
+                   help="MQTT broker port (default 1883)")
+    p.add_argument("-w", "--wait", type=float, default=None, metavar="SECONDS",
+                   help="interval between live-data updates")
+    p.add_argument("-f", "--fork", action="store_true", help="detach from the terminal")
+    p.add_argument("-c", "--config", metavar="PATH", help=config_help)
     return top
 
 
@@ -321,6 +412,10 @@ COMMANDS: dict[str, Action] = {
     "get": _get,
     "decode": _decode,
     "simulate": _simulate,
+    "run": _run,
+    "daemon": _daemon,
+    "config": _config,
+    "health": _health,
 }
 
 

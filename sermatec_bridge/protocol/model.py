@@ -121,6 +121,7 @@ class Command:
     replies: tuple[int, ...] = ()
     readback: int | None = None
     closes_connection: bool = False
+    requires_off: bool = False  # a write the inverter must be switched off for
     note: str | None = None
     since: int = field(init=False)
 

@@ -449,7 +449,8 @@ _POWER_FACTOR_SETTING = power_factor("power_factor_setting", "Power factor setti
 WORKING_PARAMETERS = Command(
     0x95, "parameters", "Working parameters", Kind.QUERY, replies=(0x95,),
     layouts={
-        252: _WORKING_PARAMETERS + (_TOU_COUNT, *_schedule(16), *_CUSTOM_MODE),
+        252: _WORKING_PARAMETERS + (_TOU_COUNT, *_schedule(16), *_CUSTOM_MODE,
+                                    *_GRID_AND_BATTERY_TYPE),
         258: _WORKING_PARAMETERS + (
             _TOU_COUNT, *_schedule(16),
             flag("meter_monitor", "Meter detection", category=CONFIG),
@@ -500,7 +501,7 @@ CLOCK = Command(
 
 GRID_BATTERY_TYPE = Command(
     0x69, "set_grid_battery", "Grid code and battery type", Kind.SETTINGS, readback=0x95,
-    closes_connection=True,
+    closes_connection=True, requires_off=True,
     layouts={252: _GRID_AND_BATTERY_TYPE},
     note="changing these requires the inverter to be off; it then drops the connection",
 )
@@ -812,6 +813,16 @@ GROUP_NAMES = {
 
 # From PCU 259 the 0x95 query is answered by two frames.
 REPLIES_FROM: dict[int, dict[int, tuple[int, ...]]] = {0x95: {259: (0x95, 0x9D)}}
+
+
+def readback(command: Command, version: int) -> Command | None:
+    """The query that shows what a settings write set, at this PCU version."""
+    if command.readback is None:
+        return None
+    query = COMMANDS[command.readback]
+    if query.layout(version) is None and command.code == 0x6A:
+        return WORKING_PARAMETERS  # before 0x9d existed, 0x95 carried these fields
+    return query
 
 
 def replies(command: Command, version: int) -> tuple[int, ...]:
