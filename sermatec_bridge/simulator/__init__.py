@@ -1,0 +1,14 @@
+"""A simulated Sermatec inverter on TCP, for tests and demos without hardware."""
+
+from .model import DEFAULT_SERIAL, MODELS, InverterModel, Outcome
+from .server import Fault, Simulator, run_simulator
+
+__all__ = [
+    "DEFAULT_SERIAL",
+    "MODELS",
+    "Fault",
+    "InverterModel",
+    "Outcome",
+    "Simulator",
+    "run_simulator",
+]

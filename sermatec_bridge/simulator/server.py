@@ -1,0 +1,275 @@
+"""A simulated inverter on TCP: the OSIM protocol of the tables, served from a model.
+
+Requests are read with :class:`~sermatec_bridge.protocol.frame.FrameReader`; answers
+are built by :class:`~.model.InverterModel` (with the codec) and framed with
+:func:`~sermatec_bridge.protocol.frame.reply`. Like the real inverter:
+
+* each reply frame goes out in one ``write``; 0x95 is answered by two frames (0x95, then
+  0x9d from PCU 259) with a short pause between them, because third-party clients read
+  each reply with one ``read(256)``;
+* writes get no reply; queries the PCU version does not offer get none either;
+* one client at a time, like the Wi-Fi module: a further connection is accepted but
+  then waits, unread and unanswered, until the current client disconnects (what a
+  client sees of a connection left in the accept backlog);
+* the writes that make the real inverter drop the connection (``closes_connection`` in
+  the tables: 0x69, 0x70, 0x94, 0x9e, 0x9f) close it here too, after being applied.
+
+Faults, for testing clients: each one is decided once per answer (all the frames of one
+request), either by a rate given to the constructor or by :meth:`Simulator.inject` for
+the next N answers. ``silence`` sends nothing; ``drop`` closes the connection instead of
+answering; ``garbage`` puts 1..16 random bytes (never 0xfe, so never a false header)
+before each frame; ``bad_checksum`` inverts each frame's checksum. ``latency`` delays
+each answer and ``chunk`` writes frames in pieces of that many bytes; both are plain
+attributes that tests may change at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from enum import StrEnum
+from typing import Self
+
+import structlog
+
+from ..protocol import frame
+from .model import DEFAULT_SERIAL, Clock, InverterModel
+
+log = structlog.get_logger(__name__)
+
+PAIR_PAUSE = 0.02  # seconds between the two frames that answer 0x95
+CHUNK_PAUSE = 0.002  # seconds between the pieces of a chunked frame
+_GARBAGE_BYTES = bytes(b for b in range(256) if b != frame.HEADER[0])
+
+
+class Fault(StrEnum):
+    GARBAGE = "garbage"
+    BAD_CHECKSUM = "bad_checksum"
+    DROP = "drop"
+    SILENCE = "silence"
+
+
+class Simulator:
+    """A simulated inverter listening on TCP; ``async with`` starts it on a free port."""
+
+    def __init__(
+        self,
+        *,
+        pcu: int = 609,
+        model: str = "5kw",
+        serial: str = DEFAULT_SERIAL,
+        battery_make: int | str = 2,
+        capacity_kwh: float = 10.0,
+        soc: float = 50.0,
+        latency: float = 0.0,
+        chunk: int = 0,
+        seed: int | None = None,
+        garbage_rate: float = 0.0,
+        bad_checksum_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        silence_rate: float = 0.0,
+        clock: Clock | None = None,
+        pair_pause: float = PAIR_PAUSE,
+        chunk_pause: float = CHUNK_PAUSE,
+    ) -> None:
+        self.model = InverterModel(pcu=pcu, model=model, serial=serial,
+                                   battery_make=battery_make, capacity_kwh=capacity_kwh,
+                                   soc=soc, seed=seed, clock=clock)
+        self.latency = latency
+        self.chunk = chunk
+        self.pair_pause = pair_pause
+        self.chunk_pause = chunk_pause
+        self.rates: dict[Fault, float] = {
+            Fault.GARBAGE: garbage_rate,
+            Fault.BAD_CHECKSUM: bad_checksum_rate,
+            Fault.DROP: drop_rate,
+            Fault.SILENCE: silence_rate,
+        }
+        self._injected: dict[Fault, int] = dict.fromkeys(Fault, 0)
+        # faults draw from their own generator, so they never change the physics
+        self._rng = random.Random(None if seed is None else seed + 1)
+        self._server: asyncio.Server | None = None
+        self._one_client = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.clients = 0  # connections served so far
+        self.received: deque[int] = deque(maxlen=1000)  # request command codes, in order
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ----------------------------------------------------------------------------------
+    # Control
+    # ----------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on ``host:port`` (0: any free port); return the bound port."""
+        if self._server is not None:
+            raise RuntimeError("the simulator is already running")
+        self._server = await asyncio.start_server(self._client, host, port)
+        log.info("simulator started", host=host, port=self.port, pcu=self.model.pcu,
+                 model=self.model.model_name)
+        return self.port or 0
+
+    async def stop(self) -> None:
+        """Stop listening and hang up on every client, served or waiting."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+
+    @property
+    def port(self) -> int | None:
+        if self._server is None or not self._server.sockets:
+            return None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def blocked(self) -> bool:
+        """True after an interrupted register query, until :meth:`power_cycle`."""
+        return self.model.blocked
+
+    @property
+    def busy(self) -> bool:
+        """True while a client is being served."""
+        return self._one_client.locked()
+
+    def power_cycle(self) -> None:
+        self.model.power_cycle()
+
+    def inject(self, fault: Fault | str, count: int = 1) -> None:
+        """Apply ``fault`` to the next ``count`` answers (on top of the rates)."""
+        self._injected[Fault(fault)] += count
+
+    def _take(self, fault: Fault) -> bool:
+        if self._injected[fault] > 0:
+            self._injected[fault] -= 1
+            return True
+        rate = self.rates[fault]
+        return rate > 0 and self._rng.random() < rate
+
+    # ----------------------------------------------------------------------------------
+    # Connections
+    # ----------------------------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            if self._one_client.locked():
+                log.info("client waits: another client is connected", peer=peer)
+            async with self._one_client:
+                self.clients += 1
+                log.info("client connected", peer=peer)
+                await self._serve(reader, writer)
+        except OSError as exc:
+            log.info("connection lost", peer=peer, error=str(exc))
+        except asyncio.CancelledError:
+            # Only stop() cancels a handler. End quietly: asyncio 3.11 logs a connection
+            # task that ends cancelled as an error.
+            log.debug("connection handler stopped", peer=peer)
+        finally:
+            writer.close()
+            log.info("client disconnected", peer=peer)
+            self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = frame.FrameReader()
+        while data := await reader.read(4096):
+            for item in frames.feed(data):
+                if not await self._on_item(item, writer):
+                    return
+
+    async def _on_item(self, item: frame.Frame | frame.FrameError,
+                       writer: asyncio.StreamWriter) -> bool:
+        """Handle one request; False when the connection is to be closed."""
+        if isinstance(item, frame.FrameError):
+            log.warning("bad frame from the client", error=str(item))
+            self.model.bad_frame(item)
+            return True
+        self.received.append(item.command)
+        try:
+            outcome = self.model.handle(item.command, item.payload)
+        except Exception:  # the simulator must outlive any request
+            log.exception("request failed", command=f"0x{item.command:02x}")
+            return True
+        if outcome.replies and not await self._answer(writer, outcome.replies):
+            return False
+        if outcome.close:
+            log.info("hanging up after the write", command=f"0x{item.command:02x}")
+            return False
+        return True
+
+    async def _answer(self, writer: asyncio.StreamWriter,
+                      replies: list[tuple[int, bytes]]) -> bool:
+        if self._take(Fault.SILENCE):
+            log.info("fault: silence", command=f"0x{replies[0][0]:02x}")
+            return True
+        if self._take(Fault.DROP):
+            log.info("fault: drop", command=f"0x{replies[0][0]:02x}")
+            return False
+        garbage, bad = self._take(Fault.GARBAGE), self._take(Fault.BAD_CHECKSUM)
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        for index, (code, payload) in enumerate(replies):
+            if index:
+                await asyncio.sleep(self.pair_pause)
+            data = frame.reply(code, payload)
+            if bad:
+                data = data[:-2] + bytes([data[-2] ^ 0xFF]) + data[-1:]
+            if garbage:
+                size = self._rng.randint(1, 16)
+                data = bytes(self._rng.choice(_GARBAGE_BYTES) for _ in range(size)) + data
+            await self._write(writer, data)
+        return True
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if self.chunk <= 0:
+            writer.write(data)
+            await writer.drain()
+            return
+        for start in range(0, len(data), self.chunk):
+            if start:
+                await asyncio.sleep(self.chunk_pause)
+            writer.write(data[start : start + self.chunk])
+            await writer.drain()
+
+
+async def run_simulator(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8899,
+    pcu: int = 609,
+    model: str = "5kw",
+    serial: str = DEFAULT_SERIAL,
+    latency: float = 0.0,
+    chunk: int = 0,
+    garbage_rate: float = 0.0,
+    bad_checksum_rate: float = 0.0,
+    drop_rate: float = 0.0,
+    silence_rate: float = 0.0,
+    seed: int | None = None,
+) -> None:
+    """Run a simulator until cancelled (the ``simulate`` command of the CLI)."""
+    sim = Simulator(pcu=pcu, model=model, serial=serial, latency=latency, chunk=chunk,
+                    seed=seed, garbage_rate=garbage_rate, bad_checksum_rate=bad_checksum_rate,
+                    drop_rate=drop_rate, silence_rate=silence_rate)
+    bound = await sim.start(host, port)
+    print(f"simulator listening on {host}:{bound} (PCU {pcu}, {sim.model.model_name})",
+          flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
