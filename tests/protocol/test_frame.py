@@ -1,0 +1,238 @@
+"""Frames and the stream reader: round trips, checksums, any chunking, garbage, limits."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sermatec_bridge.protocol import frame
+from sermatec_bridge.protocol.frame import BadChecksum, Frame, FrameError, FrameReader
+
+# Real replies (captures.md): battery 0x0a, running status 0x0c, links 0x0d.
+BATTERY = bytes.fromhex(
+    "fe5514640a002612ecffed016800150064002200b900b9151810fe"
+    "000000000000000000000000000000000000cdae"
+)
+STATUS = bytes.fromhex("fe5514640c000465930dbf98ae")
+LINKS = bytes.fromhex("fe5514640d0006000000000c1ecdae")
+# The published 0x98 capture: its serial was masked by hand, its checksum no longer fits.
+SYSTEM_INFO_BAD = bytes.fromhex(
+    "fe551464980032019b000200015354313131313131313131313131313131313131313131313131"
+    "00000000000000000000000000000000000096ae"
+)
+
+STREAM = BATTERY + STATUS + LINKS
+EXPECTED = [frame.parse_frame(f) for f in (BATTERY, STATUS, LINKS)]
+
+Item = Frame | FrameError
+
+
+def read(chunks: list[bytes], reader: FrameReader | None = None) -> list[Item]:
+    reader = reader or FrameReader()
+    items: list[Item] = []
+    for chunk in chunks:
+        items += reader.feed(chunk)
+    return items
+
+
+def frames_only(items: list[Item]) -> list[Frame]:
+    return [item for item in items if isinstance(item, Frame)]
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    edges = [0, *sorted(cuts), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+# --------------------------------------------------------------------------------------
+# One frame
+# --------------------------------------------------------------------------------------
+
+
+def test_an_empty_request_is_nine_bytes() -> None:
+    assert frame.request(0x98) == bytes.fromhex("fe556414980000" "4cae")
+    assert frame.reply(0x0C, bytes.fromhex("65930dbf")) == STATUS
+
+
+@given(
+    command=st.integers(0, 255),
+    payload=st.binary(max_size=255),
+    source=st.integers(0, 255),
+    destination=st.integers(0, 255),
+)
+def test_frames_round_trip(command: int, payload: bytes, source: int, destination: int) -> None:
+    data = Frame(command, payload, source, destination).encode()
+    assert len(data) == frame.OVERHEAD + len(payload)
+    parsed = frame.parse_frame(data)
+    assert (parsed.command, parsed.payload) == (command, payload)
+    assert (parsed.source, parsed.destination) == (source, destination)
+    assert parsed.checksum == data[-2]
+    assert parsed.checksum_ok
+    assert parsed.encode() == data
+
+
+def test_a_payload_too_long_for_one_frame_is_refused() -> None:
+    with pytest.raises(FrameError, match="256 bytes"):
+        Frame(0x66, bytes(256)).encode()
+
+
+def test_a_bad_checksum_names_both_values() -> None:
+    with pytest.raises(BadChecksum) as caught:
+        frame.parse_frame(SYSTEM_INFO_BAD)
+    assert (caught.value.carried, caught.value.computed) == (0x96, 0xE0)
+    assert "0x96" in str(caught.value) and "0xe0" in str(caught.value)
+    assert "0x98" in str(caught.value)
+    unchecked = frame.parse_frame(SYSTEM_INFO_BAD, verify=False)
+    assert unchecked.checksum == 0x96
+    assert not unchecked.checksum_ok
+    assert unchecked.computed_checksum == 0xE0
+
+
+@given(st.integers(0, len(BATTERY) - 1))
+def test_a_cut_frame_is_truncated(cut: int) -> None:
+    with pytest.raises(frame.TruncatedFrame) as caught:
+        frame.parse_frame(BATTERY[:cut])
+    assert caught.value.got == cut
+    assert caught.value.expected in (len(BATTERY), frame.OVERHEAD)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (STATUS + b"\x00", "1 bytes after the end"),
+        (STATUS[:-1] + b"\xaf", "malformed"),
+        (b"\xfe\x56" + STATUS[2:], "malformed"),
+        (STATUS[:5] + b"\x01" + STATUS[6:], "malformed"),
+    ],
+)
+def test_malformed_frames(data: bytes, reason: str) -> None:
+    with pytest.raises(frame.MalformedFrame, match=reason):
+        frame.parse_frame(data)
+
+
+# --------------------------------------------------------------------------------------
+# The stream reader
+# --------------------------------------------------------------------------------------
+
+
+def test_a_stream_in_one_piece() -> None:
+    assert read([STREAM]) == EXPECTED
+
+
+def test_every_single_split_point_gives_the_same_frames() -> None:
+    for cut in range(len(STREAM) + 1):
+        assert read(split(STREAM, [cut])) == EXPECTED, cut
+
+
+def test_every_pair_of_split_points_gives_the_same_frames() -> None:
+    for first, second in itertools.combinations(range(1, len(STREAM)), 2):
+        assert read(split(STREAM, [first, second])) == EXPECTED, (first, second)
+
+
+def test_one_byte_at_a_time() -> None:
+    reader = FrameReader()
+    items: list[Item] = []
+    for byte in STREAM:
+        items += reader.feed(bytes([byte]))
+    assert items == EXPECTED
+    assert reader.pending == b""
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, len(STREAM)), max_size=30))
+def test_any_chunking_gives_the_same_frames(cuts: list[int]) -> None:
+    assert read(split(STREAM, cuts)) == EXPECTED
+
+
+def test_a_cut_frame_waits_for_its_end() -> None:
+    reader = FrameReader()
+    assert reader.feed(BATTERY[:-1]) == []
+    assert reader.pending == BATTERY[:-1]
+    assert reader.feed(BATTERY[-1:]) == EXPECTED[:1]
+    assert reader.pending == b""
+    assert reader.feed(STATUS[:7]) == []
+    assert reader.pending == STATUS[:7]
+
+
+GARBAGE = [
+    b"\x00\x01\x02",
+    b"\xfe",  # half a header
+    b"\xfe\xfe\x55\x55",
+    b"\xae\xae",  # footers without frames
+    b"\xfe\x55\x14\x64\x0a\x00\xff",  # a header announcing 255 bytes that never come
+    b"\xfe\x55\x14\x64\x0a\x00\x03\x01\x02",  # a header announcing 3 bytes, then garbage
+    b"\xfe\x55\x14\x64\x0c\x01\x04\x00\x00\x00\x00\x00\xae",  # wrong pad byte
+    b"\xfe\x55\x01\x02\x03\x00\x1a",  # a header whose length ends on a later frame's end
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE, ids=lambda g: g.hex())
+def test_garbage_before_and_between_frames_is_skipped(garbage: bytes) -> None:
+    stream = garbage + BATTERY + garbage + STATUS + garbage + LINKS
+    assert frames_only(read([stream])) == EXPECTED
+    for cut in range(len(stream) + 1):
+        assert frames_only(read(split(stream, [cut]))) == EXPECTED, cut
+
+
+@settings(max_examples=100)
+@given(
+    pieces=st.lists(
+        st.one_of(
+            st.sampled_from(GARBAGE),
+            st.binary(max_size=20).filter(lambda b: b"\xfe" not in b),
+        ),
+        min_size=4,
+        max_size=4,
+    ),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+)
+def test_frames_survive_any_garbage_and_chunking(pieces: list[bytes], cuts: list[int]) -> None:
+    stream = pieces[0] + BATTERY + pieces[1] + STATUS + pieces[2] + LINKS + pieces[3]
+    items = read(split(stream, [c for c in cuts if c <= len(stream)]))
+    assert frames_only(items) == EXPECTED
+
+
+def test_a_bad_checksum_is_reported_and_the_next_frame_still_read() -> None:
+    stream = SYSTEM_INFO_BAD + STATUS
+    for cut in range(len(stream) + 1):
+        items = read(split(stream, [cut]))
+        assert len(items) == 2, cut
+        assert isinstance(items[0], BadChecksum)
+        assert (items[0].carried, items[0].computed) == (0x96, 0xE0)
+        assert items[0].frame == SYSTEM_INFO_BAD
+        assert items[1] == EXPECTED[1]
+
+
+def test_an_unverifying_reader_yields_the_bad_frame() -> None:
+    items = read([SYSTEM_INFO_BAD, STATUS], FrameReader(verify=False))
+    assert [type(item) for item in items] == [Frame, Frame]
+    first = items[0]
+    assert isinstance(first, Frame)
+    assert first.command == 0x98 and first.checksum == 0x96 and not first.checksum_ok
+
+
+def test_the_buffer_stays_bounded_on_a_megabyte_of_garbage() -> None:
+    noise = random.Random(20240501).randbytes(1 << 20)
+    reader = FrameReader()
+    for start in range(0, len(noise), 4096):
+        reader.feed(noise[start : start + 4096])
+        assert len(reader.pending) <= reader.limit
+    assert reader.feed(b"\x00" * 300 + BATTERY) == EXPECTED[:1]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [b"\xfe\x55", b"\xfe\x55\x14\x64\x0a\x00\xff", b"\xfe\x55\x14\x64\x0a\x00\x00"],
+    ids=["headers", "long-promises", "empty-frames-without-footer"],
+)
+def test_the_buffer_stays_bounded_on_header_like_garbage(pattern: bytes) -> None:
+    noise = pattern * (64 * 1024 // len(pattern))
+    reader = FrameReader()
+    for start in range(0, len(noise), 1000):
+        assert frames_only(reader.feed(noise[start : start + 1000])) == []
+        assert len(reader.pending) <= reader.limit
+    assert frames_only(reader.feed(BATTERY)) == EXPECTED[:1]
