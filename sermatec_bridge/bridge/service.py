@@ -33,7 +33,7 @@ from ..protocol.codec import Reading
 from . import discovery, health
 from .groups import GROUPS, Group
 from .state import EnergyGuard, state_payload
-from .writes import WriteRefused, WriteResult, Writer, parse_request
+from .writes import Writer, WriteRefused, WriteResult, parse_request
 
 log = structlog.get_logger(__name__)
 
@@ -253,12 +253,13 @@ class Worker:
             body["topic"] = f"set/{key}"
         (self.log.info if result.ok else self.log.warning)("write result", **body)
         await self.broker.publish(self.topic("set/result"), body, retain=False)
-        if properties is not None and getattr(properties, "ResponseTopic", None):
-            reply = Properties(PacketTypes.PUBLISH)
-            if getattr(properties, "CorrelationData", None):
-                reply.CorrelationData = properties.CorrelationData
-            await self.broker.publish(properties.ResponseTopic, body, retain=False,
-                                      properties=reply)
+        response_topic = getattr(properties, "ResponseTopic", None)
+        if response_topic:  # MQTT 5 request / response
+            reply = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            correlation = getattr(properties, "CorrelationData", None)
+            if correlation:
+                reply.CorrelationData = correlation
+            await self.broker.publish(response_topic, body, retain=False, properties=reply)
         if result.changed:
             self.due.pop("settings", None)  # re-publish the state at once
             self.due.pop("live", None)

@@ -50,8 +50,8 @@ class SettingRefused(CodecError):
 
     def __init__(self, key: str, value: Any, allowed: str, reason: str | None = None) -> None:
         self.key, self.value, self.allowed = key, value, allowed
-        why = reason or "is not allowed"
-        super().__init__(f"{key}: {value!r} {why}; allowed: {allowed}")
+        self.why = reason or "is not allowed"
+        super().__init__(f"{key}: {value!r} {self.why}; allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,8 @@ def to_raw(f: Field, value: Value) -> Any:
         return _minutes(f, value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SettingRefused(f.key, value, f.writable_values, "has the wrong type")
+    if not math.isfinite(value):
+        raise SettingRefused(f.key, value, f.writable_values, "is not a finite number")
     raw = value / f.scale
     if not math.isclose(raw, round(raw), abs_tol=1e-6):
         raise SettingRefused(f.key, value, f"multiples of {f.scale:g}", "has too many decimals")
@@ -405,18 +407,28 @@ def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes
 
 def validate(command: Command, version: int, values: Mapping[str, Value]) -> None:
     """Refuse values that the tables do not allow for a write of ``command``."""
-    for f in layout_of(command, version):
+    layout = layout_of(command, version)
+    names = {f.group or f.key for f in layout}
+    unknown = sorted(k for k in values if k not in names and k != EXTRA)
+    if unknown:
+        raise SettingRefused(unknown[0], values[unknown[0]],
+                             f"the settings of {command.label}: {', '.join(sorted(names))}",
+                             "is not a setting of this command")
+    for f in layout:
         if f.wire is Wire.RESERVED:
             continue
         if f.group is not None:
             records = values.get(f.group)
             if not isinstance(records, list):
                 raise SettingRefused(f.group, records, "a list of records", "is missing")
+            if isinstance(f.repeat, int) and len(records) != f.repeat:
+                raise SettingRefused(f.group, len(records), f"exactly {f.repeat} records",
+                                     "records is the wrong number")
             for index, record in enumerate(records):
+                name = f"{f.group}[{index}].{f.key}"
                 if not isinstance(record, Mapping) or f.key not in record:
-                    raise SettingRefused(f"{f.group}[{index}].{f.key}", None,
-                                         f.writable_values, "is missing")
-                _check(f, f"{f.group}[{index}].{f.key}", record[f.key])
+                    raise SettingRefused(name, None, f.writable_values, "is missing")
+                _check(f, name, record[f.key])
             if isinstance(f.repeat, str) and values.get(f.repeat) != len(records):
                 raise SettingRefused(f.repeat, values.get(f.repeat),
                                      f"the number of {f.group} records ({len(records)})",
@@ -429,20 +441,25 @@ def validate(command: Command, version: int, values: Mapping[str, Value]) -> Non
 
 
 def _check(f: Field, name: str, value: Value) -> None:
-    raw = to_raw(f, value)  # type and encodability
+    """One value against its field: type, allowed values and range, in the user's units."""
     if f.flag is not None and not isinstance(value, bool | None):
-        raise SettingRefused(name, value, f.writable_values)
-    if f.codes is not None and f.limits is None and raw not in f.codes:
-        raise SettingRefused(name, value, f.writable_values)
-    if f.wire is Wire.TEXT and f.limits is not None:
+        why = "is not allowed" if isinstance(value, int | float) else "has the wrong type"
+        raise SettingRefused(name, value, f.writable_values, why)
+    if f.wire is Wire.TEXT and f.limits is not None and isinstance(value, str):
         lo, hi = f.limits
         if not lo <= len(value) <= hi:
             raise SettingRefused(name, value, f"{lo:g} to {hi:g} characters")
-        return
-    if f.limits is not None and not f.clock and f.codes is None:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if f.limits is not None and is_number and not f.clock and f.codes is None:
         lo, hi = f.limits
-        if not lo <= value <= hi:
+        if not (math.isfinite(value) and lo <= value <= hi):
             raise SettingRefused(name, value, f.writable_values, "is out of range")
+    try:
+        raw = to_raw(f, value)  # type and encodability
+    except SettingRefused as exc:
+        raise SettingRefused(name, value, exc.allowed, exc.why) from None
+    if f.codes is not None and f.limits is None and raw not in f.codes:
+        raise SettingRefused(name, value, f.writable_values)
     if f.limits is not None and (f.clock or f.codes is not None):
         lo, hi = f.limits
         if not lo <= raw <= hi:

@@ -464,11 +464,28 @@ def test_every_limit_is_enforced(code: int, version: int, f: Field) -> None:
         assert str(caught.value).startswith(f"{f.key}: {outside!r} ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec.to_raw lets NaN / infinity through to round(): ValueError / OverflowError",
-)
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_numbers_are_refused(value: float) -> None:
-    with pytest.raises(codec.SettingRefused):
+    with pytest.raises(codec.SettingRefused, match=r"grid_export_limit: .* is out of range"):
         codec.build(MODE, 609, mode_values(grid_export_limit=value))
+
+
+def test_errors_inside_records_name_the_record() -> None:
+    schedule = [{"start": "25:00", "end": "26:00", "period": "Flat"}]
+    with pytest.raises(codec.SettingRefused, match=r"tou_schedule\[0\]\.start: '25:00'"):
+        codec.build(MODE, 609, mode_values(tou_schedule=schedule))
+
+
+def test_out_of_range_numbers_name_the_range_a_user_can_set() -> None:
+    with pytest.raises(codec.SettingRefused, match="allowed: from 0 to 10000 W"):
+        codec.build(MODE, 609, mode_values(grid_export_limit=1e30))
+
+
+def test_unknown_keys_and_wrong_record_counts_are_refused() -> None:
+    with pytest.raises(codec.SettingRefused, match=r"grid_soc_minimum: .* is not a setting"):
+        codec.build(MODE, 609, mode_values(grid_soc_minimum=30))
+    forced = tables.SET_FORCED_SCHEDULE
+    values = {k: v for k, v in codec.decode(forced, 609, bytes(76)).values.items()}
+    values["forced_charge_periods"] = values["forced_charge_periods"][:3]
+    with pytest.raises(codec.SettingRefused, match="exactly 4 records"):
+        codec.build(forced, 609, values)

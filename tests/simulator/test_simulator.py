@@ -411,8 +411,10 @@ async def test_the_project_client_against_the_simulator(sim: Simulator) -> None:
         readings = await client.query(0x95)
         assert [r.command.code for r in readings] == [0x95, 0x9D]
         assert await client.read_registers([0x1000, 0x1001]) == {0x1000: 2300, 0x1001: 5000}
-        await client.write(0x66, readings[0].values | {"grid_soc_min": 40, "tou_schedule":
-                           readings[0].values["tou_schedule"][:1]})
+        keys = {f.group or f.key for f in tables.OPERATING_MODE.layouts[252]}
+        block = {k: v for k, v in readings[0].values.items() if k in keys}
+        await client.write(0x66, block | {"grid_soc_min": 40, "tou_count": 1,
+                                          "tou_schedule": block["tou_schedule"][:1]})
         assert (await client.query(0x95))[0].values["grid_soc_min"] == 40
 
 

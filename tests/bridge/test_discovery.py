@@ -1,0 +1,332 @@
+"""Home Assistant discovery: what Home Assistant would see, checked against its rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from sermatec_bridge.bridge import discovery
+from sermatec_bridge.bridge.discovery import DiscoveryContext
+from sermatec_bridge.bridge.groups import GROUPS
+from sermatec_bridge.bridge.state import EnergyGuard, state_payload
+from sermatec_bridge.protocol import tables
+
+try:  # the plausible decoded replies of the state tests
+    from .test_state import reading  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # tests/bridge is not a package: pytest put its folder on sys.path
+    from test_state import reading
+
+SERIAL = "AB12345"
+BASE = "sermatec"
+
+# --------------------------------------------------------------------------------------
+# What Home Assistant accepts, written from its sensor docs: per device class, the
+# units and the state classes (None: no unit / no state class).
+# --------------------------------------------------------------------------------------
+
+ANY = object()
+MEASURED = {"measurement", None}
+ALLOWED: dict[str | None, tuple[Any, set[str | None]]] = {
+    None: (ANY, {"measurement", "total", "total_increasing", None}),
+    "voltage": ({"V", "mV", "kV"}, MEASURED),
+    "current": ({"A", "mA"}, MEASURED),
+    "power": ({"W", "kW"}, MEASURED),
+    "reactive_power": ({"var", "kvar"}, MEASURED),
+    "apparent_power": ({"VA"}, MEASURED),
+    "energy": ({"Wh", "kWh", "MWh"}, {"total", "total_increasing"}),
+    "power_factor": ({"%", None}, MEASURED),
+    "temperature": ({"°C", "°F", "K"}, MEASURED),
+    "frequency": ({"Hz", "kHz"}, MEASURED),
+    "battery": ({"%"}, MEASURED),
+    "enum": ({None}, {None}),
+    "timestamp": ({None}, {None}),
+}
+BINARY_CLASSES = {None, "problem", "running", "connectivity", "power", "battery_charging"}
+NUMBER_CLASSES: dict[str | None, Any] = {None: ANY, "power": {"W", "kW"}, "battery": {"%"}}
+PLATFORMS = {"sensor", "binary_sensor", "number", "select", "switch", "button"}
+
+
+def ctx(version: int = 609, writes: bool = True, serial: str = SERIAL) -> DiscoveryContext:
+    return DiscoveryContext(serial=serial, model="5 kW", pcu_version=version, version=version,
+                            dsp_version="1.2", base_topic=BASE, writes_enabled=writes,
+                            intervals={"live": 10, "energy": 60, "slow": 300}, timeout=5)
+
+
+def group_payloads(version: int) -> dict[str, dict[str, Any]]:
+    """Each group's state object from plausible decoded replies, as the bridge publishes."""
+    now = datetime(2024, 5, 1, 12, 0).astimezone()
+    out = {}
+    for group in GROUPS:
+        readings = []
+        for command in group.commands(version):
+            for code in tables.replies(command, version):
+                if tables.COMMANDS[code].layout(version) is not None:
+                    readings.append(reading(code, version))
+        payload = state_payload(group.key, readings, now, EnergyGuard(), "Pylontech high voltage")
+        out[f"{BASE}/{SERIAL}/{group.key}"] = json.loads(json.dumps(payload))
+    return out
+
+
+@pytest.fixture(scope="module")
+def full() -> dict[str, dict[str, Any]]:
+    return discovery.entities(ctx())
+
+
+def by_platform(entities: dict[str, dict[str, Any]], platform: str) -> dict[str, Any]:
+    return {k: v for k, v in entities.items() if v["platform"] == platform}
+
+
+def test_pcu_609_with_writes_offers_every_kind_of_entity(full: dict[str, Any]) -> None:
+    counts = Counter(e["platform"] for e in full.values())
+    assert set(counts) == PLATFORMS
+    assert counts["sensor"] > 100 and counts["binary_sensor"] > 10
+    assert counts["number"] == 5 and counts["select"] == 1
+    assert counts["switch"] == 1 and counts["button"] == 1
+    energy = [e for e in full.values() if e.get("device_class") == "energy"]
+    assert len(energy) == 14
+    for e in energy:
+        assert (e["unit_of_measurement"], e["state_class"]) == ("kWh", "total_increasing")
+    assert full["pv_energy_total"]["state_topic"] == f"{BASE}/{SERIAL}/energy"
+
+
+def test_every_sensor_is_a_combination_home_assistant_accepts(full: dict[str, Any]) -> None:
+    for cid, e in by_platform(full, "sensor").items():
+        dc, unit, sc = e.get("device_class"), e.get("unit_of_measurement"), e.get("state_class")
+        assert dc in ALLOWED, cid
+        units, state_classes = ALLOWED[dc]
+        assert units is ANY or unit in units, (cid, dc, unit)
+        assert sc in state_classes, (cid, dc, sc)
+        assert e.get("entity_category") in (None, "diagnostic"), cid  # "config" is refused
+        if "options" in e:
+            assert dc == "enum" and e["options"], cid
+            assert len(set(e["options"])) == len(e["options"]), cid
+        if dc == "enum":
+            assert "options" in e and unit is None and sc is None, cid
+        numeric = unit is not None or sc is not None or "suggested_display_precision" in e
+        assert not (numeric and dc in ("enum", "timestamp")), cid
+        assert isinstance(e.get("expire_after", 1), int) and e.get("expire_after", 1) > 0
+
+
+def test_binary_sensors_and_controls_are_valid(full: dict[str, Any]) -> None:
+    for cid, e in by_platform(full, "binary_sensor").items():
+        assert e.get("device_class") in BINARY_CLASSES, cid
+        assert e.get("entity_category") in (None, "diagnostic"), cid
+    for cid, e in by_platform(full, "number").items():
+        assert e["min"] < e["max"] and e["step"] > 0 and e["mode"] == "box", cid
+        allowed = NUMBER_CLASSES[e.get("device_class")]
+        assert allowed is ANY or e.get("unit_of_measurement") in allowed, cid
+        assert e["entity_category"] == "config"
+    soc = full["set_grid_soc_min"]
+    assert (soc["min"], soc["max"], soc["step"], soc["unit_of_measurement"]) == (10, 100, 1, "%")
+    export = full["set_grid_export_limit"]
+    assert (export["max"], export["unit_of_measurement"], export["device_class"]) == (
+        10000, "W", "power")
+    select = full["set_operating_mode"]
+    assert select["options"] == list(tables.OPERATING_MODES.values())
+    assert select["state_topic"] == f"{BASE}/{SERIAL}/settings"
+    assert select["command_topic"] == f"{BASE}/{SERIAL}/set/operating_mode"
+    switch = full["set_inverter_on"]
+    assert switch["state_topic"] == f"{BASE}/{SERIAL}/live"
+    assert switch["command_topic"] == f"{BASE}/{SERIAL}/set/inverter_on"
+    assert (switch["payload_on"], switch["payload_off"]) == ("ON", "OFF")
+    button = full["set_clock"]
+    assert button["command_topic"] == f"{BASE}/{SERIAL}/set/clock"
+    assert (button["payload_press"], button["entity_category"]) == ("PRESS", "config")
+    for key in ("off_grid_soc_min", "charge_power_limit", "discharge_power_limit"):
+        assert full[f"set_{key}"]["command_topic"] == f"{BASE}/{SERIAL}/set/{key}"
+
+
+def test_ids_names_and_availability(full: dict[str, Any]) -> None:
+    unique = [e["unique_id"] for e in full.values()]
+    assert len(unique) == len(set(unique))
+    for e in full.values():
+        key = e["unique_id"].removeprefix(f"{SERIAL}_")
+        assert e["object_id"] == f"sermatec_{SERIAL.lower()}_{key}"
+        assert e["default_entity_id"] == f"{e['platform']}.{e['object_id']}"
+        assert re.fullmatch(r"[a-z_]+\.[a-z0-9_]+", e["default_entity_id"])
+        assert e["name"] and "sermatec" not in e["name"].lower()
+        assert e["availability_mode"] == "all"
+        assert e["availability"] == [{"topic": f"{BASE}/bridge/state"},
+                                     {"topic": f"{BASE}/{SERIAL}/availability"}]
+    default_ids = [e["default_entity_id"] for e in full.values()]
+    assert len(default_ids) == len(set(default_ids))
+
+
+def test_no_read_only_entity_for_a_key_that_has_a_control(full: dict[str, Any]) -> None:
+    controls = {e["unique_id"] for e in full.values() if "command_topic" in e}
+    read_only = {e["unique_id"] for e in full.values() if "command_topic" not in e}
+    assert len(controls) == 8
+    assert not controls & read_only
+
+
+@pytest.mark.parametrize("version", [609, 500, 259, 258, 252])
+def test_every_template_reads_a_key_of_its_state_object(version: int) -> None:
+    entities = discovery.entities(ctx(version))
+    payloads = group_payloads(version)
+    for cid, e in entities.items():
+        if e["platform"] == "button":
+            assert "state_topic" not in e
+            continue
+        assert e["state_topic"] in payloads, cid
+        payload = payloads[e["state_topic"]]
+        keys = list(discovery.iter_state_keys(e))
+        assert keys, cid
+        for key in keys:
+            assert key in payload, (cid, key)
+        if "json_attributes_topic" in e:
+            assert e["json_attributes_topic"] in payloads
+
+
+def test_states_are_what_home_assistant_accepts(full: dict[str, Any]) -> None:
+    payloads = group_payloads(609)
+    for cid, e in full.items():
+        if "state_topic" not in e:
+            continue
+        [key] = set(discovery.iter_state_keys(e)) - {"alarms"}
+        value = payloads[e["state_topic"]][key]
+        if value is None:
+            continue
+        if e["platform"] in ("binary_sensor", "switch"):
+            assert isinstance(value, bool), cid
+        elif "options" in e:
+            assert value in e["options"], cid
+        elif e.get("device_class") == "timestamp":
+            assert datetime.fromisoformat(value).tzinfo is not None
+        elif "unit_of_measurement" in e or "state_class" in e or e["platform"] == "number":
+            assert isinstance(value, int | float) and not isinstance(value, bool), cid
+
+
+def test_templates_render_as_home_assistant_expects(full: dict[str, Any]) -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    env.filters["to_json"] = json.dumps  # Home Assistant's filter
+    payloads = group_payloads(609)
+    payloads[f"{BASE}/{SERIAL}/live"]["inverter_on"] = None
+    for cid, e in full.items():
+        if "value_template" not in e:
+            continue
+        payload = payloads[e["state_topic"]]
+        text = env.from_string(e["value_template"]).render(value_json=payload)
+        if e["platform"] in ("binary_sensor", "switch"):
+            assert text in ("ON", "OFF", "None"), cid
+        elif "options" in e:
+            assert text in [*e["options"], "None"], cid
+        elif "unit_of_measurement" in e or "state_class" in e:
+            assert text == "None" or float(text) == float(text), cid
+        if "json_attributes_template" in e:
+            attributes = json.loads(env.from_string(e["json_attributes_template"]).render(
+                value_json=payload))
+            assert attributes == {"alarms": payload["alarms"]}
+    assert env.from_string(full["set_inverter_on"]["value_template"]).render(
+        value_json=payloads[f"{BASE}/{SERIAL}/live"]) == "None"
+
+
+def test_writes_disabled_means_no_command_topics() -> None:
+    entities = discovery.entities(ctx(writes=False))
+    assert not [e for e in entities.values() if "command_topic" in e]
+    assert {e["platform"] for e in entities.values()} == {"sensor", "binary_sensor"}
+    assert entities["inverter_on"]["platform"] == "binary_sensor"
+    assert entities["operating_mode"]["device_class"] == "enum"
+    _, payload = discovery.device_config(ctx(writes=False))
+    assert "command_topic" not in json.dumps(payload)
+
+
+def test_pcu_252_offers_only_what_it_has() -> None:
+    entities = discovery.entities(ctx(252))
+    keys = {e["unique_id"].removeprefix(f"{SERIAL}_") for e in entities.values()}
+    later = {f.key for code in (0x9D, 0xA2, 0x0D, 0x9C, 0xA1)
+             for f in tables.COMMANDS[code].layout(609) or ()}
+    assert not keys & later
+    controls = {cid for cid, e in entities.items() if "command_topic" in e}
+    assert controls == {"set_inverter_on", "set_operating_mode", "set_grid_soc_min",
+                        "set_grid_export_limit", "set_clock"}
+    assert "battery_voltage" in entities and "pv_energy_total" in entities
+
+
+def test_device_config_payload() -> None:
+    topic, payload = discovery.device_config(ctx())
+    assert topic == f"homeassistant/device/{SERIAL}/config"
+    assert payload["dev"] == {
+        "identifiers": [SERIAL], "manufacturer": "Sermatec", "model": "5 kW hybrid inverter",
+        "name": "Sermatec 5 kW", "sw_version": "PCU 609, DSP 1.2", "serial_number": SERIAL,
+    }
+    assert payload["o"]["name"] == "sermatec-bridge" and payload["o"]["sw_version"]
+    assert payload["o"]["support_url"].startswith("https://")
+    assert payload["availability_mode"] == "all" and len(payload["availability"]) == 2
+    assert payload["qos"] == 1
+    entities = discovery.entities(ctx())
+    assert set(payload["cmps"]) == set(entities)
+    for cid, component in payload["cmps"].items():
+        assert component["p"] == entities[cid]["platform"]
+        assert "platform" not in component and "availability" not in component
+        assert component["unique_id"] == entities[cid]["unique_id"]
+    json.dumps(payload)  # JSON-ready
+
+
+def test_entity_configs_for_older_home_assistant() -> None:
+    configs = discovery.entity_configs(ctx())
+    assert len(configs) == len(discovery.entities(ctx()))
+    topics = [t for t, _ in configs]
+    assert len(set(topics)) == len(topics)
+    for topic, payload in configs:
+        match = re.fullmatch(rf"homeassistant/(\w+)/{SERIAL}/(sermatec_[a-z0-9_]+)/config", topic)
+        assert match and match[1] in PLATFORMS and match[2] == payload["object_id"]
+        assert "platform" not in payload
+        assert payload["device"]["identifiers"] == [SERIAL]
+        assert payload["origin"]["name"] == "sermatec-bridge"
+        assert payload["availability_mode"] == "all"
+
+
+def test_odd_serial_characters_stay_out_of_ids_and_discovery_topics() -> None:
+    odd = ctx(serial="AB 12.3")
+    topic, _ = discovery.device_config(odd)
+    assert topic == "homeassistant/device/AB_12_3/config"
+    e = discovery.entities(odd)["battery_soc"]
+    assert e["default_entity_id"] == "sensor.sermatec_ab_12_3_battery_soc"
+    assert e["state_topic"] == "sermatec/AB 12.3/live"  # the bridge's own topics keep it
+    assert e["unique_id"] == "AB 12.3_battery_soc"
+
+
+def test_removals_of_components_no_longer_offered() -> None:
+    _, read_only = discovery.device_config(ctx(writes=False))
+    _, with_writes = discovery.device_config(ctx(writes=True))
+    gone = discovery.removals(read_only, with_writes)
+    assert gone["inverter_on"] == {"p": "binary_sensor"}
+    assert gone["operating_mode"] == {"p": "sensor"}
+    assert gone["grid_soc_min"] == {"p": "sensor"}
+    assert not set(gone) & set(with_writes["cmps"])
+    merged = {**with_writes["cmps"], **gone}  # published once, then the clean payload
+    assert merged["set_inverter_on"]["p"] == "switch"
+
+    back = discovery.removals(with_writes, read_only)
+    assert back["set_inverter_on"] == {"p": "switch"} and back["set_clock"] == {"p": "button"}
+
+    _, older = discovery.device_config(ctx(252, writes=False))
+    dropped = discovery.removals(read_only, older)
+    assert dropped["charge_power_limit"] == {"p": "sensor"}
+    assert dropped["forced_charge_mode"] == {"p": "sensor"}
+    assert discovery.removals(None, read_only) == {}
+    assert discovery.removals(read_only, read_only) == {}
+
+
+def test_stale_topics_of_per_entity_discovery() -> None:
+    before = [t for t, _ in discovery.entity_configs(ctx(writes=False))]
+    after = [t for t, _ in discovery.entity_configs(ctx(writes=True))]
+    stale = discovery.stale_topics(before, after)
+    assert f"homeassistant/binary_sensor/{SERIAL}/sermatec_{SERIAL.lower()}_inverter_on/config" \
+        in stale
+    assert not set(stale) & set(after)
+    assert discovery.stale_topics(None, after) == []
+
+
+def test_expire_after_follows_the_group_interval(full: dict[str, Any]) -> None:
+    assert full["battery_soc"]["expire_after"] == 30  # 2 x 10 s + 2 x 5 s
+    assert full["pv_energy_total"]["expire_after"] == 130
+    assert full["problem"]["expire_after"] == 610
+    assert "expire_after" not in full["last_seen"]
+    assert full["last_seen"]["device_class"] == "timestamp"
