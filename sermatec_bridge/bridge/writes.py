@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -186,7 +186,6 @@ class Writer:
                     f"unknown setting(s) {', '.join(unknown)} at PCU version {version}; "
                     f"known: {', '.join(sorted(known))}"
                 )
-            self._rate_limit(request)
             by_command: dict[int, dict[str, Value]] = {}
             for key, value in request.items():
                 command, _ = known[key]
@@ -197,10 +196,14 @@ class Writer:
                 for code, changes in by_command.items()
             ]
             result = WriteResult(True)
+            pendings = []
             for command, block, changes in plans:  # everything validated before any write
                 pending = {k: v for k, v in changes.items()
                            if not same(command, version, k, block[k], v)}
                 result.unchanged += [k for k in changes if k not in pending]
+                pendings.append((command, block, pending))
+            self._rate_limit([k for _, _, pending in pendings for k in pending])
+            for command, block, pending in pendings:
                 if not pending:
                     continue
                 block.update(pending)
@@ -211,9 +214,9 @@ class Writer:
                 result.changed.update(pending)
             return result
 
-    def _rate_limit(self, request: Mapping[str, Any]) -> None:
+    def _rate_limit(self, keys: Iterable[str]) -> None:
         now = self.clock()
-        for key in request:
+        for key in keys:
             waited = now - self.last_write.get(key, -self.min_interval)
             if waited < self.min_interval:
                 raise WriteRefused(
@@ -285,7 +288,7 @@ class Writer:
         now = datetime.now().astimezone()
         values = {"year": now.year, "month": now.month, "day": now.day, "hour": now.hour,
                   "minute": now.minute, "second": now.second}
-        self._rate_limit({CLOCK_KEY: True})
+        self._rate_limit([CLOCK_KEY])
         await self.client.write(tables.CLOCK, values)
         self.last_write[CLOCK_KEY] = self.clock()
         return WriteResult(True, changed={CLOCK_KEY: now.isoformat(timespec="seconds")})
