@@ -25,6 +25,8 @@ $(TOOLS_STAMP):
 	touch $(TOOLS_STAMP)
 
 demo: $(STAMP)
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+		$(BIN)/pip install --quiet -e '.[demo]'
 	$(BIN)/python -m sermatec_bridge.demo
 
 test: lint typecheck container-checks unit

@@ -193,6 +193,11 @@ class MqttSettings(_Section):
     keepalive: int = Field(
         default=30, ge=1, le=65535, description="Seconds between keep-alive pings to the broker."
     )
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT protocol version; 3.1.1 for brokers without MQTT 5 (write results "
+        "then have no response topic).",
+    )
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS to the broker.")
 
 

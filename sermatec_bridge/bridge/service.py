@@ -72,7 +72,8 @@ class Broker:
             username=mqtt.username,
             password=mqtt.password.get_secret_value() if mqtt.password else None,
             identifier=mqtt.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=(aiomqtt.ProtocolVersion.V5 if mqtt.protocol == "5"
+                      else aiomqtt.ProtocolVersion.V311),
             will=aiomqtt.Will(self.bridge_topic, OFFLINE, qos=1, retain=True),
             keepalive=mqtt.keepalive,
             tls_context=tls_context,
