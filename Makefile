@@ -46,6 +46,7 @@ unit: $(STAMP) $(TOOLS_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/codec_and_sweep.py
+	$(BIN)/python benchmarks/bridge.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
