@@ -275,6 +275,10 @@ class HealthSettings(_Section):
         default=None, ge=1, le=65535,
         description="Port for Prometheus metrics at /metrics; unset: off."
     )
+    metrics_host: str = Field(
+        default="0.0.0.0", min_length=1,
+        description="Address the metrics endpoint listens on (0.0.0.0: every interface).",
+    )
 
 
 class Settings(BaseSettings):

@@ -24,7 +24,7 @@ def snapshot(bridge: Bridge) -> dict[str, Any]:
         "mqtt_connected": bridge.broker.client is not None,
         "inverters": [
             {
-                "name": w.config.name or f"{w.config.host}:{w.config.port}",
+                "name": w.config.label,
                 "serial": w.serial,
                 "online": w.online,
                 "last_poll": w.last_poll,

@@ -30,7 +30,7 @@ from .. import __version__
 from ..config import InverterSettings, Settings
 from ..inverter.client import Identity, InverterClient, InverterError
 from ..protocol.codec import Reading
-from . import discovery, health
+from . import discovery, health, metrics
 from .groups import GROUPS, Group
 from .state import EnergyGuard, state_payload
 from .writes import Writer, WriteRefused, WriteResult, parse_request
@@ -121,9 +121,10 @@ class Worker:
     announced: dict[str, Any] | None = None
     last_poll: float | None = None
     last_publish: float | None = None
+    stats: metrics.Stats = field(default_factory=metrics.Stats)
 
     def __post_init__(self) -> None:
-        name = self.config.name or f"{self.config.host}:{self.config.port}"
+        name = self.config.label
         self.log = log.bind(inverter=name)
         self.client = InverterClient(
             self.config.host, self.config.port, timeout=self.config.timeout,
@@ -148,12 +149,16 @@ class Worker:
             now = time.monotonic()
             for group in GROUPS:
                 if self.due.get(group.key, 0) <= now:
+                    started = time.monotonic()
                     try:
                         await self.poll(group)
                     except InverterError as exc:
+                        self.stats.poll_failures += 1
                         await self.set_online(False, str(exc))
                         self.due = {}  # everything again once it is back
                         break
+                    self.stats.polls[group.key] += 1
+                    self.stats.poll_seconds += time.monotonic() - started
                     self.due[group.key] = now + self.interval(group)
             else:
                 await self.set_online(True)
@@ -249,6 +254,7 @@ class Worker:
             result = await self.writer.apply(request)
         except WriteRefused as exc:
             result = WriteResult(False, error=str(exc))
+        self.stats.writes["ok" if result.ok else "refused"] += 1
         body = result.as_json()
         if key is not None:
             body["topic"] = f"set/{key}"
@@ -293,6 +299,10 @@ class Bridge:
                  for w in self.workers]
         tasks.append(asyncio.create_task(self._mqtt_loop(), name="mqtt"))
         tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        if self.settings.health.metrics_port:
+            tasks.append(asyncio.create_task(metrics.serve(
+                self, self.settings.health.metrics_host, self.settings.health.metrics_port),
+                name="metrics"))
         try:
             await self.stopping.wait()
         finally:
