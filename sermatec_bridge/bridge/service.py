@@ -49,6 +49,7 @@ class Broker:
         self.bridge_topic = f"{self.base}/bridge/state"
         self.client: aiomqtt.Client | None = None
         self.retained: dict[str, str] = {}  # everything we own on the broker, to replay
+        self.found: dict[str, Any] = {}  # device configs found retained on the broker
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -226,7 +227,8 @@ class Worker:
         ctx = self.context()
         if self.settings.homeassistant.device_discovery:
             topic, payload = discovery.device_config(ctx)
-            gone = discovery.removals(self.announced, payload)
+            # what an earlier run left on the broker counts as announced too
+            gone = discovery.removals(self.announced or self.broker.found.get(topic), payload)
             if gone:
                 await self.broker.publish(topic, {**payload, "cmps": {**payload["cmps"],
                                                                       **gone}})
@@ -351,6 +353,7 @@ class Bridge:
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         base = self.broker.base
         await client.subscribe(self.settings.homeassistant.status_topic, qos=1)
+        await client.subscribe(f"{self.settings.homeassistant.prefix}/device/+/config", qos=1)
         await client.subscribe(f"{base}/+/set", qos=1)
         await client.subscribe(f"{base}/+/set/+", qos=1)
 
@@ -361,6 +364,11 @@ class Bridge:
         if topic == self.settings.homeassistant.status_topic:
             if payload.strip() == b"online":
                 self._spawn(self._rediscover())
+            return
+        if topic.startswith(f"{self.settings.homeassistant.prefix}/device/"):
+            if message.retain and b'"sermatec-bridge"' in payload:  # ours, from an earlier run
+                with contextlib.suppress(ValueError):
+                    self.broker.found[topic] = json.loads(payload)
             return
         parts = topic[len(self.broker.base) + 1:].split("/")
         if len(parts) < 2 or parts[1] != "set" or parts[-1] == "result":
