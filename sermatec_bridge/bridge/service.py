@@ -312,6 +312,14 @@ class Bridge:
             await self._goodbye()
             for task in tasks:
                 task.cancel()
+            # Python 3.11's asyncio.wait_for swallows a cancellation that arrives as its
+            # awaitable completes (cpython gh-86296; the client and aiomqtt use it): a
+            # task may survive one cancel, so cancel again until every task has ended.
+            pending = set(tasks)
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=0.5)
+                for task in pending:
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for w in self.workers:
                 await w.client.close()

@@ -1,0 +1,326 @@
+"""Writes from Home Assistant, end to end: MQTT in, the simulated inverter changed.
+
+Every write path the discovery offers (numbers, select, switch, button), the schedule and
+multi-setting writes, and every refusal: each refusal answers with a reason on
+``set/result`` and leaves the inverter untouched (no write frame reaches it at all).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from sermatec_bridge.simulator import Simulator
+
+from .conftest import BridgeFactory, HomeAssistant, eventually, topic, wait_ready
+
+# The settings writes and the clock write: none may reach the inverter on a refusal.
+WRITE_CODES = frozenset({0x64, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x71})
+# Slow groups are polled once a minute here, so a state seen right after a write comes
+# from the bridge's immediate re-publication, not from the schedule.
+WRITES = {"writes": {"enabled": True, "min_interval": 0}, "poll": {"slow": 60.0}}
+
+
+def writes_sent(sim: Simulator) -> list[int]:
+    return [code for code in sim.received if code in WRITE_CODES]
+
+
+@pytest.fixture
+async def bridge(ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    sim.received.clear()
+
+
+async def settings_state(ha: HomeAssistant, after: int, key: str, value: Any,
+                         group: str = "settings") -> dict[str, Any]:
+    """The next state of ``group`` that shows ``key == value``."""
+    state: dict[str, Any] = await ha.wait_json(
+        topic(group), lambda s: s.get(key) == value, after=after, within=5)
+    return state
+
+
+# --------------------------------------------------------------------------------------
+# Every write path
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("bridge")
+@pytest.mark.parametrize(("key", "payload", "value"), [
+    ("grid_soc_min", "30", 30),
+    ("grid_soc_min", "35.0", 35),  # what a number entity may send
+    ("off_grid_soc_min", "25", 25),
+    ("grid_export_limit", "3000", 3000),
+    ("charge_power_limit", "2500", 2500),
+    ("discharge_power_limit", "2000", 2000),
+])
+async def test_number(ha: HomeAssistant, sim: Simulator, key: str, payload: str,
+                      value: int) -> None:
+    mark = ha.mark()
+    result = await ha.write(f"set/{key}", payload)
+    assert result == {"ok": True, "changed": {key: value}, "topic": f"set/{key}"}
+    assert sim.model.settings[key] == value
+    await settings_state(ha, mark, key, value)
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_select_operating_mode_by_label(ha: HomeAssistant, sim: Simulator) -> None:
+    mark = ha.mark()
+    result = await ha.write("set/operating_mode", "Energy storage")
+    assert result["ok"] is True, result
+    assert result["changed"] == {"operating_mode": "Energy storage"}
+    assert sim.model.settings["operating_mode"] == "Energy storage"
+    await settings_state(ha, mark, "operating_mode", "Energy storage")
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_switch_inverter_off_and_on(ha: HomeAssistant, sim: Simulator) -> None:
+    mark = ha.mark()
+    result = await ha.write("set/inverter_on", "OFF")
+    assert result == {"ok": True, "changed": {"inverter_on": False},
+                      "topic": "set/inverter_on"}
+    assert sim.model.settings["inverter_on"] is False
+    assert sim.model.values(0x0C)["inverter_on"] is False
+    await settings_state(ha, mark, "inverter_on", False, group="live")
+
+    mark = ha.mark()
+    result = await ha.write("set/inverter_on", "ON")
+    assert result["ok"] is True and result["changed"] == {"inverter_on": True}
+    assert sim.model.values(0x0C)["inverter_on"] is True
+    await settings_state(ha, mark, "inverter_on", True, group="live")
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_button_sets_the_clock(ha: HomeAssistant, sim: Simulator) -> None:
+    sim.model.clock_offset = timedelta(hours=-3, minutes=-17)  # the inverter's clock is off
+    result = await ha.write("set/clock", "PRESS")
+    assert result["ok"] is True, result
+    assert "clock" in result["changed"]
+    # The clock write has no read-back: the result may come before the inverter applied it.
+    await eventually(lambda: abs(sim.model.clock_offset.total_seconds()) < 5,
+                     what="the inverter's clock set")
+    assert 0x68 in sim.received
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_forced_schedule(ha: HomeAssistant, sim: Simulator) -> None:
+    schedule = {
+        "forced_charge_mode": 1,
+        "forced_charge_monday": 1,
+        "forced_charge_saturday": 1,
+        "forced_charge_soc_limit": 90,
+        "forced_charge_period_count": 2,
+        "forced_charge_periods": [{"start": "01:00", "end": "05:00"},
+                                  {"start": "13:30", "end": "14:00"}],
+    }
+    mark = ha.mark()
+    result = await ha.write("set/forced_schedule", json.dumps(schedule))
+    assert result["ok"] is True, result
+    assert result["topic"] == "set/forced_schedule"
+    model = sim.model.settings
+    assert model["forced_charge_mode"] == 1
+    assert model["forced_charge_soc_limit"] == 90
+    assert model["forced_charge_period_count"] == 2
+    assert [(p["start"], p["end"]) for p in model["forced_charge_periods"][:2]] == [
+        ("01:00", "05:00"), ("13:30", "14:00")]
+    assert model["forced_discharge_soc_limit"] == 20, "the discharge half is kept"
+    # 0xa2 reads it back into the settings state.
+    state = await settings_state(ha, mark, "forced_charge_soc_limit", 90)
+    assert state["forced_charge_monday"] == 1
+    assert [(p["start"], p["end"]) for p in state["forced_charge_periods"]] == [
+        ("01:00", "05:00"), ("13:30", "14:00")]
+
+
+def tou(settings: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+    return [(p["start"], p["end"], p["period"]) for p in settings["tou_schedule"]]
+
+
+SCHEDULE = [{"start": "00:00", "end": "07:00", "period": "Valley"},
+            {"start": "07:00", "end": "17:00", "period": "Flat"},
+            {"start": "17:00", "end": "21:00", "period": "Peak"},
+            {"start": "21:00", "end": "24:00", "period": "Valley"}]
+
+
+async def test_one_setting_keeps_the_time_of_use_schedule(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    sim.model.settings.update(tou_schedule=copy.deepcopy(SCHEDULE), tou_count=4,
+                              tariff_peak=0.7)
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    before = copy.deepcopy(sim.model.settings)
+    sim.received.clear()
+
+    result = await ha.write("set/grid_soc_min", "45")
+    assert result["ok"] is True, result
+    after = sim.model.settings
+    assert after["grid_soc_min"] == 45
+    assert tou(after) == tou(before) and after["tou_count"] == 4
+    assert after["tariff_peak"] == 0.7
+    unchanged = {k: v for k, v in after.items() if k not in ("grid_soc_min", "tou_schedule")}
+    assert unchanged == {k: v for k, v in before.items()
+                         if k not in ("grid_soc_min", "tou_schedule")}
+    assert writes_sent(sim) == [0x66]
+
+
+async def test_several_settings_in_one_message(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    sim.model.settings.update(tou_schedule=copy.deepcopy(SCHEDULE), tou_count=4)
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    before = copy.deepcopy(sim.model.settings)
+    sim.received.clear()
+
+    mark = ha.mark()
+    request = {"grid_soc_min": 40, "operating_mode": "Peak-valley",
+               "grid_export_limit": 4000, "charge_power_limit": 3500}
+    result = await ha.write("set", json.dumps(request))
+    assert result == {"ok": True, "changed": request}
+    after = sim.model.settings
+    for key, value in request.items():
+        assert after[key] == value, key
+    assert tou(after) == tou(before), "the time-of-use schedule survives"
+    assert after["tariff_flat"] == before["tariff_flat"]
+    assert after["off_grid_soc_min"] == before["off_grid_soc_min"]
+    assert after["discharge_power_limit"] == before["discharge_power_limit"]
+    # One read-modify-write per settings block: 0x66 once, 0x6a once.
+    assert sorted(writes_sent(sim)) == [0x66, 0x6A]
+    state = await settings_state(ha, mark, "charge_power_limit", 3500)
+    assert state["grid_soc_min"] == 40 and state["operating_mode"] == "Peak-valley"
+    assert [(p["start"], p["end"], p["period"]) for p in state["tou_schedule"]] == tou(before)
+
+
+# --------------------------------------------------------------------------------------
+# Refusals
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("bridge")
+@pytest.mark.parametrize(("leaf", "payload", "reason"), [
+    ("set/grid_soc_min", "5", "grid_soc_min"),  # below the 10 % floor
+    ("set/grid_soc_min", "101", "grid_soc_min"),
+    ("set/grid_export_limit", "20000", "grid_export_limit"),
+    ("set", '{"grid_soc_min": 30', "invalid JSON"),
+    ("set", "[30]", "must be a JSON object"),
+    ("set", '"grid_soc_min"', "must be a JSON object"),
+    ("set", "{}", "names no setting"),
+    ("set", '{"turbo_boost": 1}', "unknown setting(s) turbo_boost"),
+    ("set/turbo_boost", "1", "unknown setting(s) turbo_boost"),
+    ("set", '{"grid_soc_min": 30, "turbo_boost": 1}', "unknown setting(s) turbo_boost"),
+    ("set/grid_soc_min", "abc", "not a number"),
+    ("set/operating_mode", "Turbo", "operating_mode"),
+    ("set/inverter_on", "MAYBE", "ON or OFF"),
+    ("set/forced_schedule", "not json", "invalid JSON"),
+    ("set", '{"grid_export_limit": true}', "grid_export_limit"),
+    ("set", '{"grid_soc_min": "abc"}', "not a number"),
+    ("set", '{"grid_soc_min": [30]}', "grid_soc_min"),
+    ("set/grid_soc_min", '{"value": 30}', "grid_soc_min"),
+    ("set/grid_soc_min", "", "grid_soc_min"),
+    ("set", '{"operating_mode": 99}', "operating_mode"),
+    ("set", '{"forced_charge_periods": [{"start": "25:00", "end": "26:00"}]}', "forced"),
+    ("set/forced_schedule", '{"forced_charge_periods": "none"}', "list of records"),
+])
+async def test_refused_with_a_reason(ha: HomeAssistant, sim: Simulator, leaf: str,
+                                     payload: str, reason: str) -> None:
+    before = copy.deepcopy(sim.model.settings)
+    result = await ha.write(leaf, payload)
+    assert result["ok"] is False, result
+    assert reason in result["error"], result
+    assert sim.model.settings == before
+    assert writes_sent(sim) == [], "nothing may be sent to the inverter"
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_value_already_set_is_not_written(ha: HomeAssistant, sim: Simulator) -> None:
+    current = sim.model.settings["grid_soc_min"]
+    result = await ha.write("set/grid_soc_min", str(current))
+    assert result == {"ok": True, "unchanged": ["grid_soc_min"], "topic": "set/grid_soc_min"}
+    result = await ha.write("set/operating_mode", "general")  # same option, other case
+    assert result["ok"] is True and result["unchanged"] == ["operating_mode"]
+    assert writes_sent(sim) == []
+    assert 0x95 in sim.received, "the current value was read"
+
+
+async def test_rate_limit(ha: HomeAssistant, start_bridge: BridgeFactory,
+                          sim: Simulator) -> None:
+    start_bridge({**WRITES, "writes": {"enabled": True, "min_interval": 60}})
+    await wait_ready(ha)
+    result = await ha.write("set/grid_soc_min", "30")
+    assert result["ok"] is True, result
+    sim.received.clear()
+
+    result = await ha.write("set/grid_soc_min", "40")
+    assert result["ok"] is False
+    assert "writes.min_interval" in result["error"] and "wait" in result["error"]
+    assert sim.model.settings["grid_soc_min"] == 30
+    assert writes_sent(sim) == []
+    # Other settings are limited on their own.
+    result = await ha.write("set/off_grid_soc_min", "30")
+    assert result["ok"] is True, result
+
+
+async def test_setting_that_needs_the_inverter_off(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    sim.received.clear()
+
+    result = await ha.write("set", '{"grid_code": "Italy"}')
+    assert result["ok"] is False
+    assert "only be changed while the inverter is off" in result["error"]
+    assert sim.model.settings["grid_code"] == "Germany"
+    assert writes_sent(sim) == []
+
+    result = await ha.write("set/inverter_on", "OFF")
+    assert result["ok"] is True, result
+    result = await ha.write("set", '{"grid_code": "Italy"}')
+    assert result == {"ok": True, "changed": {"grid_code": "Italy"}}
+    assert sim.model.settings["grid_code"] == "Italy"
+    assert sim.model.settings["dc_battery_type"] == "Lithium", "the rest of 0x69 is kept"
+
+    # The inverter hangs up after a 0x69 write; the bridge carries on.
+    result = await ha.write("set/inverter_on", "ON")
+    assert result["ok"] is True, result
+    mark = ha.mark()
+    await ha.wait_text(topic("availability"), "online", after=0)
+    await ha.wait_json(topic("live"), lambda s: s["inverter_on"] is True, after=mark)
+
+
+# --------------------------------------------------------------------------------------
+# MQTT 5 request / response
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_mqtt5_response_topic_and_correlation_data(ha: HomeAssistant,
+                                                         sim: Simulator) -> None:
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.ResponseTopic = "test/responses/caller-1"
+    properties.CorrelationData = b"request-42"
+    mark = ha.mark()
+    await ha.publish(topic("set/grid_soc_min"), "33", properties=properties)
+
+    response = await ha.wait_topic("test/responses/caller-1", after=mark)
+    assert response.json() == {"ok": True, "changed": {"grid_soc_min": 33},
+                               "topic": "set/grid_soc_min"}
+    assert response.properties is not None
+    assert getattr(response.properties, "CorrelationData", None) == b"request-42"
+    assert not response.retain
+    # The plain result topic gets it too, not retained.
+    result = await ha.wait_topic(topic("set/result"), after=mark)
+    assert result.json()["ok"] is True and not result.retain
+    assert sim.model.settings["grid_soc_min"] == 33
+
+    # A refusal goes to the response topic as well.
+    properties.CorrelationData = b"request-43"
+    mark = ha.mark()
+    await ha.publish(topic("set/grid_soc_min"), "abc", properties=properties)
+    response = await ha.wait_topic("test/responses/caller-1", after=mark)
+    assert response.json()["ok"] is False
+    assert response.properties is not None
+    assert getattr(response.properties, "CorrelationData", None) == b"request-43"
