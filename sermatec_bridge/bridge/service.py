@@ -349,8 +349,12 @@ class Bridge:
             except aiomqtt.MqttError as exc:
                 attempt += 1
                 delay = min(60.0, 2 ** min(attempt, 6) / 2) * random.uniform(0.5, 1.0)
+                hint = None
+                if "timed out" in str(exc).lower():
+                    hint = ("the broker did not answer: is it a TLS listener (mqtt.tls.enabled)?"
+                            if not mqtt.tls.enabled else "the broker did not answer")
                 log.warning("mqtt connection failed, retrying", broker=f"{mqtt.host}:{mqtt.port}",
-                            error=str(exc), retry_in=round(delay, 1))
+                            error=str(exc), hint=hint, retry_in=round(delay, 1))
                 self.broker.client = None
                 self.broker.connected.clear()
                 await asyncio.sleep(delay)

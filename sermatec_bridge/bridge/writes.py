@@ -39,11 +39,15 @@ class WriteResult:
     changed: dict[str, Value] = field(default_factory=dict)
     unchanged: list[str] = field(default_factory=list)
     error: str | None = None
+    unconfirmed: str | None = None  # why a write could not be read back
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok}
         if self.changed:
             out["changed"] = self.changed
+        if self.unconfirmed:
+            out["confirmed"] = False
+            out["note"] = self.unconfirmed
         if self.unchanged:
             out["unchanged"] = self.unchanged
         if self.error:
@@ -63,16 +67,29 @@ def targets(version: int) -> dict[str, tuple[Command, Field]]:
     return out
 
 
+FORCED_SCHEDULE = "forced_schedule"
+
+
 def parse_request(payload: bytes, key: str | None = None) -> dict[str, Any]:
-    """The settings asked for by a message on ``set`` (a JSON object) or ``set/<key>``."""
+    """The settings asked for by a message on ``set`` (a JSON object) or ``set/<key>``.
+
+    ``set/forced_schedule`` takes a JSON object of the 0x71 settings only.
+    """
     text = payload.decode("utf-8", errors="replace").strip()
-    if key is None or key == "forced_schedule":
+    if key is None or key == FORCED_SCHEDULE:
         try:
             request = json.loads(text)
         except json.JSONDecodeError as exc:
             raise WriteRefused(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
         if not isinstance(request, dict):
             raise WriteRefused("the payload must be a JSON object of settings")
+        if key == FORCED_SCHEDULE:
+            allowed = {f.group or f.key for v in tables.SET_FORCED_SCHEDULE.layouts.values()
+                       for f in v}
+            others = sorted(k for k in request if k not in allowed)
+            if others:
+                raise WriteRefused(f"{', '.join(others)}: not part of the forced charge / "
+                                   "discharge schedule; send other settings to set")
         return request
     try:
         value = json.loads(text)
@@ -291,7 +308,8 @@ class Writer:
         self._rate_limit([CLOCK_KEY])
         await self.client.write(tables.CLOCK, values)
         self.last_write[CLOCK_KEY] = self.clock()
-        return WriteResult(True, changed={CLOCK_KEY: now.isoformat(timespec="seconds")})
+        return WriteResult(True, changed={CLOCK_KEY: now.isoformat(timespec="seconds")},
+                           unconfirmed="sent; the inverter has no query that shows its clock")
 
 
 async def _read(session: Session, query: Command) -> dict[str, Value]:

@@ -247,7 +247,8 @@ class InverterClient:
                     f"within {self.timeout:g} s"
                 )
             try:
-                item = await asyncio.wait_for(self._inbox.get(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: it can lose a cancel
+                    item = await self._inbox.get()
             except TimeoutError:
                 continue
             if item is None:

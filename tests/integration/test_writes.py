@@ -102,6 +102,7 @@ async def test_button_sets_the_clock(ha: HomeAssistant, sim: Simulator) -> None:
     result = await ha.write("set/clock", "PRESS")
     assert result["ok"] is True, result
     assert "clock" in result["changed"]
+    assert result["confirmed"] is False and "no query that shows its clock" in result["note"]
     # The clock write has no read-back: the result may come before the inverter applied it.
     await eventually(lambda: abs(sim.model.clock_offset.total_seconds()) < 5,
                      what="the inverter's clock set")
@@ -224,6 +225,7 @@ async def test_several_settings_in_one_message(
     ("set", '{"operating_mode": 99}', "operating_mode"),
     ("set", '{"forced_charge_periods": [{"start": "25:00", "end": "26:00"}]}', "forced"),
     ("set/forced_schedule", '{"forced_charge_periods": "none"}', "list of records"),
+    ("set/forced_schedule", '{"grid_soc_min": 30}', "not part of the forced charge"),
 ])
 async def test_refused_with_a_reason(ha: HomeAssistant, sim: Simulator, leaf: str,
                                      payload: str, reason: str) -> None:
