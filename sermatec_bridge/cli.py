@@ -81,10 +81,11 @@ def _failure_of(exc: BaseException) -> Failure:
 
 
 def _listing(version: int, prog: str) -> list[str]:
-    since = max([v for v in tables.KNOWN_VERSIONS if v <= version], default=0)
+    effective = tables.effective_version(version)  # 991 and 998 read as 601
+    since = max([v for v in tables.KNOWN_VERSIONS if v <= effective], default=0)
     out = [f"Commands at PCU version {version} (tables of PCU {since}):", ""]
-    for command in tables.available(version):
-        if command.kind is Kind.QUERY:
+    for command in tables.available(effective):
+        if command.kind is Kind.QUERY or command.code == 0xBB:
             how = f"{prog} get --el {command.code:02x}"
             if command.code == 0xBB:
                 how += " --registers ADDR[,ADDR...] --risk-inverter-lockup"
@@ -209,7 +210,8 @@ def _decode(args: argparse.Namespace) -> Exit:
             if not item.checksum_ok:
                 print(f"warning: checksum carried 0x{item.checksum:02x}, computes to "
                       f"0x{item.computed_checksum:02x}; decoded anyway", file=sys.stderr)
-            _print([codec.decode_payload(item.command, args.pcu, item.payload)], args.json)
+            version = tables.effective_version(args.pcu)
+            _print([codec.decode_payload(item.command, version, item.payload)], args.json)
             decoded += 1
         except Exception as exc:
             failure = _failure_of(exc)

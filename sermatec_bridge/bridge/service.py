@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 from .. import __version__
 from ..config import InverterSettings, Settings
 from ..inverter.client import Identity, InverterClient, InverterError
-from ..protocol.codec import Reading
+from ..protocol.codec import CodecError, Reading
 from . import discovery, health, metrics
 from .groups import GROUPS, Group
 from .state import EnergyGuard, state_payload
@@ -153,7 +153,8 @@ class Worker:
                     started = time.monotonic()
                     try:
                         await self.poll(group)
-                    except InverterError as exc:
+                    except (InverterError, CodecError) as exc:
+                        # CodecError: a reply that does not fit the tables (too short)
                         self.stats.poll_failures += 1
                         await self.set_online(False, str(exc))
                         self.due = {}  # everything again once it is back

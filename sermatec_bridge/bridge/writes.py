@@ -253,6 +253,11 @@ class Writer:
                     f"{', '.join(changes)} can only be changed while the inverter is off"
                 )
         block = await self._current(session, command)
+        for f in codec.layout_of(command, version):
+            # a new schedule sent without its count: the count is the number of records
+            if (f.group in changes and isinstance(f.repeat, str) and f.repeat not in changes
+                    and len(changes[f.group]) != block.get(f.repeat)):
+                changes[f.repeat] = len(changes[f.group])
         codec.build(command, version, block | changes)  # raises SettingRefused with the reason
         return command, block, changes
 
@@ -260,15 +265,14 @@ class Writer:
         """The write block as the inverter has it now, from the matching query."""
         version = session.version
         query = tables.readback(command, version)
-        current = await _read(session, query) if query else {}
+        current = _in_use(command, version, await _read(session, query)) if query else {}
         block: dict[str, Value] = {}
         for f in codec.layout_of(command, version):
             name = f.group or f.key
             if name in block:
                 continue
             if f.group is not None and isinstance(f.repeat, str):
-                records = list(current.get(name) or [])
-                block[name] = records[: int(current.get(f.repeat) or 0)]
+                block[name] = list(current.get(name) or [])
             elif name in current:
                 block[name] = current[name]
             elif f.wire is not Wire.RESERVED:
@@ -286,7 +290,7 @@ class Writer:
         deadline = loop.time() + self.confirm_timeout
         delay = 0.2
         while True:
-            shown = await _read(session, query)
+            shown = _in_use(command, session.version, await _read(session, query))
             wrong = {
                 k: shown.get(k) for k, v in expected.items()
                 if not same(command, session.version, k, shown.get(k), v)
@@ -316,6 +320,15 @@ async def _read(session: Session, query: Command) -> dict[str, Value]:
     values: dict[str, Value] = {}
     for reading in await session.query(query):
         values.update(reading.values)
+    return values
+
+
+def _in_use(command: Command, version: int, values: dict[str, Value]) -> dict[str, Value]:
+    """Query values with each counted record group of ``command`` cut to its count: the
+    query carries every slot (16 time-of-use periods), the write only those in use."""
+    for f in codec.layout_of(command, version):
+        if f.group is not None and isinstance(f.repeat, str) and f.group in values:
+            values[f.group] = list(values[f.group] or [])[: int(values.get(f.repeat) or 0)]
     return values
 
 

@@ -150,6 +150,9 @@ class InverterClient:
         attempt = 0
         while True:
             attempt += 1
+            # Whatever is left of an earlier connection (one whose identity read was
+            # cancelled or failed) is closed first: the Wi-Fi module serves one client.
+            await self._drop_connection()
             try:
                 await self._open()
                 reading = (await self._exchange(SYSTEM_INFO, b"", (0x98,), 0))[0]
@@ -157,6 +160,9 @@ class InverterClient:
                 self.log.info("connected", serial=self.identity.serial,
                               pcu=self.identity.reported_version, model=self.identity.model)
                 return
+            except asyncio.CancelledError:
+                self._abandon()
+                raise
             except (InverterError, OSError) as exc:
                 await self._drop_connection()
                 if self.connect_attempts is not None and attempt >= self.connect_attempts:
@@ -190,18 +196,24 @@ class InverterClient:
         self._pump = asyncio.create_task(self._read_frames(reader, self._inbox))
         self.reconnects += 1
 
-    async def _drop_connection(self) -> None:
+    def _abandon(self) -> None:
+        """Close the connection at once, without awaiting: safe while being cancelled."""
         self.identity = None
         if self._pump is not None:
             self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump
             self._pump = None
         if self._writer is not None:
             self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
             self._writer = None
+
+    async def _drop_connection(self) -> None:
+        pump, writer = self._pump, self._writer
+        self._abandon()
+        if pump is not None:
+            await asyncio.wait([pump])  # unlike awaiting it, never swallows our own cancel
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     async def _read_frames(
         self, reader: asyncio.StreamReader, inbox: asyncio.Queue[frame.Frame | None]
@@ -282,6 +294,9 @@ class InverterClient:
             expect = tables.replies(command, self.version) if not command.is_write else ()
             try:
                 readings = await self._exchange(command, payload, expect, self.version)
+            except asyncio.CancelledError:
+                self._abandon()  # the reply may still come: it must not reach the next caller
+                raise
             except (InverterTimeout, InverterUnreachable, OSError) as exc:
                 # The stream may still carry a late reply: never reuse it.
                 await self._drop_connection()
@@ -340,8 +355,10 @@ class InverterClient:
             try:
                 return await asyncio.shield(task)
             except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
+                try:
                     await task  # let part 2 go out before the slot is released
+                except BaseException:
+                    self._abandon()  # not ended cleanly: a late reply must reach no one
                 raise
             except InverterError:
                 await self._drop_connection()  # a late reply must not reach anyone

@@ -445,6 +445,8 @@ def _check(f: Field, name: str, value: Value) -> None:
     if f.flag is not None and not isinstance(value, bool | None):
         why = "is not allowed" if isinstance(value, int | float) else "has the wrong type"
         raise SettingRefused(name, value, f.writable_values, why)
+    if f.flag is not None and value is None and not f.unset_allowed:
+        raise SettingRefused(name, value, f.writable_values)  # 0x64 takes 0x55 or 0xaa
     if f.wire is Wire.TEXT and f.limits is not None and isinstance(value, str):
         lo, hi = f.limits
         if not lo <= len(value) <= hi:

@@ -85,10 +85,15 @@ class Field:
         return self.wire is Wire.BIT or self.flag is not None
 
     @property
+    def unset_allowed(self) -> bool:
+        """A flag that may be written as 0 ("not set"): the 0xee00 / 0x00ee pairs only."""
+        return self.flag == EE_FLAG
+
+    @property
     def writable_values(self) -> str:
         """What a write accepts, in words, for refusal messages."""
         if self.flag is not None:
-            return "true, false or null (not set)"
+            return "true, false or null (not set)" if self.unset_allowed else "true or false"
         if self.codes is not None:
             return "one of " + ", ".join(f"{c} ({n!r})" for c, n in self.codes.items())
         if self.clock:

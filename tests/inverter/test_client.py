@@ -151,3 +151,38 @@ async def test_register_query_sends_part_2_even_when_part_1_is_not_acknowledged(
             assert not sim.blocked
             sim.latency = 0
             assert (await client.query(0x0C))[0].command.code == 0x0C
+
+
+async def test_a_cancelled_query_never_hands_its_late_reply_to_the_next_caller() -> None:
+    async with Simulator(pcu=609) as sim:
+        client = InverterClient("127.0.0.1", sim.port or 0, timeout=2, retries=0)
+        await client.connect()
+        sim.model.settings["grid_soc_min"] = 11
+        sim.latency = 0.5
+        task = asyncio.create_task(client.query(0x95))
+        await asyncio.sleep(0.1)  # the request is out, its reply not yet in
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        sim.model.settings["grid_soc_min"] = 77
+        await asyncio.sleep(0.25)
+        readings = await client.query(0x95)  # sent before the late reply arrives
+        assert readings[0].values["grid_soc_min"] == 77
+        await client.close()
+
+
+async def test_a_connect_cancelled_half_way_leaves_no_connection_behind() -> None:
+    # The simulator serves one client at a time, like the Wi-Fi module: a connection
+    # left open by the cancelled connect would keep the next one waiting forever.
+    async with Simulator(pcu=609, latency=0.5) as sim:
+        client = InverterClient("127.0.0.1", sim.port or 0, timeout=2, retries=0)
+        task = asyncio.create_task(client.connect())
+        await asyncio.sleep(0.1)  # connected, 0x98 asked, not yet answered
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not client.connected
+        sim.latency = 0
+        identity = await client.connect()
+        assert identity.serial == sim.model.serial
+        await client.close()

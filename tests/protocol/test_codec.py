@@ -219,7 +219,7 @@ def field_values(f: Field) -> st.SearchStrategy[Any]:
     if f.wire is Wire.RESERVED:
         return st.binary(min_size=f.size, max_size=f.size).map(bytes.hex)
     if f.flag is not None:
-        return st.sampled_from([True, False, None])
+        return st.sampled_from([True, False, None] if f.unset_allowed else [True, False])
     if f.codes is not None:
         lo, hi = f.limits if f.limits is not None else (-math.inf, math.inf)
         return st.sampled_from([label for code, label in f.codes.items() if lo <= code <= hi])
@@ -409,7 +409,7 @@ def _minimal_one(f: Field) -> Any:
     if f.wire is Wire.RESERVED:
         return bytes(f.size).hex()
     if f.flag is not None:
-        return None
+        return None if f.unset_allowed else False
     if f.codes is not None:
         return next(iter(f.codes.values()))
     if f.clock:
@@ -489,3 +489,14 @@ def test_unknown_keys_and_wrong_record_counts_are_refused() -> None:
     values["forced_charge_periods"] = values["forced_charge_periods"][:3]
     with pytest.raises(codec.SettingRefused, match="exactly 4 records"):
         codec.build(forced, 609, values)
+
+
+def test_the_on_off_switch_takes_on_or_off_only() -> None:
+    with pytest.raises(codec.SettingRefused, match="inverter_on: None is not allowed; "
+                       "allowed: true or false"):
+        codec.build(tables.POWER, 609, {"inverter_on": None})
+    assert codec.build(tables.POWER, 609, {"inverter_on": True}) == b"\x55"
+    values = codec.decode(tables.OPERATING_MODE_2, 609, bytes(46)).values
+    assert values["backup_output"] is None
+    values["off_grid_soc_min"] = 10
+    codec.build(tables.OPERATING_MODE_2, 609, values)  # 0x0000 ("not set") stays allowed
