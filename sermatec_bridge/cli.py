@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -43,6 +44,7 @@ class Exit(IntEnum):
     REFUSED = 10
     CONFIG = 11
     UNHEALTHY = 12
+    INTERRUPTED = 130
 
 
 class Failure(Exception):
@@ -271,8 +273,7 @@ def _run(args: argparse.Namespace) -> Exit:
 
     settings = _settings(args)
     log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
-    service.run(settings)
-    return Exit.OK
+    return Exit.OK if service.run(settings) == 0 else Exit.ERROR
 
 
 def _daemon(args: argparse.Namespace) -> Exit:
@@ -289,13 +290,10 @@ def _daemon(args: argparse.Namespace) -> Exit:
     log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
     from .bridge import service
 
-    service.run(settings)
-    return Exit.OK
+    return Exit.OK if service.run(settings) == 0 else Exit.ERROR
 
 
 def _detach() -> None:
-    import os
-
     if os.fork():
         os._exit(0)
     os.setsid()
@@ -324,17 +322,48 @@ def _health(args: argparse.Namespace) -> Exit:
 # --------------------------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    port = _integer(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1 to 65535)")
+    return port
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def _version(text: str) -> int:
+    version = _integer(text)
+    if version < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a PCU version")
+    return version
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument("-i", "--inverter", metavar="HOST", default=default(None),
                         help=f"inverter address (default {DEFAULT_INVERTER}, its access point)")
-    parser.add_argument("-p", "--port", type=int, default=default(None),
+    parser.add_argument("-p", "--port", type=_port, default=default(None),
                         help="inverter TCP port (default 8899)")
     parser.add_argument("-d", "--debug", action="count", default=default(0),
                         help="more logging (repeat for more)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", default=default(5.0),
+    parser.add_argument("--timeout", type=_positive, metavar="SECONDS", default=default(5.0),
                         help="time to wait for each reply (default 5)")
 
 
@@ -348,7 +377,7 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="action", metavar="COMMAND")
 
     p = sub.add_parser("list", parents=[common], help="the commands the inverter offers")
-    p.add_argument("--pcu", type=int, help="list for this PCU version, without connecting")
+    p.add_argument("--pcu", type=_version, help="list for this PCU version, without connecting")
 
     p = sub.add_parser("get", parents=[common], help="send a query and print the values")
     p.add_argument("command", nargs="?", metavar="CODE|NAME", help="hex code or name")
@@ -361,7 +390,7 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", parents=[common], help="decode frames given in hex")
     p.add_argument("hex", nargs="*", metavar="HEX", help="hex bytes, any spacing; - for stdin")
-    p.add_argument("--pcu", type=int, default=NEWEST_PCU,
+    p.add_argument("--pcu", type=_version, default=NEWEST_PCU,
                    help=f"PCU version of the tables (default {NEWEST_PCU})")
     p.add_argument("--json", action="store_true", help="one JSON object per frame")
     p.add_argument("--ignore-checksum", action="store_true",
@@ -369,9 +398,9 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="run a simulated inverter")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", dest="listen_port", type=int, default=8899,
+    p.add_argument("--port", dest="listen_port", type=_port, default=8899,
                    help="TCP port to listen on (default 8899)")
-    p.add_argument("--pcu", type=int, default=NEWEST_PCU, help="PCU version to report")
+    p.add_argument("--pcu", type=_version, default=NEWEST_PCU, help="PCU version to report")
     p.add_argument("--model", default="5kw", choices=["3kw", "5kw", "6kw", "10kw"])
     p.add_argument("--serial", default="ST5K0SIMULATOR0001", help="serial number")
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
@@ -398,9 +427,9 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p = sub.add_parser("daemon",
                        help="the seed tool's daemon command (same as run, configured by flags)")
     p.add_argument("-m", "--host", dest="mqtt_host", required=True, help="MQTT broker host")
-    p.add_argument("-t", "--port", dest="mqtt_port", type=int, default=1883,
+    p.add_argument("-t", "--port", dest="mqtt_port", type=_port, default=1883,
                    help="MQTT broker port (default 1883)")
-    p.add_argument("-w", "--wait", type=float, default=None, metavar="SECONDS",
+    p.add_argument("-w", "--wait", type=_positive, default=None, metavar="SECONDS",
                    help="interval between live-data updates")
     p.add_argument("-f", "--fork", action="store_true", help="detach from the terminal")
     p.add_argument("-c", "--config", metavar="PATH", help=config_help)
@@ -434,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
     except KeyboardInterrupt:
+        return Exit.INTERRUPTED
+    except BrokenPipeError:  # `... | head`: the reader has seen enough
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the pipe
         return Exit.OK
     except Exception as exc:
         failure = _failure_of(exc)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from sermatec_bridge import cli
-from sermatec_bridge.protocol.frame import checksum
+from sermatec_bridge.protocol.frame import checksum, reply
 
 
 def test_list_shows_how_to_send_the_register_query(capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,3 +36,70 @@ def test_decode_applies_the_tables_of_the_effective_version(
     out = capsys.readouterr().out
     assert '"pcu_version": 601' in out
     assert '"bypass"' in out and "generator_rated_power" not in out  # PCU 500, not 603
+
+
+# --------------------------------------------------------------------------------------
+# Every bad input: one line on stderr, a distinct exit code, never a traceback
+# --------------------------------------------------------------------------------------
+
+CAPTURED_0x98 = (  # its checksum is genuinely wrong: the publisher masked the serial
+    "fe551464980032019b000200015354313131313131313131313131313131313131313131313131"
+    "00000000000000000000000000000000000096ae"
+)
+
+
+def run_cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "sermatec_bridge", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["decode", CAPTURED_0x98], cli.Exit.BAD_CHECKSUM,
+     "carries 0x96, computes to 0xe0 (--ignore-checksum decodes it anyway)"),
+    (["decode", "fe 55 14 64 0a 00 26 12"], cli.Exit.TRUNCATED,
+     "truncated frame: expected 47 bytes, got 8"),
+    (["decode", "fe55zz"], cli.Exit.NOT_HEX, "not hex: 'z' at position 4"),
+    (["decode", "abc"], cli.Exit.NOT_HEX, "odd number of hex digits"),
+    (["decode", "00112233"], cli.Exit.MALFORMED, "no frame found"),
+    (["decode", reply(0x42).hex()], cli.Exit.MALFORMED, "unknown command 0x42"),
+    (["get", "--el", "42", "-i", "127.0.0.1"], cli.Exit.UNKNOWN_COMMAND,
+     "unknown command '42'"),
+    (["get", "66", "-i", "127.0.0.1"], cli.Exit.UNKNOWN_COMMAND, "is a settings write"),
+    (["get", "bb", "-i", "127.0.0.1"], cli.Exit.REFUSED, "--risk-inverter-lockup"),
+    (["get"], cli.Exit.USAGE, "get needs a command"),
+    (["-p", "70000", "get", "0a"], cli.Exit.USAGE, "70000 is not a TCP port"),
+    (["--timeout", "0", "get", "0a"], cli.Exit.USAGE, "must be greater than 0"),
+    (["decode", "--pcu", "-5", "00"], cli.Exit.USAGE, "is not a PCU version"),
+])
+def test_bad_input_gets_its_error(args: list[str], code: int, message: str) -> None:
+    status, _, err = run_cli(*args)
+    assert status == code, err
+    assert message in err
+
+
+def test_decode_anyway_for_analysis_and_from_stdin() -> None:
+    status, out, err = run_cli("decode", "--ignore-checksum", "-",
+                               stdin=CAPTURED_0x98[:40] + "\n" + CAPTURED_0x98[40:] + "\n")
+    assert status == cli.Exit.OK
+    assert "decoded anyway" in err
+    assert "PCU firmware version: 411" in out
+
+
+def test_unreachable_inverter_and_timeout(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = str(s.getsockname()[1])
+    status, _, err = run_cli("-i", "127.0.0.1", "-p", closed, "get", "0a")
+    assert status == cli.Exit.UNREACHABLE
+    assert f"cannot reach the inverter at 127.0.0.1:{closed}" in err
+
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = str(silent.getsockname()[1])
+        status, _, err = run_cli("-i", "127.0.0.1", "-p", port, "--timeout", "0.5",
+                                 "get", "0a")
+    assert status == cli.Exit.TIMEOUT
+    assert "no reply 0x98" in err and "within 0.5 s" in err

@@ -33,8 +33,3 @@ GROUPS: tuple[Group, ...] = (
 )
 
 BY_KEY = {g.key: g for g in GROUPS}
-
-# The queries whose replies belong to a group, including second frames (0x9d after 0x95).
-REPLY_GROUP: dict[int, str] = {
-    code: g.key for g in GROUPS for code in g.queries
-} | {0x9D: "settings"}

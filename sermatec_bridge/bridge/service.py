@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from .. import __version__
 from ..config import InverterSettings, Settings
-from ..inverter.client import Identity, InverterClient, InverterError
+from ..inverter.client import Identity, InverterClient, InverterError, backoff
 from ..protocol.codec import CodecError, Reading
 from . import discovery, health, metrics
 from .groups import GROUPS, Group
@@ -50,7 +50,6 @@ class Broker:
         self.client: aiomqtt.Client | None = None
         self.retained: dict[str, str] = {}  # everything we own on the broker, to replay
         self.found: dict[str, Any] = {}  # device configs found retained on the broker
-        self.connected = asyncio.Event()
         self.connections = 0
 
     def _client(self) -> aiomqtt.Client:
@@ -270,7 +269,7 @@ class Worker:
             if correlation:
                 reply.CorrelationData = correlation
             await self.broker.publish(response_topic, body, retain=False, properties=reply)
-        if result.changed:
+        if result.sent:
             self.due.pop("settings", None)  # re-publish the state at once
             self.due.pop("live", None)
             self.wake.set()
@@ -282,6 +281,7 @@ class Bridge:
         self.broker = Broker(settings)
         self.workers = [Worker(c, settings, self.broker) for c in settings.all_inverters()]
         self.stopping = asyncio.Event()
+        self.failed = False
         self.background: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -292,38 +292,44 @@ class Bridge:
     def worker(self, serial: str) -> Worker | None:
         return next((w for w in self.workers if w.serial == serial), None)
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Run until SIGTERM / SIGINT (True) or until a task fails unexpectedly (False)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
         self.broker.retained[self.broker.bridge_topic] = ONLINE
-        tasks = [asyncio.create_task(w.run(), name=f"worker {w.config.host}")
-                 for w in self.workers]
-        tasks.append(asyncio.create_task(self._mqtt_loop(), name="mqtt"))
-        tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        workers = [self._supervised(w.run(), f"worker {w.config.label}") for w in self.workers]
+        others = [self._supervised(self._mqtt_loop(), "mqtt"),
+                  self._supervised(self._heartbeat(), "heartbeat")]
         if self.settings.health.metrics_port:
-            tasks.append(asyncio.create_task(metrics.serve(
+            others.append(self._supervised(metrics.serve(
                 self, self.settings.health.metrics_host, self.settings.health.metrics_port),
-                name="metrics"))
+                "metrics"))
         try:
             await self.stopping.wait()
         finally:
             log.info("stopping")
+            await _cancel(workers)  # no poll may publish "online" after the goodbye
             await self._goodbye()
-            for task in tasks:
-                task.cancel()
-            # Python 3.11's asyncio.wait_for swallows a cancellation that arrives as its
-            # awaitable completes (cpython gh-86296; the client and aiomqtt use it): a
-            # task may survive one cancel, so cancel again until every task has ended.
-            pending = set(tasks)
-            while pending:
-                _, pending = await asyncio.wait(pending, timeout=0.5)
-                for task in pending:
-                    task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel(others)
             for w in self.workers:
                 await w.client.close()
+        return not self.failed
+
+    def _supervised(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task whose unexpected end stops the bridge (so that a supervisor restarts it)."""
+        task = asyncio.create_task(coroutine, name=name)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and not self.stopping.is_set():
+                log.error("a part of the bridge stopped unexpectedly; stopping", task=name,
+                          error=repr(task.exception()))
+                self.failed = True
+                self.stopping.set()
+
+        task.add_done_callback(ended)
+        return task
 
     async def _goodbye(self) -> None:
         """Say offline for every inverter and the bridge before the connection closes."""
@@ -344,24 +350,21 @@ class Bridge:
                     log.info("mqtt connected", broker=f"{mqtt.host}:{mqtt.port}")
                     await self._subscribe(client)
                     await self.broker.replay()
-                    self.broker.connected.set()
                     async for message in client.messages:
                         await self._dispatch(message)
             except aiomqtt.MqttError as exc:
+                self.broker.client = None
                 attempt += 1
-                delay = min(60.0, 2 ** min(attempt, 6) / 2) * random.uniform(0.5, 1.0)
+                delay = backoff(attempt, 1.0, 60.0)
                 hint = None
                 if "timed out" in str(exc).lower():
                     hint = ("the broker did not answer: is it a TLS listener (mqtt.tls.enabled)?"
                             if not mqtt.tls.enabled else "the broker did not answer")
                 log.warning("mqtt connection failed, retrying", broker=f"{mqtt.host}:{mqtt.port}",
                             error=str(exc), hint=hint, retry_in=round(delay, 1))
-                self.broker.client = None
-                self.broker.connected.clear()
                 await asyncio.sleep(delay)
             finally:
                 self.broker.client = None
-                self.broker.connected.clear()
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         base = self.broker.base
@@ -405,7 +408,21 @@ class Bridge:
             await asyncio.sleep(min(5.0, self.settings.poll.live))
 
 
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel tasks and wait for them all to end.
+
+    Python 3.11's ``asyncio.wait_for`` swallows a cancellation that arrives as its
+    awaitable completes (cpython gh-86296; aiomqtt uses it): a task may survive one
+    cancel, so cancel again until every task has ended.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def run(settings: Settings) -> int:
-    """Run the daemon until SIGTERM / SIGINT; exit status 0 on a clean stop."""
-    asyncio.run(Bridge(settings).run())
-    return 0
+    """Run the daemon until SIGTERM / SIGINT: exit status 0 on a clean stop, 1 on a crash."""
+    return 0 if asyncio.run(Bridge(settings).run()) else 1

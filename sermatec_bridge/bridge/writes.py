@@ -40,6 +40,7 @@ class WriteResult:
     unchanged: list[str] = field(default_factory=list)
     error: str | None = None
     unconfirmed: str | None = None  # why a write could not be read back
+    sent: bool = False  # something reached the inverter (the state may have changed)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok}
@@ -109,19 +110,25 @@ def coerce(command: Command, version: int, key: str, value: Any) -> Value:
         return _coerce_field(_field(command, version, key), value)
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise codec.SettingRefused(key, value, "a list of records (JSON objects)")
+    members = [f for f in members if f.wire is not Wire.RESERVED]
+    for index, record in enumerate(value):
+        missing = [f.key for f in members if f.key not in record]
+        if missing:
+            raise codec.SettingRefused(f"{key}[{index}]", record,
+                                       "records with " + ", ".join(f.key for f in members),
+                                       f"lacks {', '.join(missing)}")
+    records = [{f.key: _coerce_field(f, r[f.key]) for f in members} for r in value]
     slots = members[0].repeat
     if isinstance(slots, int):
-        if len(value) > slots:
-            raise codec.SettingRefused(key, value, f"at most {slots} records")
-        value = value + [{} for _ in range(slots - len(value))]
-    return [
-        {f.key: _coerce_field(f, r.get(f.key, _EMPTY.get(f.key, 0))) for f in members
-         if f.wire is not Wire.RESERVED}
-        for r in value
-    ]
+        if len(records) > slots:
+            raise codec.SettingRefused(key, len(records), f"at most {slots} records",
+                                       "records are too many")
+        records += [{f.key: _EMPTY.get(f.key, 0) for f in members}
+                    for _ in range(slots - len(records))]
+    return records
 
 
-_EMPTY: dict[str, Value] = {"start": "00:00", "end": "00:00"}
+_EMPTY: dict[str, Value] = {"start": "00:00", "end": "00:00"}  # an unused slot
 
 
 def _coerce_field(f: Field, value: Any) -> Value:
@@ -180,20 +187,23 @@ class Writer:
         self.last_write: dict[str, float] = {}
 
     async def apply(self, request: Mapping[str, Any]) -> WriteResult:
+        """Apply a request; the result keeps what was changed even when a later part fails."""
+        result = WriteResult(True)
         try:
-            return await self._apply(dict(request))
+            return await self._apply(dict(request), result)
         except (WriteRefused, codec.CodecError) as exc:
-            return WriteResult(False, error=str(exc))
+            result.ok, result.error = False, str(exc)
         except InverterError as exc:
-            return WriteResult(False, error=f"inverter: {exc}")
+            result.ok, result.error = False, f"inverter: {exc}"
+        return result
 
-    async def _apply(self, request: dict[str, Any]) -> WriteResult:
+    async def _apply(self, request: dict[str, Any], result: WriteResult) -> WriteResult:
         if not request:
             raise WriteRefused("the request names no setting")
         if CLOCK_KEY in request:
             if len(request) > 1:
                 raise WriteRefused("set the clock on its own")
-            return await self._set_clock()
+            return await self._set_clock(result)
         async with self.client.session() as session:
             version = session.version
             known = targets(version)
@@ -212,7 +222,6 @@ class Writer:
                 await self._plan(session, tables.COMMANDS[code], changes)
                 for code, changes in by_command.items()
             ]
-            result = WriteResult(True)
             pendings = []
             for command, block, changes in plans:  # everything validated before any write
                 pending = {k: v for k, v in changes.items()
@@ -225,9 +234,10 @@ class Writer:
                     continue
                 block.update(pending)
                 await session.write(command, block)
+                result.sent = True
                 for key in pending:
                     self.last_write[key] = self.clock()
-                await self._confirm(session, command, pending)
+                await self._confirm(session, version, command, pending)
                 result.changed.update(pending)
             return result
 
@@ -280,20 +290,24 @@ class Writer:
         return block
 
     async def _confirm(
-        self, session: Session, command: Command, expected: dict[str, Value]
+        self, session: Session, version: int, command: Command, expected: dict[str, Value]
     ) -> None:
-        """Read back until the inverter shows every new value, or give up."""
-        query = tables.readback(command, session.version)
+        """Read back until the inverter shows every new value, or give up.
+
+        ``version`` is the one the write was built for: after a write that makes the
+        inverter hang up, the session only learns it again on the next read.
+        """
+        query = tables.readback(command, version)
         if query is None:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.confirm_timeout
         delay = 0.2
         while True:
-            shown = _in_use(command, session.version, await _read(session, query))
+            shown = _in_use(command, version, await _read(session, query))
             wrong = {
                 k: shown.get(k) for k, v in expected.items()
-                if not same(command, session.version, k, shown.get(k), v)
+                if not same(command, version, k, shown.get(k), v)
             }
             if not wrong:
                 return
@@ -305,15 +319,17 @@ class Writer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _set_clock(self) -> WriteResult:
+    async def _set_clock(self, result: WriteResult) -> WriteResult:
         now = datetime.now().astimezone()
         values = {"year": now.year, "month": now.month, "day": now.day, "hour": now.hour,
                   "minute": now.minute, "second": now.second}
         self._rate_limit([CLOCK_KEY])
         await self.client.write(tables.CLOCK, values)
         self.last_write[CLOCK_KEY] = self.clock()
-        return WriteResult(True, changed={CLOCK_KEY: now.isoformat(timespec="seconds")},
-                           unconfirmed="sent; the inverter has no query that shows its clock")
+        result.sent = True
+        result.changed[CLOCK_KEY] = now.isoformat(timespec="seconds")
+        result.unconfirmed = "sent; the inverter has no query that shows its clock"
+        return result
 
 
 async def _read(session: Session, query: Command) -> dict[str, Value]:

@@ -86,6 +86,12 @@ def register_query_parts(addresses: list[int]) -> tuple[bytes, bytes]:
     return part1, part2
 
 
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: somewhere in the upper half of the step."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
 class InverterClient:
     """An inverter at ``host:port``. Use ``async with`` or :meth:`connect` / :meth:`close`."""
 
@@ -178,9 +184,7 @@ class InverterClient:
                 await asyncio.sleep(delay)
 
     def _delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter."""
-        ceiling = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff(attempt, self.backoff, self.backoff_max)
 
     async def _open(self) -> None:
         try:
@@ -363,6 +367,10 @@ class InverterClient:
             except InverterError:
                 await self._drop_connection()  # a late reply must not reach anyone
                 raise
+            except OSError as exc:
+                await self._drop_connection()
+                raise InverterUnreachable(
+                    f"lost the inverter at {self.host}:{self.port}: {exc}") from exc
 
     async def _register_exchange(self, part1: bytes, part2: bytes) -> dict[int, int]:
         loop = asyncio.get_running_loop()
@@ -407,6 +415,7 @@ class Session:
         if cmd.kind is not Kind.QUERY:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is a {cmd.kind.value} command, "
                              "not a query")
+        await self.client._ensure_connected()  # the version may be unknown after a hang-up
         self.client._offered(cmd)
         return await self.client._with_retries(cmd, b"")
 
@@ -414,10 +423,13 @@ class Session:
         cmd = _command(command)
         if not cmd.is_write:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is not a write")
+        await self.client._ensure_connected()
         self.client._offered(cmd)
         payload = codec.build(cmd, self.version, values)
         await self.client._with_retries(cmd, payload)
         self.client.log.info("written", command=cmd.label)
+        if cmd.closes_connection:  # the inverter hangs up after this one: start afresh
+            await self.client._drop_connection()
 
 
 def _command(command: Command | int) -> Command:

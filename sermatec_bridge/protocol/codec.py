@@ -31,7 +31,7 @@ from construct import (
     this,
 )
 
-from .model import Command, Field, Kind, Value, Wire
+from .model import Command, Field, Value, Wire
 from .tables import COMMANDS
 
 EXTRA = "extra"
@@ -484,6 +484,3 @@ def decode_payload(code: int, version: int, payload: bytes) -> Reading:
         raise CodecError(f"unknown command 0x{code:02x}")
     return decode(command, version, payload)
 
-
-def writable(command: Command) -> bool:
-    return command.kind in (Kind.SETTINGS, Kind.NETWORK) or command.code == 0xBA

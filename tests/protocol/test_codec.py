@@ -267,7 +267,7 @@ SETTINGS_CASES = cases(SETTINGS)
 def test_every_settings_command_is_covered() -> None:
     assert {code for code, _ in SETTINGS_CASES} == set(SETTINGS)
     for code in SETTINGS:
-        assert codec.writable(tables.COMMANDS[code])
+        assert tables.COMMANDS[code].is_write
 
 
 @pytest.mark.parametrize(("code", "version"), SETTINGS_CASES, ids=ids(SETTINGS_CASES))
