@@ -258,9 +258,10 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None)
     from .config import ConfigError, load_settings
 
     overrides = dict(overrides or {})
-    if getattr(args, "inverter", None) and args.action != "daemon":
-        overrides["inverter"] = {"host": args.inverter, **(
-            {"port": args.port} if args.port else {})}
+    if args.action != "daemon":  # flags given win over YAML and environment
+        given = {"host": getattr(args, "inverter", None), "port": getattr(args, "port", None)}
+        if any(given.values()):
+            overrides["inverter"] = {k: v for k, v in given.items() if v is not None}
     try:
         return load_settings(args.config, overrides)
     except ConfigError as exc:

@@ -103,3 +103,14 @@ def test_unreachable_inverter_and_timeout(tmp_path: Path) -> None:
                                  "get", "0a")
     assert status == cli.Exit.TIMEOUT
     assert "no reply 0x98" in err and "within 0.5 s" in err
+
+
+def test_flags_win_over_the_environment_and_secrets_stay_masked() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sermatec_bridge", "-p", "9000", "config"],
+        env={"PATH": "/usr/bin:/bin", "SERMATEC_INVERTER__HOST": "192.0.2.10",
+             "SERMATEC_INVERTER__PORT": "8899", "SERMATEC_MQTT__PASSWORD": "hunter2"},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == cli.Exit.OK, done.stderr
+    assert "host: 192.0.2.10\n  port: 9000" in done.stdout
+    assert "hunter2" not in done.stdout and "'********'" in done.stdout
