@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import re
 import shutil
 import socket
 import sys
@@ -27,11 +26,10 @@ from typing import Any
 import aiomqtt
 
 from . import log
+from .bridge.discovery import iter_state_keys
 from .bridge.service import Bridge
 from .config import load_settings
 from .simulator import Simulator
-
-KEY = re.compile(r"value_json\.(\w+)")
 
 
 def free_port() -> int:
@@ -120,10 +118,10 @@ class View:
 
     def value(self, config: dict[str, Any]) -> str:
         state = self.states.get(config.get("state_topic", ""), {})
-        match = KEY.search(config.get("value_template", ""))
-        if not match or match.group(1) not in state:
+        key = next(iter_state_keys({"value_template": config.get("value_template")}), None)
+        if key not in state:
             return "…"
-        value = state[match.group(1)]
+        value = state[key]
         if value is None:
             return "unknown"
         if isinstance(value, bool):

@@ -504,7 +504,7 @@ def stale_topics(previous_topics: Sequence[str] | None, current_topics: Sequence
 
 
 def iter_state_keys(config: Mapping[str, Any]) -> Iterator[str]:
-    """The state-object keys an entity config's templates read (for checks and tests)."""
+    """The state-object keys an entity config's templates read (the demo shows the first)."""
     for option in ("value_template", "json_attributes_template"):
         template = config.get(option)
         if isinstance(template, str):

@@ -20,20 +20,12 @@ import structlog
 from ..protocol import alarms
 from ..protocol.codec import Reading, layout_of
 from ..protocol.model import Field, Value, Wire
+from ..protocol.tables import GROUP_COUNTS
 
 log = structlog.get_logger(__name__)
 
 ALARMS_GROUP = "alarms"
 LAST_SEEN = "last_seen"
-
-# The field that says how many records of a record group are in use. The query layouts
-# carry a fixed number of record slots; only the first ``count`` hold real records.
-RECORD_COUNTS: dict[str, str] = {
-    "tou_schedule": "tou_count",
-    "forced_charge_periods": "forced_charge_period_count",
-    "forced_discharge_periods": "forced_discharge_period_count",
-}
-
 
 def is_published(f: Field) -> bool:
     """A field whose value goes into the state object (record members aside)."""
@@ -129,7 +121,7 @@ def _records(group: str, layout: tuple[Field, ...], values: Mapping[str, Value])
     records = values.get(group)
     if not isinstance(records, list):
         return []
-    count = values.get(RECORD_COUNTS.get(group, ""))
+    count = values.get(GROUP_COUNTS.get(group, ""))
     if isinstance(count, int) and not isinstance(count, bool):
         records = records[: max(0, count)]
     return [

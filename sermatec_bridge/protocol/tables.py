@@ -811,6 +811,15 @@ GROUP_NAMES = {
     "registers": "Registers",
 }
 
+# The field that says how many records of a group are in use: the replies carry a fixed
+# number of slots (16 tariff periods, 4 forced periods) and only the first ones count.
+GROUP_COUNTS = {
+    "tou_schedule": "tou_count",
+    "forced_charge_periods": "forced_charge_period_count",
+    "forced_discharge_periods": "forced_discharge_period_count",
+    "registers": "register_count",
+}
+
 # From PCU 259 the 0x95 query is answered by two frames.
 REPLIES_FROM: dict[int, dict[int, tuple[int, ...]]] = {0x95: {259: (0x95, 0x9D)}}
 
