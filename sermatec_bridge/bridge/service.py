@@ -168,7 +168,8 @@ class Worker:
                 self.settings.poll.live)
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: it can lose a cancel
+                    await self.wake.wait()
 
     async def poll(self, group: Group) -> None:
         identity = self.identity
