@@ -718,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action is None:
         parser(prog).print_help()
         return Exit.USAGE
-    if args.action in ("get", "list", "simulate"):
+    if args.action in ("get", "simulate") or getattr(args, "from_inverter", False):
         from . import log
 
         # Problems end in one line on stderr: no log line comes before it unless asked for.
