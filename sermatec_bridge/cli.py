@@ -189,9 +189,11 @@ async def _list_from_inverter(args: argparse.Namespace) -> Exit:
     client = _client(args)
     try:
         await _connect(client, "0x98")
+        assert client.identity is not None
+        version = client.identity.reported_version
     finally:
         await client.close()
-    for line in _listing(client.version, args.prog):
+    for line in _listing(version, args.prog):
         print(line)
     return Exit.OK
 
