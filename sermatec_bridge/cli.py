@@ -100,7 +100,7 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
     try:
         return load_settings(config, overrides)
     except ConfigError as exc:
-        no_host = all(p == NO_INVERTER or (p.startswith("inverter.host (")
+        no_host = any(p == NO_INVERTER or (p.startswith("inverter.host (")
                                            and p.endswith("required, but not set"))
                       for p in exc.problems)
         problems = exc.problems
@@ -111,7 +111,10 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
                 return load_settings(config, fallback)
             except ConfigError as again:
                 problems = again.problems
-        raise Failure("invalid configuration: " + "; ".join(problems), Exit.CONFIG) from None
+        # One line per problem, each naming its setting (one problem: one line in all).
+        separator = " " if len(problems) == 1 else "\n  "
+        raise Failure("invalid configuration:" + separator + separator.join(problems),
+                      Exit.CONFIG) from None
 
 
 def _inverter(args: argparse.Namespace) -> InverterSettings:
@@ -445,15 +448,6 @@ def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
 async def _simulate(args: argparse.Namespace) -> None:
     from .simulator.server import run_simulator
 
-    try:
-        await _run_simulator(args, run_simulator)
-    except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise Failure(f"cannot listen on {args.host}:{args.listen_port}: {why}",
-                      Exit.ERROR) from None
-
-
-async def _run_simulator(args: argparse.Namespace, run_simulator: Any) -> None:
     await run_simulator(
         host=args.host, port=args.listen_port, pcu=args.pcu, model=args.model,
         serial=args.serial, latency=args.latency, chunk=args.chunk,
@@ -737,6 +731,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `... | head`: the reader has seen enough
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the pipe
         return Exit.OK
+    except OSError as exc:
+        failure = _failure_of(exc)
+        if args.action == "simulate" and exc.errno:  # its listening socket
+            failure = Failure(f"cannot listen on {args.host}:{args.listen_port}: "
+                              f"{os.strerror(exc.errno)}", Exit.ERROR)
+        print(f"{prog}: {failure}", file=sys.stderr)
+        return failure.code
     except Exception as exc:
         failure = _failure_of(exc)
         print(f"{prog}: {failure}", file=sys.stderr)
