@@ -241,7 +241,7 @@ def _queries(targets: Sequence[str]) -> list[Command] | None:
 
 
 async def _get(args: argparse.Namespace) -> Exit:
-    targets = [args.el] if args.el else list(args.commands)
+    targets = ([args.el] if args.el else []) + list(args.commands)
     if not targets:
         raise Failure("get needs a command: get CODE|NAME [...], get all, or get --el CODE",
                       Exit.USAGE)
