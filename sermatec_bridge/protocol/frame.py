@@ -184,24 +184,18 @@ class FrameReader:
         return bytes(self.buffer)
 
     def finish(self) -> list[Frame | FrameError]:
-        """The end of the stream: a frame still waiting for bytes is truncated.
+        """The end of the stream: a frame still waiting for its bytes is truncated.
 
-        A header whose frame never completed may hide whole frames behind it: those
-        are read (and reported) before the rest is given up.
+        (Whole frames behind a header that announced more were already read by
+        :meth:`feed`, which looks past such a header.)
         """
-        out: list[Frame | FrameError] = []
-        while self.buffer:
-            later = self._complete_frame_after(1)
-            if later is None:
-                buf = self.buffer
-                size = OVERHEAD + buf[6] if len(buf) >= 7 else OVERHEAD
-                out.append(TruncatedFrame(size, len(buf)))
-                self.consumed += len(buf)  # reported as truncated, not as skipped
-                buf.clear()
-                break
-            self._drop(later, "a header whose frame never came")
-            out += self.feed(b"")
-        return out
+        if not self.buffer:
+            return []
+        buf = self.buffer
+        cut = TruncatedFrame(OVERHEAD + buf[6] if len(buf) >= 7 else OVERHEAD, len(buf))
+        self.consumed += len(buf)  # reported as truncated, not as skipped
+        buf.clear()
+        return [cut]
 
     def _drop(self, count: int, reason: str | None = None) -> None:
         reported = max(0, min(count, self._reported_until - self.consumed))
@@ -228,7 +222,8 @@ class FrameReader:
                 later = self._complete_frame_after(1)
                 if later is None:
                     return None
-                self._drop(later)  # what we waited on was garbage that looked like a header
+                self._drop(later, f"a header announcing {size} bytes, but a whole frame "
+                           f"starts {later} bytes after it")
                 continue
             candidate = bytes(buf[:size])
             try:
