@@ -119,6 +119,7 @@ class InverterClient:
         self._inbox: asyncio.Queue[frame.Frame | None] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self.reconnects = 0
+        self.last_bad_frame: frame.FrameError | None = None
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -228,6 +229,7 @@ class InverterClient:
             while data := await reader.read(4096):
                 for item in frames.feed(data):
                     if isinstance(item, frame.FrameError):
+                        self.last_bad_frame = item  # the CLI says why nothing usable came
                         self.log.warning("bad frame dropped", error=str(item))
                     else:
                         inbox.put_nowait(item)
@@ -270,7 +272,7 @@ class InverterClient:
             if item is None:
                 self._inbox.put_nowait(None)
                 raise InverterUnreachable(f"the inverter at {self.host}:{self.port} hung up")
-            if item.command == code:
+            if item.command == code and item.is_reply:  # never our own request, echoed
                 return item
             self.log.warning("unexpected frame dropped", expected=f"0x{code:02x}",
                              frame=str(item))

@@ -97,8 +97,8 @@ def _digits(scale: float) -> int:
 
 def to_value(f: Field, raw: Any) -> Value:
     """The value a raw wire quantity stands for."""
-    if f.wire is Wire.TEXT:
-        return bytes(raw).decode("latin-1").rstrip("\x00")
+    if f.wire is Wire.TEXT:  # the text ends at the first NUL, as the vendor's app reads it
+        return bytes(raw).split(b"\x00", 1)[0].decode("latin-1")
     if f.wire is Wire.RESERVED:
         return bytes(raw).hex()
     if f.wire is Wire.ALARMS:
@@ -362,12 +362,7 @@ def decode(command: Command, version: int, payload: bytes) -> Reading:
     try:
         parsed = struct.parse(payload)
     except ConstructError as exc:
-        size = fixed_size(command, version)
-        expected = f"the {size} bytes" if size is not None else "the size"
-        raise TruncatedPayload(
-            f"{command.label} payload of {len(payload)} bytes is shorter than {expected} "
-            f"that PCU {max(v for v in command.layouts if v <= version)} defines"
-        ) from exc
+        raise _why_not(command, version, elements, payload) from exc
     values: dict[str, Value] = {}
     for e in elements:
         item = parsed[e.name]
@@ -380,6 +375,38 @@ def decode(command: Command, version: int, payload: bytes) -> Reading:
         else:
             values[e.name] = item
     return Reading(command, version, values, bytes(parsed[EXTRA]))
+
+
+def _why_not(command: Command, version: int, elements: tuple[_Element, ...],
+             payload: bytes) -> CodecError:
+    """Why a payload did not parse: too short for its layout, or a count that is no count."""
+    since = max(v for v in command.layouts if v <= version)
+    size, counts = 0, {}
+    for e in elements:
+        f = e.fields[0]
+        if e.kind in ("field", "word") and f.wire in (Wire.INT, Wire.UINT):
+            raw = payload[size : size + f.size]
+            if len(raw) == f.size:
+                counts[f.key] = int.from_bytes(raw, "big", signed=f.wire is Wire.INT)
+        if e.kind == "word":
+            size += 2
+        elif e.kind == "field":
+            size += f.size
+        elif isinstance(f.repeat, int):
+            size += f.repeat * sum(x.size for x in e.fields)
+        else:
+            count = counts.get(str(f.repeat))
+            if count is None:
+                break
+            if count < 0:
+                return CodecError(f"{command.label} payload: {f.repeat} is {count} (raw "
+                                  f"0x{count & 0xFFFF:04x}), which is not a number of records")
+            announced = size + count * sum(x.size for x in e.fields)
+            return TruncatedPayload(
+                f"{command.label} payload of {len(payload)} bytes is shorter than the "
+                f"{announced} bytes that its {f.repeat} of {count} announces (PCU {since})")
+    return TruncatedPayload(f"{command.label} payload of {len(payload)} bytes is shorter "
+                            f"than the {size} bytes that PCU {since} defines")
 
 
 def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes:

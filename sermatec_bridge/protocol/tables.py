@@ -56,18 +56,35 @@ def effective_version(reported: int) -> int:
 
 MODEL_CODES = {1: "10 kW", 2: "5 kW", 3: "6 kW", 5: "3 kW"}
 
+# Battery makes: the code list of 0x98's battery make and of 0x95's battery protocol
+# (one list, as both community decoders read it). Labels from public sources; where the
+# sources disagree, the other name is noted next to the entry.
 BATTERY_MAKES = {
     1: "No battery",
     2: "Pylontech high voltage",
     3: "Pylontech low voltage",
-    9: "Nelumbo high voltage",
-    12: "Generic high voltage",
-    13: "Generic low voltage",
+    4: "BYD",
+    5: "Chaowei",  # sold abroad as Chilwee, the name of its block in the alarm list
+    6: "HDXN",
+    7: "YWLN",
+    9: "Nelumbo high voltage",  # also listed as "XPGY"
+    10: "Alpha ESS",  # listed as "Wotai", Alpha ESS's Chinese name
+    11: "RuiPu",
+    12: "Generic high voltage",  # also listed as "Cairi high voltage"
+    13: "Generic low voltage",  # also listed as "Cairi low voltage"
     14: "Dyness high voltage",
+    15: "Dyness low voltage",
+    16: "DLG low voltage",
+    17: "Alpha ESS low voltage",  # listed as "Wotai low voltage"
+    18: "SHDL",
+    19: "GuangYu",
+    20: "FeiBo",
+    21: "NJSG",
     22: "BYD high voltage",
     23: "BYD low voltage",
+    24: "MeterBoost",
     25: "AOBO",
-    26: "Soluna 15K pack high voltage",
+    26: "Soluna 15K pack high voltage",  # also listed as "DLG high voltage": Soluna is DLG's
     27: "Soluna 4K low voltage",
     28: "Soluna 3K low voltage",
     30: "Pylontech low voltage (RS485)",

@@ -186,3 +186,28 @@ async def test_a_connect_cancelled_half_way_leaves_no_connection_behind() -> Non
         identity = await client.connect()
         assert identity.serial == sim.model.serial
         await client.close()
+
+
+async def test_an_echoed_request_is_never_taken_for_the_reply() -> None:
+    """A Wi-Fi module that echoes what it gets: the echo (0x64 -> 0x14) is no reply."""
+    from sermatec_bridge.protocol import frame
+    from sermatec_bridge.simulator.model import InverterModel
+
+    model = InverterModel(pcu=609)
+
+    async def echo_then_answer(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        frames = frame.FrameReader()
+        while data := await reader.read(4096):
+            for item in frames.feed(data):
+                assert isinstance(item, frame.Frame)
+                writer.write(item.encode())  # the echo comes first
+                writer.write(frame.reply(item.command, model.payload(item.command)))
+        writer.close()
+
+    server = await asyncio.start_server(echo_then_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, InverterClient("127.0.0.1", port, timeout=2) as client:
+        assert client.identity is not None and client.identity.version == 609
+        (reading,) = await client.query(0x0C)
+        assert reading.values["inverter_on"] is True
