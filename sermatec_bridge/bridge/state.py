@@ -20,7 +20,7 @@ import structlog
 from ..protocol import alarms
 from ..protocol.codec import Reading, layout_of
 from ..protocol.model import Field, Value, Wire
-from ..protocol.tables import GROUP_COUNTS
+from ..protocol.records import in_use as records_in_use
 
 log = structlog.get_logger(__name__)
 
@@ -118,12 +118,9 @@ def _reading_values(reading: Reading, now: datetime, guard: EnergyGuard) -> dict
 def _records(group: str, layout: tuple[Field, ...], values: Mapping[str, Value]) -> list[Any]:
     """A record group as a list of dicts: shown members only, records in use only."""
     members = [f for f in layout if f.group == group and is_published(f)]
-    records = values.get(group)
+    records = records_in_use(layout, values).get(group)
     if not isinstance(records, list):
         return []
-    count = values.get(GROUP_COUNTS.get(group, ""))
-    if isinstance(count, int) and not isinstance(count, bool):
-        records = records[: max(0, count)]
     return [
         {f.key: clean(f, record.get(f.key)) for f in members}
         for record in records

@@ -31,6 +31,7 @@ from construct import (
     this,
 )
 
+from . import records
 from .model import Command, Field, Value, Wire
 from .tables import COMMANDS
 
@@ -470,10 +471,7 @@ def _check(f: Field, name: str, value: Value) -> None:
 
 def build(command: Command, version: int, values: Mapping[str, Value]) -> bytes:
     """A validated settings payload. Counts of record groups may be left out."""
-    full = dict(values)
-    for f in layout_of(command, version):
-        if f.group is not None and isinstance(f.repeat, str) and f.repeat not in values:
-            full[f.repeat] = len(values.get(f.group) or [])
+    full = records.with_counts(layout_of(command, version), values)
     validate(command, version, full)
     return encode(command, version, full)
 

@@ -43,6 +43,7 @@ import structlog
 
 from ..protocol import codec, tables
 from ..protocol.model import Command, Field, Kind, Value, Wire
+from ..protocol.records import count_key, in_use, slots
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,8 @@ DEFAULT_REGISTERS: dict[int, int] = {
 
 DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 """The day fields of 0x71 / 0xa2, in wire order."""
+
+_FORCED_LAYOUT = tables.FORCED_SCHEDULE.layouts[500]  # what counts the forced periods
 
 MAX_STEP = 60.0  # seconds of simulated time per integration step
 MAX_STEPS = 20_000  # bounds the work of one update after a long pause
@@ -296,11 +299,12 @@ def complete(command: Command, version: int, values: Mapping[str, Value]) -> dic
                 continue
             members = [g for g in layout if g.group == f.group]
             records = [r for r in values.get(f.group) or [] if isinstance(r, Mapping)]
-            if isinstance(f.repeat, int):
-                records = records[: f.repeat] + [{}] * (f.repeat - len(records))
-            elif isinstance(f.repeat, str):
-                records = records[: _raw_range(_by_key(layout, f.repeat))[1]]
-                counts[f.repeat] = len(records)
+            fixed, count = slots(layout, f.group), count_key(layout, f.group)
+            if fixed is not None:
+                records = records[:fixed] + [{}] * (fixed - len(records))
+            elif count is not None:  # as many records as the count says
+                records = records[: _raw_range(_by_key(layout, count))[1]]
+                counts[count] = len(records)
             out[f.group] = [
                 {m.key: _fit(m, r.get(m.key, _blank(m))) for m in members} for r in records
             ]
@@ -472,9 +476,7 @@ class InverterModel:
         if not s.get(f"{prefix}_{day}"):
             return False
         minute = when.hour * 60 + when.minute
-        periods = s.get(f"{prefix}_periods") or []
-        count = int(_number(s, f"{prefix}_period_count", 0))
-        for period in periods[:count]:
+        for period in in_use(_FORCED_LAYOUT, s).get(f"{prefix}_periods") or []:
             start, end = _minutes(period.get("start")), _minutes(period.get("end"))
             if start is not None and end is not None and start <= minute < end:
                 return True
