@@ -9,7 +9,7 @@ settings payloads are built from values, after validation against the tables.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -52,7 +52,16 @@ class SettingRefused(CodecError):
     def __init__(self, key: str, value: Any, allowed: str, reason: str | None = None) -> None:
         self.key, self.value, self.allowed = key, value, allowed
         self.why = reason or "is not allowed"
-        super().__init__(f"{key}: {value!r} {self.why}; allowed: {allowed}")
+        super().__init__(f"{key}: {quote(value)} {self.why}; allowed: {allowed}")
+
+
+QUOTE_LIMIT = 200
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: a bad value may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -406,8 +415,13 @@ def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes
         raise CodecError(f"{command.label}: cannot encode: {exc}") from exc
 
 
-def validate(command: Command, version: int, values: Mapping[str, Value]) -> None:
-    """Refuse values that the tables do not allow for a write of ``command``."""
+def validate(command: Command, version: int, values: Mapping[str, Value],
+             only: Collection[str] | None = None) -> None:
+    """Refuse values that the tables do not allow for a write of ``command``.
+
+    ``only`` names the settings (fields or record groups) to check against the tables'
+    limits; the others need only be present and encodable (kept as the inverter has them).
+    """
     layout = layout_of(command, version)
     names = {f.group or f.key for f in layout}
     unknown = sorted(k for k in values if k not in names and k != EXTRA)
@@ -417,6 +431,11 @@ def validate(command: Command, version: int, values: Mapping[str, Value]) -> Non
                              "is not a setting of this command")
     for f in layout:
         if f.wire is Wire.RESERVED:
+            continue
+        if only is not None and (f.group or f.key) not in only:
+            if (f.group or f.key) not in values:
+                raise SettingRefused(f.group or f.key, None, f.writable_values,
+                                     "is missing (a write carries the whole block)")
             continue
         if f.group is not None:
             records = values.get(f.group)
@@ -469,10 +488,12 @@ def _check(f: Field, name: str, value: Value) -> None:
             raise SettingRefused(name, value, f.writable_values, "is out of range")
 
 
-def build(command: Command, version: int, values: Mapping[str, Value]) -> bytes:
-    """A validated settings payload. Counts of record groups may be left out."""
+def build(command: Command, version: int, values: Mapping[str, Value],
+          only: Collection[str] | None = None) -> bytes:
+    """A validated settings payload (see :func:`validate` for ``only``). Counts of record
+    groups may be left out."""
     full = records.with_counts(layout_of(command, version), values)
-    validate(command, version, full)
+    validate(command, version, full, only)
     return encode(command, version, full)
 
 
