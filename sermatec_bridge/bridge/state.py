@@ -39,7 +39,8 @@ def is_energy_counter(f: Field) -> bool:
 def clean(f: Field, value: Value) -> Value:
     """The value as Home Assistant may receive it; None where it would be rejected."""
     if f.codes is not None and not isinstance(value, str):
-        return None  # a raw code without a label is not one of the enum's options
+        lo, hi = f.limits or (0, -1)  # unnamed codes within the limits are options too
+        return value if isinstance(value, int) and lo <= value <= hi else None
     if f.flag is not None and not isinstance(value, bool):
         return None  # neither the "on" nor the "off" pattern
     if f.clock and not isinstance(value, str):

@@ -480,7 +480,7 @@ def _check(f: Field, name: str, value: Value) -> None:
         raw = to_raw(f, value)  # type and encodability
     except SettingRefused as exc:
         raise SettingRefused(name, value, exc.allowed, exc.why) from None
-    if f.codes is not None and f.limits is None and raw not in f.codes:
+    if f.codes is not None and raw not in f.codes:  # limits may hold codes without a name
         raise SettingRefused(name, value, f.writable_values)
     if f.limits is not None and (f.clock or f.codes is not None):
         lo, hi = f.limits
