@@ -240,6 +240,9 @@ def _coerce_field(f: Field, name: str, value: Any) -> Value:
         raise codec.SettingRefused(name, value, "ON or OFF")
     if f.is_bool and isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
         return bool(value)
+    if (f.codes is not None and isinstance(value, str) and value.strip().isascii()
+            and value.strip().isdigit() and value.strip() not in f.codes.values()):
+        return int(value)  # a code without a name, as the select shows it
     if isinstance(value, str) and f.codes is None and not f.clock and f.wire is not Wire.TEXT:
         text = value.strip()
         if len(text) > MAX_NUMBER or not _NUMBER.fullmatch(text):

@@ -64,7 +64,8 @@ async def test_number(ha: HomeAssistant, sim: Simulator, key: str, payload: str,
                       value: int) -> None:
     mark = ha.mark()
     result = await ha.write(f"set/{key}", payload)
-    assert result == {"ok": True, "changed": {key: value}, "topic": f"set/{key}"}
+    assert result == {"ok": True, "changed": {key: value}, "topic": f"set/{key}",
+                      "written": True}
     assert sim.model.settings[key] == value
     await settings_state(ha, mark, key, value)
 
@@ -84,7 +85,7 @@ async def test_switch_inverter_off_and_on(ha: HomeAssistant, sim: Simulator) -> 
     mark = ha.mark()
     result = await ha.write("set/inverter_on", "OFF")
     assert result == {"ok": True, "changed": {"inverter_on": False},
-                      "topic": "set/inverter_on"}
+                      "topic": "set/inverter_on", "written": True}
     assert sim.model.settings["inverter_on"] is False
     assert sim.model.values(0x0C)["inverter_on"] is False
     await settings_state(ha, mark, "inverter_on", False, group="live")
@@ -181,7 +182,7 @@ async def test_several_settings_in_one_message(
     request = {"grid_soc_min": 40, "operating_mode": "Peak-valley",
                "grid_export_limit": 4000, "charge_power_limit": 3500}
     result = await ha.write("set", json.dumps(request))
-    assert result == {"ok": True, "changed": request}
+    assert result == {"ok": True, "changed": request, "written": True}
     after = sim.model.settings
     for key, value in request.items():
         assert after[key] == value, key
@@ -241,7 +242,8 @@ async def test_refused_with_a_reason(ha: HomeAssistant, sim: Simulator, leaf: st
 async def test_value_already_set_is_not_written(ha: HomeAssistant, sim: Simulator) -> None:
     current = sim.model.settings["grid_soc_min"]
     result = await ha.write("set/grid_soc_min", str(current))
-    assert result == {"ok": True, "unchanged": ["grid_soc_min"], "topic": "set/grid_soc_min"}
+    assert result == {"ok": True, "unchanged": ["grid_soc_min"], "topic": "set/grid_soc_min",
+                      "written": False}
     result = await ha.write("set/operating_mode", "general")  # same option, other case
     assert result["ok"] is True and result["unchanged"] == ["operating_mode"]
     assert writes_sent(sim) == []
@@ -281,7 +283,7 @@ async def test_setting_that_needs_the_inverter_off(
     result = await ha.write("set/inverter_on", "OFF")
     assert result["ok"] is True, result
     result = await ha.write("set", '{"grid_code": "Italy"}')
-    assert result == {"ok": True, "changed": {"grid_code": "Italy"}}
+    assert result == {"ok": True, "changed": {"grid_code": "Italy"}, "written": True}
     assert sim.model.settings["grid_code"] == "Italy"
     assert sim.model.settings["dc_battery_type"] == "Lithium", "the rest of 0x69 is kept"
 
@@ -309,7 +311,7 @@ async def test_mqtt5_response_topic_and_correlation_data(ha: HomeAssistant,
 
     response = await ha.wait_topic("test/responses/caller-1", after=mark)
     assert response.json() == {"ok": True, "changed": {"grid_soc_min": 33},
-                               "topic": "set/grid_soc_min"}
+                               "topic": "set/grid_soc_min", "written": True}
     assert response.properties is not None
     assert getattr(response.properties, "CorrelationData", None) == b"request-42"
     assert not response.retain
