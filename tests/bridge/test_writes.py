@@ -175,8 +175,12 @@ async def test_concurrent_clock_presses_send_one_frame() -> None:
         async with InverterClient("127.0.0.1", sim.port or 0) as client:
             writer = Writer(client, min_interval=60)
             sim.received.clear()
+            sim.latency = 0.3  # a poll holds the queue slot while the presses come in
+            poll = asyncio.create_task(client.query(0x0A))
+            await asyncio.sleep(0.05)
             results = await asyncio.gather(*(writer.apply({"clock": "PRESS"})
                                              for _ in range(3)))
+            await poll
         assert [r.ok for r in results].count(True) == 1
         assert list(sim.received).count(0x68) == 1
         for refused in (r for r in results if not r.ok):

@@ -402,6 +402,8 @@ async def test_three_clock_presses_send_one_frame(
     start_bridge({**WRITES, "writes": {"enabled": True, "min_interval": 60}})
     await wait_ready(ha)
     sim.received.clear()
+    sim.latency = 0.4  # polls hold the queue slot while the presses come in
+    await eventually(lambda: len(sim.received) > 0, what="a poll under way")
     mark = ha.mark()
     for _ in range(3):
         await ha.publish(topic("set/clock"), "PRESS")
