@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from sermatec_bridge import cli
@@ -39,11 +42,12 @@ def test_settings_the_inverter_could_not_hold_are_refused(settings: dict[str, ob
     assert str(refused.value).startswith(reason)
 
 
-def test_simulate_set_refuses_an_unknown_setting(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["simulate", "--port", "1", "--set", "turbo=1"])
-    assert code == cli.Exit.USAGE
-    err = capsys.readouterr().err
-    assert err.startswith("sermatec-bridge: --set: unknown setting(s) turbo at PCU")
+def test_simulate_set_refuses_an_unknown_setting() -> None:
+    run = subprocess.run([sys.executable, "-m", "sermatec_bridge", "simulate", "--port", "1",
+                          "--set", "turbo=1"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == cli.Exit.USAGE
+    assert run.stderr.startswith("sermatec-bridge: --set: unknown setting(s) turbo at PCU")
+    assert run.stderr.count("\n") == 1, "one line"
 
 
 def test_simulate_set_parses_json_values() -> None:
