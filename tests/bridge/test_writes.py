@@ -158,7 +158,7 @@ async def test_periods_keep_their_reserved_bytes_and_the_count_follows_them() ->
                 {"start": "03:00", "end": "04:00", "reserved": "abcd"},
                 {"start": "05:00", "end": "06:00", "reserved": "beef"}]  # slot 2 as read
 
-            result = await writer.apply({"forced_charge_periods": PERIODS[:1] and [
+            result = await writer.apply({"forced_charge_periods": [
                 {"start": "03:00", "end": "04:00"}], "forced_charge_period_count": 2})
             assert not result.ok
             assert result.error == ("forced_charge_period_count: 2 does not match; allowed: "

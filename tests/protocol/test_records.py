@@ -36,4 +36,3 @@ def test_a_write_of_the_records_in_use_counts_them() -> None:
     # fixed slots: the count is a setting of its own, never taken from the slots
     assert "forced_charge_period_count" not in records.with_counts(
         FORCED, {"forced_charge_periods": []})
-    assert codec.fixed_size(tables.SET_FORCED_SCHEDULE, 609) is not None
