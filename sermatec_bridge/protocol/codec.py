@@ -481,7 +481,9 @@ def _check(f: Field, name: str, value: Value) -> None:
     except SettingRefused as exc:
         raise SettingRefused(name, value, exc.allowed, exc.why) from None
     if f.codes is not None and raw not in f.codes:  # limits may hold codes without a name
-        raise SettingRefused(name, value, f.writable_values)
+        unnamed = f.limits is not None and f.limits[0] <= raw <= f.limits[1]
+        raise SettingRefused(name, value, f.writable_values,
+                             "has no known meaning, so it is not written" if unnamed else None)
     if f.limits is not None and (f.clock or f.codes is not None):
         lo, hi = f.limits
         if not lo <= raw <= hi:
