@@ -446,14 +446,30 @@ def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
+    from .simulator.model import SettingsError
     from .simulator.server import run_simulator
 
-    await run_simulator(
-        host=args.host, port=args.listen_port, pcu=args.pcu, model=args.model,
-        serial=args.serial, latency=args.latency, chunk=args.chunk,
-        garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
-        drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
-    )
+    try:
+        await run_simulator(
+            host=args.host, port=args.listen_port, pcu=args.pcu, model=args.model,
+            serial=args.serial, latency=args.latency, chunk=args.chunk,
+            garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
+            drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
+            settings=dict(args.settings),
+        )
+    except SettingsError as exc:
+        raise Failure(f"--set: {exc}", Exit.USAGE) from None
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """KEY=VALUE of ``simulate --set``: VALUE as JSON (numbers, lists), else as text."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
 
 
 # --------------------------------------------------------------------------------------
@@ -671,6 +687,11 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--silence-rate", type=float, default=0.0, metavar="P",
                    help="share of requests left unanswered")
     p.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
+    p.add_argument("--set", dest="settings", type=_assignment, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="start with this setting, in the keys and units of the MQTT state "
+                        "and raw codes for coded values (repeatable), e.g. "
+                        "--set operating_mode=6 --set grid_soc_min=5")
 
     p = sub.add_parser("run", help="run the MQTT bridge (the container's command)")
     _options(p, "inverter", "config", "debug")

@@ -284,10 +284,18 @@ def _read_only(ctx: DiscoveryContext, group: Group, f: Field) -> dict[str, Any]:
     return config
 
 
+def enum_options(f: Field) -> list[str]:
+    """The options of a coded field: its labels, then the codes within its limits that
+    have none (an operating mode 6 shows as "6", as the state carries it)."""
+    labels = list(dict.fromkeys((f.codes or {}).values()))
+    lo, hi = f.limits or (0, -1)
+    return labels + [str(c) for c in range(int(lo), int(hi) + 1) if c not in (f.codes or {})]
+
+
 def sensor_options(f: Field) -> dict[str, Any]:
     """device_class, unit, state_class, options and precision of a sensor field."""
     if f.codes is not None:
-        return {"device_class": "enum", "options": list(dict.fromkeys(f.codes.values()))}
+        return {"device_class": "enum", "options": enum_options(f)}
     if not f.is_numeric:
         return {}  # text: no class, unit, state class or precision (HA would want numbers)
     out: dict[str, Any] = {}
@@ -366,7 +374,7 @@ def _control(ctx: DiscoveryContext, control: Control, f: Field) -> dict[str, Any
     elif control.platform == "select":
         config.update({
             "value_template": state_template(f.key),
-            "options": list(dict.fromkeys((f.codes or {}).values())),
+            "options": enum_options(f),
         })
     else:
         config.update(_number_options(f))

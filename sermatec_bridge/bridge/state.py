@@ -20,7 +20,7 @@ import structlog
 from ..protocol import alarms
 from ..protocol.codec import Reading, layout_of
 from ..protocol.model import Field, Value, Wire
-from ..protocol.tables import GROUP_COUNTS
+from ..protocol.records import in_use as records_in_use
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +39,8 @@ def is_energy_counter(f: Field) -> bool:
 def clean(f: Field, value: Value) -> Value:
     """The value as Home Assistant may receive it; None where it would be rejected."""
     if f.codes is not None and not isinstance(value, str):
-        return None  # a raw code without a label is not one of the enum's options
+        lo, hi = f.limits or (0, -1)  # unnamed codes within the limits are options too
+        return value if isinstance(value, int) and lo <= value <= hi else None
     if f.flag is not None and not isinstance(value, bool):
         return None  # neither the "on" nor the "off" pattern
     if f.clock and not isinstance(value, str):
@@ -118,12 +119,9 @@ def _reading_values(reading: Reading, now: datetime, guard: EnergyGuard) -> dict
 def _records(group: str, layout: tuple[Field, ...], values: Mapping[str, Value]) -> list[Any]:
     """A record group as a list of dicts: shown members only, records in use only."""
     members = [f for f in layout if f.group == group and is_published(f)]
-    records = values.get(group)
+    records = records_in_use(layout, values).get(group)
     if not isinstance(records, list):
         return []
-    count = values.get(GROUP_COUNTS.get(group, ""))
-    if isinstance(count, int) and not isinstance(count, bool):
-        records = records[: max(0, count)]
     return [
         {f.key: clean(f, record.get(f.key)) for f in members}
         for record in records

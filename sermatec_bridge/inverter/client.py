@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -421,13 +421,16 @@ class Session:
         self.client._offered(cmd)
         return await self.client._with_retries(cmd, b"")
 
-    async def write(self, command: Command | int, values: Mapping[str, Any]) -> None:
+    async def write(self, command: Command | int, values: Mapping[str, Any],
+                    only: Collection[str] | None = None) -> None:
+        """Send a settings write; ``only``: the settings to check against the tables'
+        limits (the others are kept as read), all of them when None."""
         cmd = _command(command)
         if not cmd.is_write:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is not a write")
         await self.client._ensure_connected()
         self.client._offered(cmd)
-        payload = codec.build(cmd, self.version, values)
+        payload = codec.build(cmd, self.version, values, only)
         await self.client._with_retries(cmd, payload)
         self.client.log.info("written", command=cmd.label)
         if cmd.closes_connection:  # the inverter hangs up after this one: start afresh

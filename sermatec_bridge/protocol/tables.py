@@ -419,7 +419,9 @@ _WORKING_PARAMETERS: tuple[Field, ...] = (
     watts("command_power", "Battery power in command mode", limits=(0, 10000),
           category=CONFIG, state_class=None,
           note="vendor table gives no unit; the app shows W"),
-    coded("operating_mode", "Operating mode", OPERATING_MODES),
+    coded("operating_mode", "Operating mode", OPERATING_MODES, limits=(0, 6),
+          note="the vendor table allows codes 0 to 6; 0 and 6 have no known name, so "
+               "they are shown as their code and not offered for writes"),
     number("pv_off_grid", "PV and off-grid", limits=(0, 2), category=CONFIG),
     number("voltage_drop_method", "Grid voltage drop adjustment", limits=(0, 3),
            category=CONFIG),

@@ -29,12 +29,14 @@ import asyncio
 import contextlib
 import random
 from collections import deque
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Self
 
 import structlog
 
 from ..protocol import frame
+from ..protocol.model import Value
 from .model import DEFAULT_SERIAL, Clock, InverterModel
 
 log = structlog.get_logger(__name__)
@@ -73,10 +75,11 @@ class Simulator:
         clock: Clock | None = None,
         pair_pause: float = PAIR_PAUSE,
         chunk_pause: float = CHUNK_PAUSE,
+        settings: Mapping[str, Value] | None = None,
     ) -> None:
         self.model = InverterModel(pcu=pcu, model=model, serial=serial,
                                    battery_make=battery_make, capacity_kwh=capacity_kwh,
-                                   soc=soc, seed=seed, clock=clock)
+                                   soc=soc, seed=seed, clock=clock, settings=settings)
         self.latency = latency
         self.chunk = chunk
         self.pair_pause = pair_pause
@@ -261,11 +264,12 @@ async def run_simulator(
     drop_rate: float = 0.0,
     silence_rate: float = 0.0,
     seed: int | None = None,
+    settings: Mapping[str, Value] | None = None,
 ) -> None:
     """Run a simulator until cancelled (the ``simulate`` command of the CLI)."""
     sim = Simulator(pcu=pcu, model=model, serial=serial, latency=latency, chunk=chunk,
                     seed=seed, garbage_rate=garbage_rate, bad_checksum_rate=bad_checksum_rate,
-                    drop_rate=drop_rate, silence_rate=silence_rate)
+                    drop_rate=drop_rate, silence_rate=silence_rate, settings=settings)
     bound = await sim.start(host, port)
     print(f"simulator listening on {host}:{bound} (PCU {pcu}, {sim.model.model_name})",
           flush=True)

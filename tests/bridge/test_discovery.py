@@ -127,7 +127,8 @@ def test_binary_sensors_and_controls_are_valid(full: dict[str, Any]) -> None:
     assert (export["max"], export["unit_of_measurement"], export["device_class"]) == (
         10000, "W", "power")
     select = full["set_operating_mode"]
-    assert select["options"] == list(tables.OPERATING_MODES.values())
+    # Codes 0 and 6 have no name: they are options too, so a select shows them.
+    assert select["options"] == [*tables.OPERATING_MODES.values(), "0", "6"]
     assert select["state_topic"] == f"{BASE}/{SERIAL}/settings"
     assert select["command_topic"] == f"{BASE}/{SERIAL}/set/operating_mode"
     switch = full["set_inverter_on"]
