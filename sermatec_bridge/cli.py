@@ -463,6 +463,8 @@ async def _simulate(args: argparse.Namespace) -> None:
 
 def _assignment(text: str) -> tuple[str, Any]:
     """KEY=VALUE of ``simulate --set``: VALUE as JSON (numbers, lists), else as text."""
+    import json
+
     key, equals, value = text.partition("=")
     if not equals or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
