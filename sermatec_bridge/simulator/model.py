@@ -540,7 +540,7 @@ class InverterModel:
             0x0D: lambda: {"bms_link": int(self.has_battery), "meter_link": 1,
                            "remote_load_power": self.live.load},
             0x99: self._energy,
-            0x9A: lambda: self._counter("grid_energy", "grid_export", history=True),
+            0x9A: lambda: self._counter("grid_export", "grid_export", history=True),
             0x9B: lambda: self._counter("load_energy", "load", history=True),
             0x9C: self._battery_energy,
         }

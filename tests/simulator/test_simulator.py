@@ -269,7 +269,7 @@ async def test_write_that_closes_the_connection(sim: Simulator) -> None:
 _COUNTERS = {
     0x99: ("pv_energy_today", "pv_energy_total", "consumption_today", "consumption_total",
            "savings_today", "savings_total"),
-    0x9A: ("grid_energy_today", "grid_energy_total"),
+    0x9A: ("grid_export_today", "grid_export_total"),
     0x9B: ("load_energy_today", "load_energy_total"),
     0x9C: ("grid_import_today", "grid_import_total", "battery_charge_today",
            "battery_charge_total", "battery_discharge_today", "battery_discharge_total"),
