@@ -239,6 +239,7 @@ def _decode(args: argparse.Namespace) -> Exit:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
+    from .simulator.model import simulated_clock
     from .simulator.server import run_simulator
 
     await run_simulator(
@@ -246,6 +247,7 @@ async def _simulate(args: argparse.Namespace) -> None:
         serial=args.serial, latency=args.latency, chunk=args.chunk,
         garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
         drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
+        clock=simulated_clock(args.sun, args.time_scale),
     )
 
 
@@ -340,6 +342,22 @@ def _positive(text: str) -> float:
     return value
 
 
+def _time_of_day(text: str) -> Any:
+    from .simulator.model import parse_time_of_day
+
+    try:
+        return parse_time_of_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time_scale(text: str) -> float:
+    scale = _positive(text)
+    if scale > 86400:
+        raise argparse.ArgumentTypeError(f"{text} is more than 86400 (a day per second)")
+    return scale
+
+
 def _version(text: str) -> int:
     version = _integer(text)
     if version < 0:
@@ -417,6 +435,10 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--silence-rate", type=float, default=0.0, metavar="P",
                    help="share of requests left unanswered")
     p.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
+    p.add_argument("--sun", type=_time_of_day, default=None, metavar="HH:MM",
+                   help="start the simulated day at this time of day (default: now)")
+    p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="FACTOR",
+                   help="simulated time runs this many times faster (60: a minute is an hour)")
 
     config_help = "YAML configuration file (default: $SERMATEC_CONFIG)"
     for name, text in (("run", "run the MQTT bridge (the daemon)"),

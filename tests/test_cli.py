@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -114,3 +115,37 @@ def test_flags_win_over_the_environment_and_secrets_stay_masked() -> None:
     assert done.returncode == cli.Exit.OK, done.stderr
     assert "host: 192.0.2.10\n  port: 9000" in done.stdout
     assert "hunter2" not in done.stdout and "'********'" in done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("sun", "daylight"), [("12:00", True), ("00:30", False)])
+def test_simulate_sun_sets_the_simulated_time_of_day(sun: str, daylight: bool) -> None:
+    port = _free_port()
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "sermatec_bridge", "simulate", "--port", str(port),
+         "--sun", sun, "--time-scale", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert simulator.stdout is not None
+        assert "listening" in simulator.stdout.readline()
+        code, out, err = run_cli("get", "0b", "--json", "-i", "127.0.0.1", "-p", str(port))
+        assert code == 0, err
+
+        pv = json.loads(out.splitlines()[0])["fields"]["pv1_power"]["value"]
+        assert (pv > 100) is daylight, pv
+    finally:
+        simulator.terminate()
+        simulator.wait(10)
+
+
+def test_simulate_refuses_a_bad_sun_or_time_scale() -> None:
+    for args, message in ((["--sun", "25:00"], "not a time of day"),
+                          (["--time-scale", "0"], "must be greater than 0"),
+                          (["--time-scale", "1e6"], "more than 86400")):
+        code, _, err = run_cli("simulate", *args)
+        assert code == 2 and message in err, err
