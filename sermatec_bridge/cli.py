@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 from . import display, log
@@ -289,17 +292,56 @@ def _daemon(args: argparse.Namespace) -> Exit:
         overrides["poll"] = {"live": args.wait}
     settings = _settings(args, overrides)
     if args.fork:
-        _detach()
+        _detach(Path(args.pid_file), Path(args.log_file), args.prog)
     log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
     from .bridge import service
 
     return Exit.OK if service.run(settings) == 0 else Exit.ERROR
 
 
-def _detach() -> None:
-    if os.fork():
-        os._exit(0)
+def _runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+
+
+def _detach(pid_file: Path, log_file: Path, prog: str) -> None:
+    """Become a daemon: a new session, no terminal, logs to ``log_file``, a PID file.
+
+    The command returns once the daemon has written its PID file, and prints the PID.
+    """
+    try:
+        running = int(pid_file.read_text().strip())
+        os.kill(running, 0)
+    except (OSError, ValueError):
+        pass  # no PID file, or a stale one
+    else:
+        raise Failure(f"already running as PID {running} ({pid_file})", Exit.ERROR)
+    try:
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        pid_file.write_text("")
+    except OSError as exc:
+        raise Failure(f"cannot detach: {exc}", Exit.ERROR) from None
+    ready, told = os.pipe()
+    if os.fork():  # the command: wait for the daemon's PID, show it, leave
+        os.close(told)
+        pid = os.read(ready, 32).decode().strip()
+        if not pid:
+            raise Failure(f"the daemon did not start; see {log_file}", Exit.ERROR)
+        print(f"{prog} running in the background as PID {pid}\n"
+              f"  log: {log_file}\n  PID file: {pid_file}\n  stop it: kill {pid}")
+        sys.stdout.flush()
+        os._exit(Exit.OK)
+    os.close(ready)
     os.setsid()
+    if os.fork():  # the session leader leaves: the daemon can never get a terminal back
+        os._exit(0)
+    pid_file.write_text(f"{os.getpid()}\n")
+    atexit.register(lambda: pid_file.unlink(missing_ok=True))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.write(told, f"{os.getpid()}\n".encode())
+    os.close(told)
 
 
 def _config(args: argparse.Namespace) -> Exit:
@@ -454,7 +496,12 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    help="MQTT broker port (default 1883)")
     p.add_argument("-w", "--wait", type=_positive, default=None, metavar="SECONDS",
                    help="interval between live-data updates")
-    p.add_argument("-f", "--fork", action="store_true", help="detach from the terminal")
+    p.add_argument("-f", "--fork", action="store_true",
+                   help="detach: run in the background, log to --log-file, print the PID")
+    p.add_argument("--pid-file", default=str(_runtime_dir() / "sermatec-bridge.pid"),
+                   metavar="PATH", help="with -f: where the PID goes (default: %(default)s)")
+    p.add_argument("--log-file", default=str(_runtime_dir() / "sermatec-bridge.log"),
+                   metavar="PATH", help="with -f: where the logs go (default: %(default)s)")
     p.add_argument("-c", "--config", metavar="PATH", help=config_help)
     return top
 
