@@ -145,7 +145,7 @@ class View:
                      if t.endswith("/availability")), "…")
 
     def raw(self, cid: str) -> Any:
-        """The state value an entity shows, or None while unknown."""
+        """The state value behind an entity, as published (None while unknown)."""
         config = self.entities.get(cid)
         if config is None:
             return None
@@ -283,10 +283,10 @@ class Screen:
 
 
 @contextlib.contextmanager
-def keys(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str]) -> Iterator[bool]:
-    """Single key presses from a terminal (cbreak mode); yields whether there is one."""
+def keys(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str]) -> Iterator[None]:
+    """Single key presses from the terminal, if there is one, into ``queue`` (cbreak mode)."""
     if not sys.stdin.isatty():
-        yield False
+        yield
         return
     import termios
     import tty
@@ -296,7 +296,7 @@ def keys(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str]) -> Iterator
     tty.setcbreak(fd)  # keys arrive one by one; Ctrl-C still raises SIGINT
     loop.add_reader(fd, lambda: queue.put_nowait(os.read(fd, 32).decode(errors="replace")))
     try:
-        yield True
+        yield
     finally:
         loop.remove_reader(fd)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
