@@ -8,12 +8,15 @@ start without asyncio, structlog or the configuration (see benchmarks/cli_startu
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from enum import IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -446,7 +449,7 @@ def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from .simulator.model import SettingsError
+    from .simulator.model import SettingsError, simulated_clock
     from .simulator.server import run_simulator
 
     try:
@@ -455,7 +458,7 @@ async def _simulate(args: argparse.Namespace) -> None:
             serial=args.serial, latency=args.latency, chunk=args.chunk,
             garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
             drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
-            settings=dict(args.settings),
+            settings=dict(args.settings), clock=simulated_clock(args.sun, args.time_scale),
         )
     except SettingsError as exc:
         raise Failure(f"--set: {exc}", Exit.USAGE) from None
@@ -500,17 +503,56 @@ def _daemon(args: argparse.Namespace) -> Exit:
         overrides["poll"] = {"live": args.wait}
     settings = _settings(args, overrides)
     if args.fork:
-        _detach()
+        _detach(Path(args.pid_file), Path(args.log_file), args.prog)
     log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
     from .bridge import service
 
     return Exit.OK if service.run(settings) == 0 else Exit.ERROR
 
 
-def _detach() -> None:
-    if os.fork():
-        os._exit(0)
+def _runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+
+
+def _detach(pid_file: Path, log_file: Path, prog: str) -> None:
+    """Become a daemon: a new session, no terminal, logs to ``log_file``, a PID file.
+
+    The command returns once the daemon has written its PID file, and prints the PID.
+    """
+    try:
+        running = int(pid_file.read_text().strip())
+        os.kill(running, 0)
+    except (OSError, ValueError):
+        pass  # no PID file, or a stale one
+    else:
+        raise Failure(f"already running as PID {running} ({pid_file})", Exit.ERROR)
+    try:
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        pid_file.write_text("")
+    except OSError as exc:
+        raise Failure(f"cannot detach: {exc}", Exit.ERROR) from None
+    ready, told = os.pipe()
+    if os.fork():  # the command: wait for the daemon's PID, show it, leave
+        os.close(told)
+        pid = os.read(ready, 32).decode().strip()
+        if not pid:
+            raise Failure(f"the daemon did not start; see {log_file}", Exit.ERROR)
+        print(f"{prog} running in the background as PID {pid}\n"
+              f"  log: {log_file}\n  PID file: {pid_file}\n  stop it: kill {pid}")
+        sys.stdout.flush()
+        os._exit(Exit.OK)
+    os.close(ready)
     os.setsid()
+    if os.fork():  # the session leader leaves: the daemon can never get a terminal back
+        os._exit(0)
+    pid_file.write_text(f"{os.getpid()}\n")
+    atexit.register(lambda: pid_file.unlink(missing_ok=True))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.write(told, f"{os.getpid()}\n".encode())
+    os.close(told)
 
 
 def _config(args: argparse.Namespace) -> Exit:
@@ -558,6 +600,22 @@ def _timeout(text: str) -> float:
     if not (math.isfinite(seconds) and 0.01 <= seconds <= 3600):
         raise argparse.ArgumentTypeError(f"{text} is not a timeout from 0.01 to 3600 seconds")
     return seconds
+
+
+def _time_of_day(text: str) -> Any:
+    from .simulator.model import parse_time_of_day
+
+    try:
+        return parse_time_of_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time_scale(text: str) -> float:
+    scale = _positive(text)
+    if scale > 86400:
+        raise argparse.ArgumentTypeError(f"{text} is more than 86400 (a day per second)")
+    return scale
 
 
 def _version(text: str) -> int:
@@ -694,6 +752,10 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    help="start with this setting, in the keys and units of the MQTT state "
                         "and raw codes for coded values (repeatable), e.g. "
                         "--set operating_mode=6 --set grid_soc_min=5")
+    p.add_argument("--sun", type=_time_of_day, default=None, metavar="HH:MM",
+                   help="start the simulated day at this time of day (default: now)")
+    p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="FACTOR",
+                   help="simulated time runs this many times faster (60: a minute is an hour)")
 
     p = sub.add_parser("run", help="run the MQTT bridge (the container's command)")
     _options(p, "inverter", "config", "debug")
@@ -711,7 +773,12 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    help="MQTT broker port (default 1883)")
     p.add_argument("-w", "--wait", type=_positive, default=None, metavar="SECONDS",
                    help="interval between live-data updates")
-    p.add_argument("-f", "--fork", action="store_true", help="detach from the terminal")
+    p.add_argument("-f", "--fork", action="store_true",
+                   help="detach: run in the background, log to --log-file, print the PID")
+    p.add_argument("--pid-file", default=str(_runtime_dir() / "sermatec-bridge.pid"),
+                   metavar="PATH", help="with -f: where the PID goes (default: %(default)s)")
+    p.add_argument("--log-file", default=str(_runtime_dir() / "sermatec-bridge.log"),
+                   metavar="PATH", help="with -f: where the logs go (default: %(default)s)")
     _options(p, "config")
     return top
 

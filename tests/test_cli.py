@@ -330,3 +330,31 @@ def test_health_needs_no_inverter(tmp_path: Path) -> None:
                                               "SERMATEC_HEALTH__FILE": str(beat)})
     assert status == cli.Exit.OK, err
     assert out == "healthy\n"
+
+
+@pytest.mark.parametrize(("sun", "daylight"), [("12:00", True), ("00:30", False)])
+def test_simulate_sun_sets_the_simulated_time_of_day(sun: str, daylight: bool) -> None:
+    port = free_port()
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "sermatec_bridge", "simulate", "--port", str(port),
+         "--sun", sun, "--time-scale", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert simulator.stdout is not None
+        assert "listening" in simulator.stdout.readline()
+        code, out, err = run_cli("get", "0b", "--json", "-i", "127.0.0.1", "-p", str(port))
+        assert code == 0, err
+
+        pv = json.loads(out.splitlines()[0])["fields"]["pv1_power"]["value"]
+        assert (pv > 100) is daylight, pv
+    finally:
+        simulator.terminate()
+        simulator.wait(10)
+
+
+def test_simulate_refuses_a_bad_sun_or_time_scale() -> None:
+    for args, message in ((["--sun", "25:00"], "not a time of day"),
+                          (["--time-scale", "0"], "must be greater than 0"),
+                          (["--time-scale", "1e6"], "more than 86400")):
+        code, _, err = run_cli("simulate", *args)
+        assert code == 2 and message in err, err

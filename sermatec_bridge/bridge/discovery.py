@@ -12,6 +12,11 @@ what to publish so that Home Assistant drops entities that are no longer offered
 Every combination of device class, unit and state class is one Home Assistant accepts
 (see :data:`SENSOR_UNITS` and :data:`SENSOR_STATE_CLASSES`); where a table's unit does
 not fit a device class, the device class is dropped rather than the entity rejected.
+
+A new device shows only what a user looks at or automates (:data:`ENABLED_BY_DEFAULT`);
+the rest is announced disabled, one click away in Home Assistant, and not recorded
+until enabled. Single-phase models are not offered the fields of phases B and C.
+The messages use Home Assistant's abbreviations (:data:`ABBREVIATIONS`) to stay small.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .. import PROJECT_URL, __version__
 from ..protocol import tables
 from ..protocol.model import Command, Field
 from .groups import BY_KEY, GROUPS, Group
-from .state import LAST_SEEN, is_published
+from .state import LAST_SEEN, derived_fields, is_published
 
 MANUFACTURER = "Sermatec"
 ORIGIN_NAME = "sermatec-bridge"
@@ -98,6 +103,37 @@ CONTROLS: tuple[Control, ...] = (
     Control("discharge_power_limit", "number", 0x6A),
 )
 CLOCK_KEY = "clock"  # set/clock, handled by the writer without a value
+LAST_WRITE = "last_write"  # the sensor showing the outcome of the last write
+
+# What a new device shows: the entities a user looks at or automates (by component id;
+# every control is one). Everything else is announced with enabled_by_default false.
+ENABLED_BY_DEFAULT = frozenset({
+    # battery
+    "battery_soc", "battery_state", "battery_voltage", "battery_current",
+    "battery_temperature", "battery_soh", "dc_power",
+    # PV
+    "pv_power", "pv1_power", "pv2_power", "pv1_voltage", "pv2_voltage", "pv1_current",
+    "pv2_current",
+    # grid, load, backup output, inverter
+    "grid_active_power", "grid_frequency", "grid_power_down", "remote_load_power",
+    *(f"grid_{phase}_{quantity}" for phase in "abc" for quantity in ("voltage", "current")),
+    "backup_active_power", "backup_a_voltage", "inverter_on", "inverter_temperature",
+    # energy: what the Energy dashboard needs, daily (0.1 kWh) and lifetime (1 kWh)
+    *(f"{counter}_{period}" for period in ("today", "total") for counter in (
+        "pv_energy", "load_energy", "grid_import", "grid_export", "battery_charge",
+        "battery_discharge")),
+    # settings a user changes or watches, alarms, freshness, write outcomes
+    "operating_mode", "grid_soc_min", "off_grid_soc_min", "grid_export_limit",
+    "charge_power_limit", "discharge_power_limit",
+    "problem", "active_alarms", LAST_SEEN, LAST_WRITE,
+})
+
+_OTHER_PHASES = re.compile(r"(^|_)([bc]|ab|bc|ca)_(voltage|current|power|temperature)$")
+
+
+def other_phase(key: str) -> bool:
+    """A field of phase B or C (or between two phases): zero on a single-phase model."""
+    return _OTHER_PHASES.search(key) is not None
 
 
 @dataclass(frozen=True)
@@ -115,6 +151,11 @@ class DiscoveryContext:
     intervals: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
     timeout: float = 5.0
     sw_version: str = __version__
+
+    @property
+    def single_phase(self) -> bool:
+        """A model with one AC phase (an unknown model is offered every phase)."""
+        return self.model.strip() in tables.SINGLE_PHASE_MODELS
 
     def state_topic(self, group: str) -> str:
         return f"{self.base_topic}/{self.serial}/{group}"
@@ -211,8 +252,9 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         if group.key == "alarms":
             out.update(_alarm_entities(ctx, group))
             continue
-        for f in group_fields(group, ctx.version):
-            if f.key not in controlled:
+        fields = group_fields(group, ctx.version)
+        for f in fields + derived_fields({f.key for f in fields}):
+            if f.key not in controlled and not (ctx.single_phase and other_phase(f.key)):
                 out[f.key] = _read_only(ctx, group, f)
         if group.key == "live":
             out[LAST_SEEN] = _last_seen(ctx, group)
@@ -220,6 +262,11 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         out[f"set_{control.key}"] = _control(ctx, control, f)
     if clock_offered(ctx):
         out[f"set_{CLOCK_KEY}"] = _clock_button(ctx)
+    if ctx.writes_enabled:
+        out[LAST_WRITE] = _last_write(ctx)
+    for cid, config in out.items():
+        if "command_topic" not in config and cid not in ENABLED_BY_DEFAULT:
+            config["enabled_by_default"] = False
     return out
 
 
@@ -361,6 +408,25 @@ def _alarm_entities(ctx: DiscoveryContext, group: Group) -> dict[str, dict[str, 
     return {"problem": problem, "active_alarms": active}
 
 
+def _last_write(ctx: DiscoveryContext) -> dict[str, Any]:
+    """The outcome of the last write: "OK: …" or "Refused: <reason>", details as attributes.
+
+    Home Assistant shows a write as done once it is sent; this shows what the bridge
+    and the inverter made of it.
+    """
+    topic = ctx.command_topic("result")
+    config = _base(ctx, "sensor", LAST_WRITE, "Last write")
+    ok = "'OK: ' ~ (value_json.changed | default({}) | to_json)"
+    refused = "'Refused: ' ~ value_json.error | default('no reason given')"
+    config.update({
+        "state_topic": topic,
+        "value_template": "{{ ((" + ok + ") if value_json.ok else (" + refused + "))[:255] }}",
+        "json_attributes_topic": topic,
+        "icon": "mdi:playlist-check",
+    })
+    return config  # no expire_after: the last outcome stays true until the next write
+
+
 def _control(ctx: DiscoveryContext, control: Control, f: Field) -> dict[str, Any]:
     config = _base(ctx, control.platform, f.key, f.name)
     config["state_topic"] = ctx.state_topic(control.group)
@@ -441,26 +507,109 @@ def device_topic(ctx: DiscoveryContext) -> str:
     return f"{ctx.prefix}/device/{ctx.node_id}/config"
 
 
-_SHARED = ("availability", "availability_mode")
+# Home Assistant's abbreviations of the options this bridge uses (its discovery code
+# expands them back: homeassistant/components/mqtt/abbreviations.py).
+ABBREVIATIONS: dict[str, str] = {
+    "availability": "avty",
+    "availability_mode": "avty_mode",
+    "command_topic": "cmd_t",
+    "default_entity_id": "def_ent_id",
+    "device": "dev",
+    "device_class": "dev_cla",
+    "enabled_by_default": "en",
+    "entity_category": "ent_cat",
+    "expire_after": "exp_aft",
+    "icon": "ic",
+    "json_attributes_template": "json_attr_tpl",
+    "json_attributes_topic": "json_attr_t",
+    "object_id": "obj_id",
+    "options": "ops",
+    "origin": "o",
+    "payload_off": "pl_off",
+    "payload_on": "pl_on",
+    "payload_press": "pl_prs",
+    "state_class": "stat_cla",
+    "state_topic": "stat_t",
+    "suggested_display_precision": "sug_dsp_prc",
+    "unique_id": "uniq_id",
+    "unit_of_measurement": "unit_of_meas",
+    "value_template": "val_tpl",
+}
+DEVICE_ABBREVIATIONS = {"identifiers": "ids", "manufacturer": "mf", "model": "mdl",
+                        "sw_version": "sw"}
+ORIGIN_ABBREVIATIONS = {"sw_version": "sw", "support_url": "url"}
+AVAILABILITY_ABBREVIATIONS = {"topic": "t"}
+_NESTED = {"device": DEVICE_ABBREVIATIONS, "origin": ORIGIN_ABBREVIATIONS}
+# Options a device config may give once for all its components (Home Assistant's
+# shared options): a component that does not set them inherits them.
+SHARED_OPTIONS = ("availability", "availability_mode", "state_topic", "qos")
+
+
+def abbreviate(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An entity or device config with Home Assistant's short option names."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in _NESTED:
+            value = _renamed(value, _NESTED[key])
+        elif key == "availability":
+            value = [_renamed(a, AVAILABILITY_ABBREVIATIONS) for a in value]
+        out[ABBREVIATIONS.get(key, key)] = value
+    return out
+
+
+def expand(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A discovery payload as Home Assistant reads it: long names, shared options merged.
+
+    The inverse of :func:`abbreviate`, applied to a device config's components too;
+    ``dev`` and ``o`` keep the short names the device discovery docs use.
+    """
+    long_names = {short: long for long, short in ABBREVIATIONS.items()}
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key in ("dev", "o"):  # kept short, as the device discovery docs write them
+            value = _renamed(value, {v: k for k, v in _NESTED[long_names[key]].items()})
+        elif key in _NESTED:
+            value = _renamed(value, {v: k for k, v in _NESTED[key].items()})
+        key = long_names.get(key, key) if key not in ("dev", "o") else key
+        if key == "availability":
+            value = [_renamed(a, {"t": "topic"}) for a in value]
+        out[key] = value
+    if isinstance(out.get("cmps"), Mapping):
+        shared = {k: out[k] for k in SHARED_OPTIONS if k in out}
+        out["cmps"] = {
+            cid: (shared | expand(c)) if len(c) > 1 else dict(c)  # {"p": …} is a removal
+            for cid, c in out["cmps"].items()
+        }
+    return out
+
+
+def _renamed(mapping: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    return {names.get(k, k): v for k, v in mapping.items()}
 
 
 def device_config(ctx: DiscoveryContext) -> tuple[str, dict[str, Any]]:
     """Device-based discovery (Home Assistant 2024.11+): one retained message.
 
-    Availability is shared at device level; each component names its platform as ``p``.
+    Availability and the live state topic are shared at device level; each component
+    names its platform as ``p``. Options are abbreviated (:func:`expand` reverses it).
     """
+    live = ctx.state_topic("live")
     components: dict[str, dict[str, Any]] = {}
     for cid, config in entities(ctx).items():
-        component = {k: v for k, v in config.items() if k not in _SHARED and k != "platform"}
-        components[cid] = {"p": config["platform"], **component}
-    payload: dict[str, Any] = {
-        "dev": device_info(ctx),
-        "o": origin(ctx),
+        component = {k: v for k, v in config.items() if k not in SHARED_OPTIONS
+                     and k != "platform"}
+        if config.get("state_topic", live) != live:
+            component["state_topic"] = config["state_topic"]
+        components[cid] = {"p": config["platform"], **abbreviate(component)}
+    payload: dict[str, Any] = abbreviate({
+        "device": device_info(ctx),
+        "origin": origin(ctx),
         "availability": availability(ctx),
         "availability_mode": "all",
+        "state_topic": live,
         "qos": QOS,
-        "cmps": components,
-    }
+    })
+    payload["cmps"] = components
     return device_topic(ctx), payload
 
 
@@ -476,7 +625,7 @@ def entity_configs(ctx: DiscoveryContext) -> list[tuple[str, dict[str, Any]]]:
         platform = config["platform"]
         payload = {k: v for k, v in config.items() if k != "platform"}
         payload.update({"device": device, "origin": source, "qos": QOS})
-        out.append((entity_topic(ctx, platform, config), payload))
+        out.append((entity_topic(ctx, platform, config), abbreviate(payload)))
     return out
 
 

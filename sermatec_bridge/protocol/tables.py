@@ -56,6 +56,9 @@ def effective_version(reported: int) -> int:
 
 MODEL_CODES = {1: "10 kW", 2: "5 kW", 3: "6 kW", 5: "3 kW"}
 
+# Models with one AC phase: their phase B and C (and line-to-line) fields read zero.
+SINGLE_PHASE_MODELS = frozenset({"3 kW", "5 kW", "6 kW"})
+
 # Battery makes: the code list of 0x98's battery make and of 0x95's battery protocol
 # (one list, as both community decoders read it). Labels from public sources; where the
 # sources disagree, the other name is noted next to the entry.
@@ -681,13 +684,17 @@ ENERGY = Command(
     note="the vendor table says 0x99 also returns 0x9a-0x9c; inverters answer each alone",
 )
 
+_EXPORT_NOTE = (
+    "vendor: 'grid-connected' energy, i.e. what the inverter fed into the grid (export); "
+    "the purchase from the grid is counted apart, in 0x9c"
+)
+
 GRID_ENERGY = Command(
-    0x9A, "grid_energy", "Grid energy", Kind.QUERY, replies=(0x9A,),
+    0x9A, "grid_energy", "Grid export energy", Kind.QUERY, replies=(0x9A,),
     layouts={252: (
-        energy("grid_energy_today", "Grid-connected energy today", 0.1, note=_ENERGY_NOTE),
-        energy("grid_energy_total", "Grid-connected energy total", 1, size=4,
-               note=_ENERGY_NOTE),
-        *_history("grid_energy"),
+        energy("grid_export_today", "Grid export today", 0.1, note=_EXPORT_NOTE),
+        energy("grid_export_total", "Grid export", 1, size=4, note=_EXPORT_NOTE),
+        *_history("grid_export"),
     )},
 )
 

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
 
 import structlog
 
@@ -49,6 +51,29 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 """A source of local wall time (naive datetimes); ``datetime.now`` by default."""
+
+
+
+def parse_time_of_day(text: str) -> time_of_day:
+    """ "HH:MM" (00:00 to 23:59) as a time; ValueError with the reason otherwise."""
+    hours, _, minutes = text.strip().partition(":")
+    if hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60:
+        return time_of_day(int(hours), int(minutes))
+    raise ValueError(f"{text!r} is not a time of day (HH:MM, 00:00 to 23:59)")
+
+
+def simulated_clock(start: time_of_day | None = None, scale: float = 1.0) -> Clock:
+    """Local time that starts today at ``start`` (now if None) and runs ``scale`` times fast.
+
+    A day's light in minutes for the demo and for tests: at scale 60, a minute is an hour.
+    """
+    if not 0 < scale <= 86400:
+        raise ValueError(f"time scale {scale} is not between 0 and 86400")
+    origin = datetime.now()
+    begin = origin if start is None else datetime.combine(origin.date(), start)
+    started = time.monotonic()
+    return lambda: begin + timedelta(seconds=(time.monotonic() - started) * scale)
+
 
 DEFAULT_SERIAL = "ST5K0SIMULATOR0001"
 
@@ -600,7 +625,7 @@ class InverterModel:
             0x0D: lambda: {"bms_link": int(self.has_battery), "meter_link": 1,
                            "remote_load_power": self.live.load},
             0x99: self._energy,
-            0x9A: lambda: self._counter("grid_energy", "grid_export", history=True),
+            0x9A: lambda: self._counter("grid_export", "grid_export", history=True),
             0x9B: lambda: self._counter("load_energy", "load", history=True),
             0x9C: self._battery_energy,
         }

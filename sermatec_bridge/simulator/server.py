@@ -265,11 +265,13 @@ async def run_simulator(
     silence_rate: float = 0.0,
     seed: int | None = None,
     settings: Mapping[str, Value] | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """Run a simulator until cancelled (the ``simulate`` command of the CLI)."""
     sim = Simulator(pcu=pcu, model=model, serial=serial, latency=latency, chunk=chunk,
                     seed=seed, garbage_rate=garbage_rate, bad_checksum_rate=bad_checksum_rate,
-                    drop_rate=drop_rate, silence_rate=silence_rate, settings=settings)
+                    drop_rate=drop_rate, silence_rate=silence_rate, settings=settings,
+                    clock=clock)
     bound = await sim.start(host, port)
     print(f"simulator listening on {host}:{bound} (PCU {pcu}, {sim.model.model_name})",
           flush=True)

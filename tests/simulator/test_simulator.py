@@ -269,7 +269,7 @@ async def test_write_that_closes_the_connection(sim: Simulator) -> None:
 _COUNTERS = {
     0x99: ("pv_energy_today", "pv_energy_total", "consumption_today", "consumption_total",
            "savings_today", "savings_total"),
-    0x9A: ("grid_energy_today", "grid_energy_total"),
+    0x9A: ("grid_export_today", "grid_export_total"),
     0x9B: ("load_energy_today", "load_energy_total"),
     0x9C: ("grid_import_today", "grid_import_total", "battery_charge_today",
            "battery_charge_total", "battery_discharge_today", "battery_discharge_total"),
@@ -553,3 +553,39 @@ async def test_run_simulator_announces_itself(capsys: pytest.CaptureFixture[str]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# --------------------------------------------------------------------------------------
+# Simulated time: a day's light in minutes (the demo, `simulate --sun --time-scale`)
+# --------------------------------------------------------------------------------------
+
+
+def test_simulated_clock_starts_at_the_sun_and_runs_faster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sermatec_bridge.simulator import model as model_module
+    from sermatec_bridge.simulator import parse_time_of_day, simulated_clock
+
+    ticks = iter([100.0, 100.0, 130.0])  # monotonic seconds: start, then +0, +30
+    monkeypatch.setattr(model_module.time, "monotonic", lambda: next(ticks))
+    clock = simulated_clock(parse_time_of_day("09:00"), 60)
+    first, later = clock(), clock()
+    assert (first.hour, first.minute) == (9, 0)
+    assert later - first == timedelta(minutes=30)  # 30 s at 60x
+    with pytest.raises(ValueError, match="not a time of day"):
+        parse_time_of_day("25:00")
+    with pytest.raises(ValueError, match="time scale"):
+        simulated_clock(None, 0)
+
+
+def test_a_demo_minute_moves_pv_soc_and_grid() -> None:
+    """At 60x from 09:00 with the demo's 85 % SOC, one real minute is an hour of morning."""
+    clock = FakeClock(datetime(2024, 6, 21, 9, 0))
+    model = InverterModel(seed=5, soc=85, clock=clock)
+    before = {**model.values(0x0B), **model.values(0x0A)}
+    clock.advance(hours=1)  # what a demo minute simulates
+    model.update()
+    after = {**model.values(0x0B), **model.values(0x0A)}
+    assert before["pv1_power"] > 500 and abs(after["pv1_power"] - before["pv1_power"]) > 50
+    assert after["battery_soc"] >= before["battery_soc"] + 5
+    assert before["grid_active_power"] == 0  # the battery takes the surplus…
+    assert after["grid_active_power"] > 100  # …until it is full: then the grid does
