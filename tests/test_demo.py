@@ -172,6 +172,7 @@ def test_demo_fits_80x24_and_stops_on_ctrl_c(terminal: Terminal, tmp_path: Path)
 def test_make_demo_passes_args_through() -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    done = subprocess.run(["make", "-n", "demo", "ARGS=--all --sun 12:00"], cwd=ROOT,
+    done = subprocess.run(["make", "--no-print-directory", "-n", "demo",
+                           "ARGS=--all --sun 12:00"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     assert done.stdout.rstrip().endswith("-m sermatec_bridge.demo --all --sun 12:00")

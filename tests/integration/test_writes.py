@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sermatec_bridge.bridge import discovery
 from sermatec_bridge.simulator import Simulator
 
 from .conftest import (
@@ -353,7 +354,7 @@ async def test_settings_outside_the_policy_do_not_block_a_write(
     await wait_ready(ha)
     state = await ha.wait_json(topic("settings"))
     assert state["operating_mode"] == 6, "a mode without a name shows as its code"
-    config = await ha.wait_json(f"{PREFIX}/device/{SERIAL}/config")
+    config = discovery.expand(await ha.wait_json(f"{PREFIX}/device/{SERIAL}/config"))
     mode = config["cmps"]["set_operating_mode"]
     assert str(state["operating_mode"]) in mode["options"], "the select can show it"
     sim.received.clear()
