@@ -248,7 +248,7 @@ class Publisher:
 
     async def announce(self, context: discovery.DiscoveryContext) -> None:
         """Offer this inverter's entities (again, when something about them changed)."""
-        if context == self.context or not self.settings.homeassistant.discovery:
+        if context == self.context:
             return
         self.context = context
         if self.broker.ready.is_set():
@@ -258,8 +258,12 @@ class Publisher:
         """Bring the broker's discovery for this inverter in line with what is offered."""
         if self.context is None:
             return
-        device_mode = self.settings.homeassistant.device_discovery
-        for topic, text in discovery.plan(self.context, device_mode, self.broker.on_broker):
+        if not self.settings.homeassistant.discovery:  # turned off: take back what is there
+            plan = [(t, "") for t in discovery.owned_topics(self.context, self.broker.on_broker)]
+        else:
+            plan = discovery.plan(self.context, self.settings.homeassistant.device_discovery,
+                                  self.broker.on_broker)
+        for topic, text in plan:
             await self.broker.publish(topic, text)
 
 

@@ -139,6 +139,14 @@ async def test_switching_discovery_mode_leaves_nothing_of_the_other_mode(
     assert entity_topics(on_broker) == old
 
 
+async def test_turning_discovery_off_removes_the_device(
+        ha: HomeAssistant, start_bridge: BridgeFactory, broker: Mosquitto) -> None:
+    await run_once(start_bridge, ha, {})
+    assert DEVICE_TOPIC in await retained(broker.port)
+    await run_once(start_bridge, ha, {"homeassistant": {"discovery": False}})
+    assert DEVICE_TOPIC not in await retained(broker.port)
+
+
 async def test_a_hundred_births_cause_one_replay(
         ha: HomeAssistant, start_bridge: BridgeFactory) -> None:
     start_bridge({"homeassistant": {"birth_delay": 0.5}})
