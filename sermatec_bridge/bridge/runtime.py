@@ -328,9 +328,12 @@ class InverterRuntime:
             command.future.set_result(value)
 
     async def _run_write(self, command: WriteCommand) -> None:
-        self.log.info("write requested", settings=sorted(command.request))
+        self.log.info("write requested", settings=quote(", ".join(sorted(command.request))))
         try:
             result = await self.writer.apply(command.request)
+        except Exception as exc:  # whatever happens, the write gets its one result
+            self.log.exception("write failed unexpectedly")
+            result = refusal(f"failed: {quote(repr(exc))}")
         except asyncio.CancelledError:
             await self.answer(command, refusal(
                 "interrupted: the bridge stopped during the write; it may have reached the "

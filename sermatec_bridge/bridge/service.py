@@ -214,7 +214,12 @@ class Bridge:
             command.request = parse_request(payload, key)
             command.coalesce = (topic_id, tuple(sorted(command.request)))
         except WriteRefused as exc:
-            await self._answer(command, refusal(str(exc)), worker)
+            await self._answer(command, refusal(quote(str(exc))), worker)
+            return
+        except Exception as exc:  # bad input never ends the bridge's MQTT loop
+            log.warning("unreadable write", topic_id=quote(topic_id), error=quote(repr(exc)))
+            await self._answer(command, refusal(
+                f"refused: the payload cannot be read ({type(exc).__name__})"), worker)
             return
         if worker is not None:
             await worker.submit(command)

@@ -249,6 +249,21 @@ async def test_a_wildcard_response_topic_is_refused(
     assert running.task is not None and not running.task.done()
 
 
+async def test_payloads_that_break_parsers_get_a_refusal_and_the_bridge_goes_on(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    running = start_bridge({"writes": {"enabled": True, "min_interval": 0}})
+    await wait_ready(ha)
+    for leaf, payload in [("set", "[" * 100_000 + "]" * 100_000),
+                          ("set", '{"grid_soc_min": ' + "1" * 5000 + "}"),
+                          ("set/grid_soc_min", "1e400"),
+                          ("set/grid_soc_min", "9" * 1_000_000)]:
+        result = await ha.write(leaf, payload)
+        assert result["ok"] is False, leaf
+        assert len(json.dumps(result)) < 1000, "a bad value is quoted, not echoed"
+    assert (await ha.write("set/grid_soc_min", "33"))["ok"] is True
+    assert running.task is not None and not running.task.done()
+
+
 async def test_a_serial_with_topic_characters_gets_safe_topics(
         ha: HomeAssistant, broker: Mosquitto, start_bridge: BridgeFactory,
         tmp_path: Path) -> None:
