@@ -222,6 +222,8 @@ class Bridge:
                 f"refused: the payload cannot be read ({type(exc).__name__})"), worker)
             return
         if worker is not None:
+            command.expired = (f"expired: not applied within {self.command_deadline:g} s "
+                               "(the inverter is offline or busy)")
             await worker.submit(command)
         elif all(w.topic_id is not None for w in self.workers):
             known = ", ".join(sorted(str(w.topic_id) for w in self.workers))
