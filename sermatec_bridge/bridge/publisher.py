@@ -58,7 +58,10 @@ class Broker:
         self.base = settings.mqtt.base_topic
         self.prefix = settings.homeassistant.prefix
         self.bridge_topic = f"{self.base}/bridge/state"
-        self.marker_topic = f"{self.base}/bridge/sync/{uuid.uuid4().hex}"
+        # Only this client reads it (one per client id: the session keeps the subscription).
+        client_id = discovery.topic_id(settings.mqtt.client_id)
+        self.marker_topic = f"{self.base}/bridge/sync/{client_id}"
+        self._marker = b""
         self.client: aiomqtt.Client | None = None
         self.desired: dict[str, str] = {self.bridge_topic: ONLINE}
         self.on_broker: dict[str, str] = {}
@@ -187,7 +190,8 @@ class Broker:
         A message of our own to a topic only we read comes back after them.
         """
         assert self.client is not None
-        await self.client.publish(self.marker_topic, b"sync", qos=1)
+        self._marker = uuid.uuid4().hex.encode()  # an older connection's marker is not it
+        await self.client.publish(self.marker_topic, self._marker, qos=1)
         try:
             async with asyncio.timeout(LEARN_TIMEOUT):
                 await self.learned.wait()
@@ -198,7 +202,8 @@ class Broker:
     def observe(self, topic: str, payload: bytes, retain: bool) -> bool:
         """Take note of a message on a topic the bridge owns; True when it was one."""
         if topic == self.marker_topic:
-            self.learned.set()
+            if payload == self._marker:
+                self.learned.set()
             return True
         if topic.startswith(f"{self.prefix}/") and topic.endswith("/config"):
             if retain and ORIGIN in payload:  # ours, from an earlier run (or before)
