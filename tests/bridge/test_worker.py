@@ -177,3 +177,24 @@ async def test_exchange_takes_its_turn_and_reports_an_offline_inverter(
             await running.runtime.exchange(job, timeout=1)
     finally:
         await running.close()
+
+
+async def test_exchange_gives_up_when_its_turn_does_not_come_in_time(
+        sim: Simulator) -> None:
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        sim.latency = 0.3
+        ran = []
+
+        async def job(session: Session) -> None:
+            ran.append(session)
+
+        running.runtime.refresh("live")  # a poll of four slow queries goes first
+        await asyncio.sleep(0.05)
+        with pytest.raises(InverterError, match="no turn"):
+            await running.runtime.exchange(job, timeout=0.2)
+        await asyncio.sleep(1.5)
+        assert ran == [], "a job whose caller gave up is never run"
+    finally:
+        await running.close()
