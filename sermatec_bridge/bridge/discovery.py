@@ -21,6 +21,7 @@ The messages use Home Assistant's abbreviations (:data:`ABBREVIATIONS`) to stay 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -136,6 +137,16 @@ def other_phase(key: str) -> bool:
     return _OTHER_PHASES.search(key) is not None
 
 
+def topic_id(serial: str) -> str:
+    """A serial number made safe as one topic level, for the bridge's topics and Home
+    Assistant's discovery topics alike: [a-zA-Z0-9_-], anything else becomes ``_``.
+
+    A serial with ``/``, ``+`` or ``#`` could otherwise split a level, make a topic
+    unpublishable, or route one inverter's writes to another.
+    """
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", serial) or "_"
+
+
 @dataclass(frozen=True)
 class DiscoveryContext:
     """Who the inverter is and how the bridge publishes it."""
@@ -158,10 +169,10 @@ class DiscoveryContext:
         return self.model.strip() in tables.SINGLE_PHASE_MODELS
 
     def state_topic(self, group: str) -> str:
-        return f"{self.base_topic}/{self.serial}/{group}"
+        return f"{self.base_topic}/{self.node_id}/{group}"
 
     def command_topic(self, key: str) -> str:
-        return f"{self.base_topic}/{self.serial}/set/{key}"
+        return f"{self.base_topic}/{self.node_id}/set/{key}"
 
     @property
     def slug(self) -> str:
@@ -170,8 +181,8 @@ class DiscoveryContext:
 
     @property
     def node_id(self) -> str:
-        """The serial as Home Assistant allows it in a discovery topic: [a-zA-Z0-9_-]."""
-        return re.sub(r"[^a-zA-Z0-9_-]", "_", self.serial)
+        """The serial as it appears in every topic (see :func:`topic_id`)."""
+        return topic_id(self.serial)
 
     def expire_after(self, group: Group) -> int:
         """Seconds after which a state not refreshed is shown as unavailable.
@@ -287,7 +298,7 @@ def availability(ctx: DiscoveryContext) -> list[dict[str, str]]:
     """Online only while both the bridge and this inverter are."""
     return [
         {"topic": f"{ctx.base_topic}/bridge/state"},
-        {"topic": f"{ctx.base_topic}/{ctx.serial}/availability"},
+        {"topic": f"{ctx.base_topic}/{ctx.node_id}/availability"},
     ]
 
 
@@ -670,3 +681,75 @@ def iter_state_keys(config: Mapping[str, Any]) -> Iterator[str]:
 
 
 _STATE_KEY = re.compile(r"value_json(?:\.([A-Za-z_]\w*)|\['([^']+)'\])")
+
+
+# --------------------------------------------------------------------------------------
+# Lifecycle: what to publish, given what the broker already holds
+# --------------------------------------------------------------------------------------
+
+MIGRATE = '{"migrate_discovery": true}'
+"""Hands an entity over between per-entity and device discovery without removing it."""
+
+
+def owned_topics(ctx: DiscoveryContext, on_broker: Mapping[str, str]) -> dict[str, str]:
+    """The discovery topics of this inverter among ``on_broker`` (topic -> payload)."""
+    out = {}
+    start = f"{ctx.prefix}/"
+    for topic, text in on_broker.items():
+        if not topic.startswith(start) or not text:
+            continue
+        levels = topic[len(start):].split("/")
+        device = len(levels) == 3 and levels[0] == "device"
+        entity = len(levels) == 4 and levels[0] != "device"
+        if (device or entity) and levels[1] == ctx.node_id and levels[-1] == "config":
+            out[topic] = text
+    return out
+
+
+def plan(ctx: DiscoveryContext, device_mode: bool,
+         on_broker: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The retained messages (topic, payload; ``""`` clears) that make the broker hold
+    exactly this inverter's current discovery, in the order to publish them.
+
+    ``on_broker`` is what the broker holds now, learned before the first announce: an
+    earlier run may have offered other entities, or used the other discovery mode.
+    Entities no longer offered are removed (a device component as ``{"p": platform}``,
+    a per-entity topic by clearing it); switching modes hands the entities that stay over
+    with Home Assistant's ``migrate_discovery`` and clears the other mode's topics.
+    Messages equal to what the broker holds are left for the caller to skip.
+    """
+    found = owned_topics(ctx, on_broker)
+    dev_topic, dev_payload = device_config(ctx)
+    entity = {t: json.dumps(p) for t, p in entity_configs(ctx)}
+    previous_device = _json(found.pop(dev_topic, None))
+    out: list[tuple[str, str]] = []
+    gone = removals(previous_device, dev_payload)
+    if device_mode:
+        migrating = [t for t in found if t in entity]
+        out += [(t, MIGRATE) for t in migrating]
+        if gone:
+            out.append((dev_topic, json.dumps(
+                {**dev_payload, "cmps": {**dev_payload["cmps"], **gone}})))
+        out.append((dev_topic, json.dumps(dev_payload)))
+        out += [(t, "") for t in found]
+        return out
+    if previous_device is not None:
+        if gone:
+            out.append((dev_topic, json.dumps(
+                {**dev_payload, "cmps": {**dev_payload["cmps"], **gone}})))
+        out.append((dev_topic, MIGRATE))
+    out += list(entity.items())
+    if previous_device is not None:
+        out.append((dev_topic, ""))
+    out += [(t, "") for t in stale_topics(list(found), list(entity))]
+    return out
+
+
+def _json(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

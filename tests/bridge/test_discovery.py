@@ -298,7 +298,7 @@ def test_odd_serial_characters_stay_out_of_ids_and_discovery_topics() -> None:
     assert topic == "homeassistant/device/AB_12_3/config"
     e = discovery.entities(odd)["battery_soc"]
     assert e["default_entity_id"] == "sensor.sermatec_ab_12_3_battery_soc"
-    assert e["state_topic"] == "sermatec/AB 12.3/live"  # the bridge's own topics keep it
+    assert e["state_topic"] == "sermatec/AB_12_3/live"  # every topic: one safe level
     assert e["unique_id"] == "AB 12.3_battery_soc"
 
 
