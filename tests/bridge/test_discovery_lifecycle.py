@@ -123,7 +123,7 @@ def test_topic_id_makes_any_serial_one_safe_topic_level() -> None:
     assert discovery.topic_id("A/B+C#D E\0") == "A_B_C_D_E_"
     assert discovery.topic_id("") == "_"
     context = ctx(writes=True, serial="X/+#")
-    config = discovery.device_config(context)[1]
+    config = discovery.expand(discovery.device_config(context)[1])
     topics = [config["availability"][1]["topic"]] + [
         c.get("state_topic", c.get("command_topic")) for c in config["cmps"].values()]
     assert all(t.startswith("sermatec/X___/") for t in topics)
