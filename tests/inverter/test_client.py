@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import pytest
+from faultproxy import FaultProxy
 
 from sermatec_bridge.inverter.client import (
     InverterBusy,
@@ -97,6 +98,29 @@ async def test_a_write_after_the_inverter_hung_up_goes_out_on_a_new_connection()
             await client.write(0x64, {"inverter_on": False})  # no reply: nothing else tells
             status = await client.query(0x0C)
             assert status[0].values["inverter_on"] is False
+
+
+async def test_a_duplicated_reply_never_answers_a_later_request() -> None:
+    async with Simulator(pcu=609) as sim, FaultProxy(sim.port or 0) as proxy:
+        async with InverterClient("127.0.0.1", proxy.port) as client:
+            proxy.duplicate_rate = 1.0
+            status = await client.query(0x0C)  # its reply comes twice, in one piece
+            assert status[0].values["inverter_on"] is True
+            proxy.duplicate_rate = 0.0
+            await client.write(0x64, {"inverter_on": False})
+            status = await client.query(0x0C)
+            assert status[0].values["inverter_on"] is False
+
+
+async def test_exchanges_outside_a_queue_slot_are_refused() -> None:
+    async with Simulator(pcu=609) as sim, InverterClient("127.0.0.1", sim.port or 0) as client:
+        sent = len(sim.received)
+        with pytest.raises(RuntimeError, match="outside a queue slot"):
+            await client.exchange(tables.RUNNING_STATUS)
+        assert len(sim.received) == sent
+        async with client.session() as session:
+            assert (await client.exchange(tables.RUNNING_STATUS))[0].command.code == 0x0C
+            assert session.version == 609
 
 
 async def test_concurrent_callers_each_get_their_own_reply() -> None:
