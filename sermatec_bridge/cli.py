@@ -242,7 +242,7 @@ async def _simulate(args: argparse.Namespace) -> None:
     from .simulator.server import run_simulator
 
     await run_simulator(
-        host=args.host, port=args.listen_port, pcu=args.pcu, model=args.model,
+        host=args.host, port=args.listen_port, count=args.count, pcu=args.pcu, model=args.model,
         serial=args.serial, latency=args.latency, chunk=args.chunk,
         garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
         drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
@@ -401,6 +401,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", dest="listen_port", type=_port, default=8899,
                    help="TCP port to listen on (default 8899)")
+    p.add_argument("--count", type=int, default=1, metavar="N",
+                   help="serve N inverters on ports PORT..PORT+N-1, serials counting up")
     p.add_argument("--pcu", type=_version, default=NEWEST_PCU, help="PCU version to report")
     p.add_argument("--model", default="5kw", choices=["3kw", "5kw", "6kw", "10kw"])
     p.add_argument("--serial", default="ST5K0SIMULATOR0001", help="serial number")

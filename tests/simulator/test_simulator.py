@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +16,7 @@ from sermatec_bridge.inverter.client import InverterClient
 from sermatec_bridge.protocol import codec, frame, tables
 from sermatec_bridge.protocol.model import Command, Kind
 from sermatec_bridge.simulator import Fault, InverterModel, Simulator, run_simulator
+from sermatec_bridge.simulator.server import numbered_serials
 
 QUIET = 0.2  # how long "no answer" is waited for
 
@@ -553,3 +556,47 @@ async def test_run_simulator_announces_itself(capsys: pytest.CaptureFixture[str]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports that are free right now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def test_numbered_serials_count_up_their_trailing_digits() -> None:
+    assert numbered_serials("ST5K0SIM0098", 3) == ["ST5K0SIM0098", "ST5K0SIM0099",
+                                                   "ST5K0SIM0100"]
+    assert numbered_serials("ABC", 2) == ["ABC", "ABC2"]
+
+
+async def test_simulate_count_serves_several_inverters_from_one_process() -> None:
+    first = consecutive_free_ports(3)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sermatec_bridge", "simulate", "--port", str(first),
+        "--count", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        assert line.startswith(f"3 simulators listening on 127.0.0.1:{first}..{first + 2} ")
+        serials = []
+        for port in range(first, first + 3):
+            async with InverterClient("127.0.0.1", port, timeout=2) as client:
+                assert client.identity is not None
+                serials.append(client.identity.serial)
+        assert serials == ["ST5K0SIMULATOR0001", "ST5K0SIMULATOR0002", "ST5K0SIMULATOR0003"]
+    finally:
+        process.terminate()
+        await process.wait()
