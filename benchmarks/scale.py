@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import sys
 import tempfile
 import time
@@ -83,11 +84,11 @@ async def measure(count: int, seconds: float, live: float, profile: Path | None)
                     *command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
                 log.close()
                 started = time.monotonic()
-                collector = asyncio.create_task(collect(observer, arrivals))
+                all_live = asyncio.Event()
+                collector = asyncio.create_task(collect(observer, arrivals, count, all_live))
                 try:
-                    ready_deadline = started + max(120.0, count * 0.5)
-                    while len(arrivals) < count and time.monotonic() < ready_deadline:
-                        await asyncio.sleep(0.5)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(all_live.wait(), max(120.0, count * 0.5))
                     ready = time.monotonic() - started
                     window_start = time.monotonic()
                     cpu_start = cpu_seconds(daemon.pid)
@@ -112,7 +113,7 @@ async def measure(count: int, seconds: float, live: float, profile: Path | None)
             # the interval that ends inside the window counts, wherever it started
             previous = [t for t in times if t < window_start][-1:]
             series = previous + inside
-            intervals += [b - a for a, b in zip(series, series[1:], strict=False)]
+            intervals += [b - a for a, b in itertools.pairwise(series)]
         return {
             "inverters": count, "ready_s": ready, "announced": len(arrivals),
             "publishing": publishing, "cpu_share": cpu / wall, "rss_mib": memory["VmRSS"],
@@ -122,9 +123,12 @@ async def measure(count: int, seconds: float, live: float, profile: Path | None)
         }
 
 
-async def collect(observer: aiomqtt.Client, arrivals: dict[str, list[float]]) -> None:
+async def collect(observer: aiomqtt.Client, arrivals: dict[str, list[float]], count: int,
+                  all_live: asyncio.Event) -> None:
     async for message in observer.messages:
         arrivals[message.topic.value.split("/")[1]].append(time.monotonic())
+        if len(arrivals) >= count:
+            all_live.set()
 
 
 def report(row: dict[str, float], live: float) -> None:
