@@ -10,8 +10,9 @@ matrix takes about as long as one case. The script uses only the CLI, the config
 and the MQTT topics, so it works with whatever runtime the branch has.
 
 During each case an observer subscribes to everything, and a writer sends
-``set/grid_soc_min`` about every 10 s (once ``bridge/state`` says ``online``) with an
-MQTT 5 response topic and correlation data.
+``set/grid_soc_min`` about every 10 s with an MQTT 5 response topic and correlation data,
+from the bridge's first message about the inverter on (writes before the inverter is
+identified are a start-up matter, tested elsewhere).
 Per case it prints:
 
 - offline: the time ``<serial>/availability`` said ``offline`` after it first said
@@ -119,7 +120,7 @@ class Observer:
         self.results: dict[str, float] = {}
         self.connected = asyncio.Event()
         self.result_arrived = asyncio.Event()
-        self.bridge_online = asyncio.Event()
+        self.identified = asyncio.Event()
 
     async def run(self) -> None:
         session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -148,9 +149,9 @@ class Observer:
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else str(
             message.payload).encode()
-        if topic == "sermatec/bridge/state" and payload == b"online":
-            self.bridge_online.set()  # subscribed: writes can be received
-        elif topic == f"sermatec/{SERIAL}/availability":
+        if topic.startswith(f"sermatec/{SERIAL}/") and "/set" not in topic:
+            self.identified.set()  # the bridge knows the serial: writes can be routed
+        if topic == f"sermatec/{SERIAL}/availability":
             self.availability.append((now, payload.decode(errors="replace")))
         elif topic == f"sermatec/{SERIAL}/live" and not message.retain:
             self.live.append(now)
@@ -241,9 +242,9 @@ async def _at(when: float, event: Callable[[Run], Awaitable[None]] | None, run: 
 
 
 async def _write(run: Run, end: float) -> None:
-    """A write about every 10 s once the bridge is up, each with its correlation data."""
+    """A write about every 10 s once the inverter is identified, with correlation data."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(run.observer.bridge_online.wait(), end - time.monotonic())
+        await asyncio.wait_for(run.observer.identified.wait(), end - time.monotonic())
     number = 0
     while time.monotonic() < end:
         number += 1
