@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -323,6 +324,7 @@ def main() -> None:
         for case in cases:
             (workdir / case.name).mkdir(parents=True, exist_ok=True)
         log.configure("warning")  # the simulators run in this process
+        logging.getLogger("mqtt").setLevel(logging.CRITICAL)  # reconnects are expected
         rows = asyncio.run(matrix(cases, args.minutes, args.live, workdir))
     if args.json:
         for row in rows:

@@ -92,9 +92,11 @@ async def measure(count: int, seconds: float, live: float, profile: Path | None)
                     ready = time.monotonic() - started
                     window_start = time.monotonic()
                     cpu_start = cpu_seconds(daemon.pid)
+                    sim_cpu_start = cpu_seconds(simulators.pid)
                     await asyncio.sleep(seconds)
                     wall = time.monotonic() - window_start
                     cpu = cpu_seconds(daemon.pid) - cpu_start
+                    sim_cpu = cpu_seconds(simulators.pid) - sim_cpu_start
                     memory = memory_mib(daemon.pid)
                 finally:
                     collector.cancel()
@@ -116,7 +118,8 @@ async def measure(count: int, seconds: float, live: float, profile: Path | None)
             intervals += [b - a for a, b in itertools.pairwise(series)]
         return {
             "inverters": count, "ready_s": ready, "announced": len(arrivals),
-            "publishing": publishing, "cpu_share": cpu / wall, "rss_mib": memory["VmRSS"],
+            "publishing": publishing, "cpu_share": cpu / wall,
+            "simulator_cpu_share": sim_cpu / wall, "rss_mib": memory["VmRSS"],
             "peak_mib": memory["VmHWM"], "rss_per_inverter_mib": memory["VmRSS"] / count,
             "p50": percentile(sorted(intervals), 50), "p95": percentile(sorted(intervals), 95),
             "max": max(intervals, default=float("nan")), "window_s": wall,
@@ -137,7 +140,7 @@ def report(row: dict[str, float], live: float) -> None:
           f"{int(row['publishing'])}/{n} published in the {row['window_s']:.0f} s window")
     print(f"      CPU share {row['cpu_share']:.4f} core; RSS {row['rss_mib']:.1f} MiB "
           f"(peak {row['peak_mib']:.1f}), {row['rss_per_inverter_mib'] * 1024:.0f} KiB per "
-          f"inverter")
+          f"inverter (the simulators' process: {row['simulator_cpu_share']:.3f} core)")
     print(f"      live interval (target {live:g} s): p50 {row['p50']:.2f} s, "
           f"p95 {row['p95']:.2f} s, max {row['max']:.2f} s", flush=True)
 
