@@ -330,3 +330,11 @@ def test_expire_after_follows_the_group_interval(full: dict[str, Any]) -> None:
     assert full["problem"]["expire_after"] == 610
     assert "expire_after" not in full["last_seen"]
     assert full["last_seen"]["device_class"] == "timestamp"
+
+
+def test_keys_that_name_a_dict_method_are_read_by_subscript() -> None:
+    # In HA's Jinja, value_json.items is the dict's method, not the state's "items" key.
+    assert discovery.value_of("battery_soc") == "value_json.battery_soc"
+    assert discovery.value_of("items") == "value_json['items']"
+    assert discovery.value_of("values") == "value_json['values']"
+    assert discovery.value_of("pv1-power") == "value_json['pv1-power']"
