@@ -17,6 +17,7 @@ from typing import Any
 
 from . import display, log
 from .inverter.client import (
+    InverterBusy,
     InverterClient,
     InverterError,
     InverterTimeout,
@@ -60,7 +61,7 @@ def _failure_of(exc: BaseException) -> Failure:
         return exc
     if isinstance(exc, InverterUnreachable):
         return Failure(str(exc), Exit.UNREACHABLE)
-    if isinstance(exc, InverterTimeout):
+    if isinstance(exc, InverterTimeout | InverterBusy):  # busy: accepted, never answered
         return Failure(str(exc), Exit.TIMEOUT)
     if isinstance(exc, NotOffered):
         return Failure(str(exc), Exit.UNKNOWN_COMMAND)

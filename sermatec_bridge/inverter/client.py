@@ -209,8 +209,9 @@ class InverterClient:
                     if isinstance(exc, InverterTimeout):
                         raise InverterBusy(
                             f"connected to {self.host}:{self.port} but the inverter does not "
-                            f"answer ({attempt} tries of {self.timeout:g} s): it is probably "
-                            "busy with another client (the vendor app?)"
+                            f"answer: no reply 0x98 (the identity query) within "
+                            f"{self.timeout:g} s, {attempt} tries; it is probably busy with "
+                            "another client (the vendor app?)"
                         ) from exc
                     raise
                 self.log.warning("identity query failed, retrying", error=str(exc),

@@ -160,8 +160,9 @@ async def test_an_inverter_busy_with_another_client_is_told_apart_from_an_unreac
         second = InverterClient("127.0.0.1", sim.port or 0, timeout=0.3, retries=1,
                                 backoff=0.01)
         with pytest.raises(InverterBusy, match=(
-                rf"connected to 127\.0\.0\.1:{sim.port} but the inverter does not answer"
-                r" \(2 tries of 0\.3 s\): it is probably busy with another client")):
+                rf"connected to 127\.0\.0\.1:{sim.port} but the inverter does not answer: "
+                r"no reply 0x98 \(the identity query\) within 0\.3 s, 2 tries; "
+                r"it is probably busy with another client")):
             await second.connect()
         assert not second.connected
 
