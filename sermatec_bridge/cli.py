@@ -242,6 +242,11 @@ def _decode(args: argparse.Namespace) -> Exit:
 async def _simulate(args: argparse.Namespace) -> None:
     from .simulator.server import run_simulator
 
+    if args.count < 1:
+        raise Failure("--count must be at least 1", Exit.USAGE)
+    if args.listen_port + args.count - 1 > 65535:
+        raise Failure(f"--count {args.count} from port {args.listen_port} goes past port 65535",
+                      Exit.USAGE)
     await run_simulator(
         host=args.host, port=args.listen_port, count=args.count, pcu=args.pcu, model=args.model,
         serial=args.serial, latency=args.latency, chunk=args.chunk,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -600,3 +601,14 @@ async def test_simulate_count_serves_several_inverters_from_one_process() -> Non
     finally:
         process.terminate()
         await process.wait()
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--count", "0"], "--count must be at least 1"),
+    (["--port", "65500", "--count", "100"], "--count 100 from port 65500 goes past port 65535"),
+])
+def test_simulate_count_out_of_range_is_a_usage_error(args: list[str], error: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "sermatec_bridge", "simulate", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(error)
