@@ -60,6 +60,7 @@ class Failure(Exception):
 _EXIT_OF = {
     "InverterUnreachable": Exit.UNREACHABLE,
     "InverterTimeout": Exit.TIMEOUT,
+    "InverterBusy": Exit.TIMEOUT,  # accepted the connection, never answered
     "NotOffered": Exit.UNKNOWN_COMMAND,
     "BadChecksum": Exit.BAD_CHECKSUM,
     "TruncatedFrame": Exit.TRUNCATED,
@@ -452,9 +453,15 @@ async def _simulate(args: argparse.Namespace) -> None:
     from .simulator.model import SettingsError, simulated_clock
     from .simulator.server import run_simulator
 
+    if args.count < 1:
+        raise Failure("--count must be at least 1", Exit.USAGE)
+    if args.listen_port + args.count - 1 > 65535:
+        raise Failure(f"--count {args.count} from port {args.listen_port} goes past port 65535",
+                      Exit.USAGE)
     try:
         await run_simulator(
-            host=args.host, port=args.listen_port, pcu=args.pcu, model=args.model,
+            host=args.host, port=args.listen_port, count=args.count, pcu=args.pcu,
+            model=args.model,
             serial=args.serial, latency=args.latency, chunk=args.chunk,
             garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
             drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
@@ -731,6 +738,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", dest="listen_port", type=_port, default=8899,
                    help="TCP port to listen on (default 8899)")
+    p.add_argument("--count", type=int, default=1, metavar="N",
+                   help="serve N inverters on ports PORT..PORT+N-1, serials counting up")
     p.add_argument("--pcu", type=_version, default=NEWEST_PCU, help="PCU version to report")
     p.add_argument("--model", default="5kw", choices=["3kw", "5kw", "6kw", "10kw"])
     p.add_argument("--serial", default="ST5K0SIMULATOR0001", help="serial number")

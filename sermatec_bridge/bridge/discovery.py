@@ -302,9 +302,12 @@ def availability(ctx: DiscoveryContext) -> list[dict[str, str]]:
     ]
 
 
+_DICT_ATTRIBUTES = frozenset(dir({}))  # value_json.items would be the method, not the key
+
+
 def value_of(key: str) -> str:
     """The Jinja expression for a key of the state object."""
-    return f"value_json.{key}" if key.isidentifier() and key not in dir({}) else (
+    return f"value_json.{key}" if key.isidentifier() and key not in _DICT_ATTRIBUTES else (
         f"value_json[{key!r}]"
     )
 

@@ -32,7 +32,15 @@ class InverterError(Exception):
 
 
 class InverterUnreachable(InverterError):
-    pass
+    """The TCP connection could not be opened (refused, no route, timed out) or was lost."""
+
+
+class InverterBusy(InverterError):
+    """The connection was accepted but the inverter never answered its identity query.
+
+    The Wi-Fi module serves one client at a time: a second client is accepted and then
+    ignored, so this is what a bridge sees while the vendor app holds the inverter.
+    """
 
 
 class InverterTimeout(InverterError):
@@ -162,8 +170,7 @@ class InverterClient:
             await self._drop_connection()
             try:
                 await self._open()
-                reading = (await self._exchange(SYSTEM_INFO, b"", (0x98,), 0))[0]
-                self.identity = Identity.from_reading(reading)
+                self.identity = await self._identify()
                 self.log.info("connected", serial=self.identity.serial,
                               pcu=self.identity.reported_version, model=self.identity.model)
                 return
@@ -183,6 +190,35 @@ class InverterClient:
                 self.log.warning("connect failed, retrying", error=str(exc),
                                  retry_in=round(delay, 1))
                 await asyncio.sleep(delay)
+
+    async def _identify(self) -> Identity:
+        """Read 0x98 on the open connection, asking up to ``1 + retries`` times.
+
+        A try that gets no answer leaves the stream unusable (its reply may still come),
+        so each further try opens a fresh connection. No answer at all, on a connection
+        the inverter accepted, means it serves someone else: :class:`InverterBusy`.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reading = (await self._exchange(SYSTEM_INFO, b"", (0x98,), 0))[0]
+                return Identity.from_reading(reading)
+            except (InverterTimeout, InverterUnreachable, OSError) as exc:
+                await self._drop_connection()
+                if attempt > self.retries:
+                    if isinstance(exc, InverterTimeout):
+                        raise InverterBusy(
+                            f"connected to {self.host}:{self.port} but the inverter does not "
+                            f"answer: no reply 0x98 (the identity query) within "
+                            f"{self.timeout:g} s, {attempt} tries; it is probably busy with "
+                            "another client (the vendor app?)"
+                        ) from exc
+                    raise
+                self.log.warning("identity query failed, retrying", error=str(exc),
+                                 attempt=attempt)
+                await asyncio.sleep(self._delay(attempt))
+                await self._open()
 
     def _delay(self, attempt: int) -> float:
         return backoff(attempt, self.backoff, self.backoff_max)
@@ -318,12 +354,35 @@ class InverterClient:
                 continue
             return readings
 
-    def _offered(self, command: Command) -> None:
-        if command.layout(self.version) is None:
-            raise NotOffered(
-                f"command {command.label} ({command.name}) is not offered by PCU version "
-                f"{self.version}"
-            )
+    def _require_slot(self) -> None:
+        if not self._lock.locked():
+            raise RuntimeError("an exchange outside a queue slot: use InverterClient.session()")
+
+    # ----------------------------------------------------------------------------------
+    # Inside a queue slot (what a Session is made of)
+    # ----------------------------------------------------------------------------------
+
+    async def identify(self) -> Identity:
+        """Inside a slot: who the inverter is, reconnecting first if the connection was lost."""
+        self._require_slot()
+        await self._ensure_connected()
+        assert self.identity is not None
+        return self.identity
+
+    async def exchange(self, command: Command, payload: bytes = b"") -> list[Reading]:
+        """Inside a slot: one request and its decoded replies (none for a write).
+
+        Reconnects first if needed, refuses a command the PCU version lacks before sending
+        it, and sends it again up to ``retries`` times, each time on a fresh connection.
+        After a write that makes the inverter hang up, the connection is closed here too.
+        """
+        self._require_slot()
+        await self._ensure_connected()  # the version may be unknown after a hang-up
+        _refuse_unless_offered(command, self.version)
+        readings = await self._with_retries(command, payload)
+        if command.closes_connection:
+            await self._drop_connection()
+        return readings
 
     # ----------------------------------------------------------------------------------
     # Public requests
@@ -355,7 +414,7 @@ class InverterClient:
         part1, part2 = register_query_parts(addresses)
         async with self._lock:
             await self._ensure_connected()
-            self._offered(tables.REGISTER_QUERY)
+            _refuse_unless_offered(tables.REGISTER_QUERY, self.version)
             # The shielded task owns the rest of the exchange; the lock is held until it ends.
             task = asyncio.ensure_future(self._register_exchange(part1, part2))
             try:
@@ -417,9 +476,7 @@ class Session:
         if cmd.kind is not Kind.QUERY:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is a {cmd.kind.value} command, "
                              "not a query")
-        await self.client._ensure_connected()  # the version may be unknown after a hang-up
-        self.client._offered(cmd)
-        return await self.client._with_retries(cmd, b"")
+        return await self.client.exchange(cmd)
 
     async def write(self, command: Command | int, values: Mapping[str, Any],
                     only: Collection[str] | None = None) -> None:
@@ -428,13 +485,17 @@ class Session:
         cmd = _command(command)
         if not cmd.is_write:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is not a write")
-        await self.client._ensure_connected()
-        self.client._offered(cmd)
-        payload = codec.build(cmd, self.version, values, only)
-        await self.client._with_retries(cmd, payload)
+        identity = await self.client.identify()
+        _refuse_unless_offered(cmd, identity.version)
+        await self.client.exchange(cmd, codec.build(cmd, identity.version, values, only))
         self.client.log.info("written", command=cmd.label)
-        if cmd.closes_connection:  # the inverter hangs up after this one: start afresh
-            await self.client._drop_connection()
+
+
+def _refuse_unless_offered(command: Command, version: int) -> None:
+    if command.layout(version) is None:
+        raise NotOffered(
+            f"command {command.label} ({command.name}) is not offered by PCU version {version}"
+        )
 
 
 def _command(command: Command | int) -> Command:

@@ -101,6 +101,7 @@ _INT = {1: Int8sb, 2: Int16sb, 4: Int32sb}
 _UINT = {1: Int8ub, 2: Int16ub, 4: Int32ub}
 
 
+@cache  # a handful of scales, asked for every decoded value
 def _digits(scale: float) -> int:
     return max(0, -math.floor(math.log10(scale) + 1e-9)) if scale < 1 else 0
 

@@ -445,3 +445,11 @@ def test_the_device_config_uses_home_assistants_abbreviations() -> None:
     assert len(live) > 40  # the live state topic is given once, at device level
     long_form = json.dumps(discovery.expand(payload))
     assert len(text) < 0.8 * len(long_form), (len(text), len(long_form))
+
+
+def test_keys_that_name_a_dict_method_are_read_by_subscript() -> None:
+    # In HA's Jinja, value_json.items is the dict's method, not the state's "items" key.
+    assert discovery.value_of("battery_soc") == "value_json.battery_soc"
+    assert discovery.value_of("items") == "value_json['items']"
+    assert discovery.value_of("values") == "value_json['values']"
+    assert discovery.value_of("pv1-power") == "value_json['pv1-power']"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +17,7 @@ from sermatec_bridge.inverter.client import InverterClient
 from sermatec_bridge.protocol import codec, frame, tables
 from sermatec_bridge.protocol.model import Command, Kind
 from sermatec_bridge.simulator import Fault, InverterModel, Simulator, run_simulator
+from sermatec_bridge.simulator.server import numbered_serials
 
 QUIET = 0.2  # how long "no answer" is waited for
 
@@ -589,3 +593,58 @@ def test_a_demo_minute_moves_pv_soc_and_grid() -> None:
     assert after["battery_soc"] >= before["battery_soc"] + 5
     assert before["grid_active_power"] == 0  # the battery takes the surplus…
     assert after["grid_active_power"] > 100  # …until it is full: then the grid does
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports that are free right now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def test_numbered_serials_count_up_their_trailing_digits() -> None:
+    assert numbered_serials("ST5K0SIM0098", 3) == ["ST5K0SIM0098", "ST5K0SIM0099",
+                                                   "ST5K0SIM0100"]
+    assert numbered_serials("ABC", 2) == ["ABC", "ABC2"]
+
+
+async def test_simulate_count_serves_several_inverters_from_one_process() -> None:
+    first = consecutive_free_ports(3)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sermatec_bridge", "simulate", "--port", str(first),
+        "--count", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        assert line.startswith(f"3 simulators listening on 127.0.0.1:{first}..{first + 2} ")
+        serials = []
+        for port in range(first, first + 3):
+            async with InverterClient("127.0.0.1", port, timeout=2) as client:
+                assert client.identity is not None
+                serials.append(client.identity.serial)
+        assert serials == ["ST5K0SIMULATOR0001", "ST5K0SIMULATOR0002", "ST5K0SIMULATOR0003"]
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--count", "0"], "--count must be at least 1"),
+    (["--port", "65500", "--count", "100"], "--count 100 from port 65500 goes past port 65535"),
+])
+def test_simulate_count_out_of_range_is_a_usage_error(args: list[str], error: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "sermatec_bridge", "simulate", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(error)
