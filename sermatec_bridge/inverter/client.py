@@ -35,16 +35,16 @@ class InverterUnreachable(InverterError):
     """The TCP connection could not be opened (refused, no route, timed out) or was lost."""
 
 
-class InverterBusy(InverterError):
+class InverterTimeout(InverterError):
+    pass
+
+
+class InverterBusy(InverterTimeout):
     """The connection was accepted but the inverter never answered its identity query.
 
     The Wi-Fi module serves one client at a time: a second client is accepted and then
     ignored, so this is what a bridge sees while the vendor app holds the inverter.
     """
-
-
-class InverterTimeout(InverterError):
-    pass
 
 
 class NotOffered(InverterError):
@@ -199,6 +199,7 @@ class InverterClient:
         the inverter accepted, means it serves someone else: :class:`InverterBusy`.
         """
         attempt = 0
+        bad_before = self.last_bad_frame
         while True:
             attempt += 1
             try:
@@ -207,7 +208,9 @@ class InverterClient:
             except (InverterTimeout, InverterUnreachable, OSError) as exc:
                 await self._drop_connection()
                 if attempt > self.retries:
-                    if isinstance(exc, InverterTimeout):
+                    # Frames that came but were broken are no sign of another client.
+                    if (isinstance(exc, InverterTimeout)
+                            and self.last_bad_frame is bad_before):
                         raise InverterBusy(
                             f"connected to {self.host}:{self.port} but the inverter does not "
                             f"answer: no reply 0x98 (the identity query) within "
