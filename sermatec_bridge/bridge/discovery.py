@@ -115,6 +115,7 @@ class DiscoveryContext:
     intervals: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
     timeout: float = 5.0
     sw_version: str = __version__
+    proxy: bool = False  # the app proxy is on: offer its diagnostic entity
 
     def state_topic(self, group: str) -> str:
         return f"{self.base_topic}/{self.serial}/{group}"
@@ -220,7 +221,26 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         out[f"set_{control.key}"] = _control(ctx, control, f)
     if clock_offered(ctx):
         out[f"set_{CLOCK_KEY}"] = _clock_button(ctx)
+    if ctx.proxy:
+        out[PROXY_CLIENTS] = _proxy_clients(ctx)
     return out
+
+
+PROXY_CLIENTS = "proxy_clients"
+
+
+def _proxy_clients(ctx: DiscoveryContext) -> dict[str, Any]:
+    """The app proxy's clients now; its counters as attributes (bridge/proxy.py)."""
+    config = _base(ctx, "sensor", PROXY_CLIENTS, "App proxy clients")
+    config.update({
+        "state_topic": ctx.state_topic("proxy"),
+        "value_template": state_template("clients"),
+        "json_attributes_topic": ctx.state_topic("proxy"),
+        "state_class": "measurement",
+        "entity_category": "diagnostic",
+        "icon": "mdi:cellphone-link",
+    })
+    return config
 
 
 def _base(ctx: DiscoveryContext, platform: str, key: str, name: str) -> dict[str, Any]:

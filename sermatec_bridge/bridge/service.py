@@ -16,10 +16,10 @@ import random
 import signal
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 import structlog
@@ -28,9 +28,16 @@ from paho.mqtt.properties import Properties
 
 from .. import __version__
 from ..config import InverterSettings, Settings
-from ..inverter.client import Identity, InverterClient, InverterError, backoff
+from ..inverter.client import (
+    Identity,
+    InverterClient,
+    InverterError,
+    InverterTimeout,
+    Session,
+    backoff,
+)
 from ..protocol.codec import CodecError, Reading
-from . import discovery, health, metrics
+from . import discovery, health, metrics, proxy
 from .groups import GROUPS, Group
 from .state import EnergyGuard, state_payload
 from .writes import Writer, WriteRefused, WriteResult, parse_request
@@ -38,6 +45,8 @@ from .writes import Writer, WriteRefused, WriteResult, parse_request
 log = structlog.get_logger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+
+T = TypeVar("T")
 
 
 class Broker:
@@ -143,6 +152,27 @@ class Worker:
     def topic(self, leaf: str) -> str:
         return f"{self.broker.base}/{self.serial}/{leaf}"
 
+    # The app proxy's runtime interface (proxy.InverterRuntime), over this worker.
+    async def exchange(self, job: Callable[[Session], Awaitable[T]], *,
+                       timeout: float) -> T:  # noqa: ASYNC109 (bounds the turn, not the job)
+        """Run ``job`` inside one queue slot, after the polls and writes already waiting."""
+        if not self.online or self.identity is None:
+            raise InverterError(f"the inverter {self.config.label} is offline")
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(timeout):
+                    session = await stack.enter_async_context(self.client.session())
+            except TimeoutError:
+                raise InverterTimeout(f"no turn in the inverter's queue within {timeout:g} s"
+                                      ) from None
+            return await job(session)
+
+    def refresh(self, *groups: str) -> None:
+        """Make these poll groups due now."""
+        for group in groups:
+            self.due.pop(group, None)
+        self.wake.set()
+
     async def run(self) -> None:
         """Poll forever; an inverter that fails only takes itself offline."""
         while True:
@@ -191,6 +221,8 @@ class Worker:
         if group.key == "live" and self.announced is None:
             await self.announce()
         await self.broker.publish(self.topic(group.key), payload)
+        if group.key == "live" and self.config.proxy_port is not None:
+            await self.broker.publish(self.topic("proxy"), self.stats.proxy.state())
         self.last_publish = time.time()
 
     async def set_online(self, online: bool, reason: str | None = None) -> None:
@@ -219,6 +251,7 @@ class Worker:
                        "slow": self.settings.poll.slow},
             timeout=self.config.timeout,
             sw_version=__version__,
+            proxy=self.config.proxy_port is not None,
         )
 
     async def announce(self) -> None:
@@ -301,6 +334,10 @@ class Bridge:
                 loop.add_signal_handler(sig, self.stopping.set)
         self.broker.retained[self.broker.bridge_topic] = ONLINE
         workers = [self._supervised(w.run(), f"worker {w.config.label}") for w in self.workers]
+        workers += [self._supervised(proxy.ProxyServer(
+            w, name=w.config.label, writes=w.config.proxy_writes, stats=w.stats.proxy,
+        ).serve(w.config.proxy_host, w.config.proxy_port), f"proxy {w.config.label}")
+            for w in self.workers if w.config.proxy_port is not None]
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat")]
         if self.settings.health.metrics_port:

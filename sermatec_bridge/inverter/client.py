@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import structlog
 
@@ -25,6 +25,8 @@ from ..protocol.model import Command, Kind
 from ..protocol.tables import COMMANDS, SYSTEM_INFO
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class InverterError(Exception):
@@ -430,6 +432,97 @@ class Session:
         self.client.log.info("written", command=cmd.label)
         if cmd.closes_connection:  # the inverter hangs up after this one: start afresh
             await self.client._drop_connection()
+
+    # ---- Relaying a client's raw frames (the app proxy, bridge/proxy.py) ----
+
+    async def relay(self, request: frame.Frame) -> list[frame.Frame]:
+        """Send ``request`` as it is; return its reply frames exactly as the inverter sent them.
+
+        One exchange, no retry: a failure drops the connection (a late reply must reach no
+        one) and raises. Writes get no reply; one that makes the inverter hang up ends the
+        connection here too. A command the inverter's PCU version lacks raises NotOffered.
+        """
+        client = self.client
+        command = _command(request.command)
+        client._offered(command)
+        expect = () if command.is_write else tables.replies(command, client.version)
+
+        async def exchange() -> list[frame.Frame]:
+            client._discard_stale()
+            self._write_raw(request)
+            assert client._writer is not None
+            await client._writer.drain()
+            deadline = asyncio.get_running_loop().time() + client.timeout
+            return [await client._await_frame(code, deadline) for code in expect]
+
+        replies = await self._failing_cleanly(exchange())
+        if command.closes_connection:
+            await client._drop_connection()
+        return replies
+
+    async def relay_register_query(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
+        """A client's whole 0xbb exchange in this slot; the reply frame to part 2.
+
+        Once part 1 is written, part 2 is written too, even if the caller is cancelled.
+        """
+        client = self.client
+        client._offered(tables.REGISTER_QUERY)
+        task = asyncio.ensure_future(self._failing_cleanly(self._register_pair(part1, part2)))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                await task  # part 2 goes out before the slot is released
+            except BaseException:
+                client._abandon()
+            raise
+
+    async def _register_pair(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
+        client = self.client
+        loop = asyncio.get_running_loop()
+        client._discard_stale()
+        self._write_raw(part1)
+        try:
+            assert client._writer is not None
+            await client._writer.drain()
+            try:
+                await client._await_frame(0xBB, loop.time() + client.timeout)
+            except InverterTimeout:
+                client.log.warning("no acknowledgement of register query part 1; sending part 2")
+        finally:
+            if client.connected:
+                self._write_raw(part2)
+                assert client._writer is not None
+                await client._writer.drain()
+            else:
+                client.log.error("register query part 2 could not be sent: the inverter may "
+                                 "stay blocked until it is power-cycled")
+        deadline = loop.time() + client.timeout
+        while True:
+            reply = await client._await_frame(0xBB, deadline)
+            if len(reply.payload) != 2:  # not a late acknowledgement of part 1
+                return reply
+
+    def _write_raw(self, request: frame.Frame) -> None:
+        writer = self.client._writer
+        if writer is None or writer.is_closing():
+            raise InverterUnreachable(f"not connected to {self.client.host}:{self.client.port}")
+        writer.write(request.encode())
+
+    async def _failing_cleanly(self, exchange: Awaitable[T]) -> T:
+        """Await an exchange; on failure drop the connection, so a late reply reaches no one."""
+        try:
+            return await exchange
+        except asyncio.CancelledError:
+            self.client._abandon()
+            raise
+        except (InverterError, OSError) as exc:
+            await self.client._drop_connection()
+            if isinstance(exc, OSError):
+                raise InverterUnreachable(
+                    f"lost the inverter at {self.client.host}:{self.client.port}: {exc}"
+                ) from exc
+            raise
 
 
 def _command(command: Command | int) -> Command:
