@@ -151,6 +151,23 @@ async def test_reads_are_the_inverters_bytes(proxied: tuple[RunningBridge, int],
     assert 0x95 in sim.received
 
 
+
+async def test_home_assistant_gets_the_proxy_entity(proxied: tuple[RunningBridge, int],
+                                                   ha: HomeAssistant) -> None:
+    _, port = proxied
+    app = await AppClient.connect(port)
+    try:
+        mark = ha.mark()
+        state = await ha.wait_json(topic("proxy"), lambda s: s["clients"] == 1, after=mark)
+    finally:
+        await app.close()
+    assert state == {"clients": 1, "forwarded": 0, "writes_passed": 0, "writes_refused": 0,
+                     "dropped": 0}
+    found = await ha.wait_for(lambda m: m.topic.startswith("homeassistant/")
+                              and "proxy_clients" in m.text, what="the proxy entity")
+    assert found.retain
+
+
 async def test_third_party_app_reads_through_the_proxy(proxied: tuple[RunningBridge, int],
                                                        sim: Simulator) -> None:
     _, port = proxied
