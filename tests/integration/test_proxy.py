@@ -436,7 +436,8 @@ async def test_stalled_client_is_disconnected(direct: tuple[ProxyServer, Limits]
     await eventually(lambda: server.stats.clients == 1, within=2)
     await app.send(frame.request(0x98)[:4])  # half a frame, then nothing
     started = time.monotonic()
-    assert await app.reader.read(4096) == b""  # the proxy hung up
+    async with asyncio.timeout(limits.idle + 2):
+        assert await app.reader.read(4096) == b""  # the proxy hung up
     assert limits.idle - 0.1 <= time.monotonic() - started < limits.idle + 1.0
     await eventually(lambda: server.stats.clients == 0, within=2)
     await app.close()
