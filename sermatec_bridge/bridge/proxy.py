@@ -161,9 +161,11 @@ class _Connection:
                 return
             skipped = self.frames.skipped
             items = self.frames.feed(data)
-            if self.frames.skipped > skipped:
-                self._dropped(Dropped("garbage", f"{self.frames.skipped - skipped} bytes "
-                                      "that are not a frame"))
+            # bytes skipped that are not those of a frame with a bad checksum
+            garbage = self.frames.skipped - skipped - sum(
+                len(item.frame) for item in items if isinstance(item, frame.BadChecksum))
+            if garbage > 0:
+                self._dropped(Dropped("garbage", f"{garbage} bytes that are not a frame"))
             for item in items:
                 try:
                     await self._request(item)

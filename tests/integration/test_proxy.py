@@ -327,7 +327,9 @@ async def test_bad_input_is_dropped_and_the_client_still_served(
     app = await AppClient.connect(port)
     try:
         await app.send(b"\x01\x02garbage\x03")
+        await eventually(lambda: proxy_stats(bridge).dropped["garbage"] == 1)
         await app.send(bytes(bad_checksum))
+        await eventually(lambda: proxy_stats(bridge).dropped["bad frame"] == 1)
         await app.send(frame.request(0x42))  # a command the tables do not know
         await app.send(frame.reply(0x0A, b""))  # a reply, not a request
         await app.send(frame.request(0x66, b"\x01"))  # a write that does not fit the tables
