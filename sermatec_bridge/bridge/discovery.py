@@ -12,10 +12,16 @@ what to publish so that Home Assistant drops entities that are no longer offered
 Every combination of device class, unit and state class is one Home Assistant accepts
 (see :data:`SENSOR_UNITS` and :data:`SENSOR_STATE_CLASSES`); where a table's unit does
 not fit a device class, the device class is dropped rather than the entity rejected.
+
+A new device shows only what a user looks at or automates (:data:`ENABLED_BY_DEFAULT`);
+the rest is announced disabled, one click away in Home Assistant, and not recorded
+until enabled. Single-phase models are not offered the fields of phases B and C.
+The messages use Home Assistant's abbreviations (:data:`ABBREVIATIONS`) to stay small.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +32,7 @@ from .. import PROJECT_URL, __version__
 from ..protocol import tables
 from ..protocol.model import Command, Field
 from .groups import BY_KEY, GROUPS, Group
-from .state import LAST_SEEN, is_published
+from .state import LAST_SEEN, derived_fields, is_published
 
 MANUFACTURER = "Sermatec"
 ORIGIN_NAME = "sermatec-bridge"
@@ -98,6 +104,48 @@ CONTROLS: tuple[Control, ...] = (
     Control("discharge_power_limit", "number", 0x6A),
 )
 CLOCK_KEY = "clock"  # set/clock, handled by the writer without a value
+LAST_WRITE = "last_write"  # the sensor showing the outcome of the last write
+
+# What a new device shows: the entities a user looks at or automates (by component id;
+# every control is one). Everything else is announced with enabled_by_default false.
+ENABLED_BY_DEFAULT = frozenset({
+    "proxy_clients",  # offered only when the app proxy is on
+    # battery
+    "battery_soc", "battery_state", "battery_voltage", "battery_current",
+    "battery_temperature", "battery_soh", "dc_power",
+    # PV
+    "pv_power", "pv1_power", "pv2_power", "pv1_voltage", "pv2_voltage", "pv1_current",
+    "pv2_current",
+    # grid, load, backup output, inverter
+    "grid_active_power", "grid_frequency", "grid_power_down", "remote_load_power",
+    *(f"grid_{phase}_{quantity}" for phase in "abc" for quantity in ("voltage", "current")),
+    "backup_active_power", "backup_a_voltage", "inverter_on", "inverter_temperature",
+    # energy: what the Energy dashboard needs, daily (0.1 kWh) and lifetime (1 kWh)
+    *(f"{counter}_{period}" for period in ("today", "total") for counter in (
+        "pv_energy", "load_energy", "grid_import", "grid_export", "battery_charge",
+        "battery_discharge")),
+    # settings a user changes or watches, alarms, freshness, write outcomes
+    "operating_mode", "grid_soc_min", "off_grid_soc_min", "grid_export_limit",
+    "charge_power_limit", "discharge_power_limit",
+    "problem", "active_alarms", LAST_SEEN, LAST_WRITE,
+})
+
+_OTHER_PHASES = re.compile(r"(^|_)([bc]|ab|bc|ca)_(voltage|current|power|temperature)$")
+
+
+def other_phase(key: str) -> bool:
+    """A field of phase B or C (or between two phases): zero on a single-phase model."""
+    return _OTHER_PHASES.search(key) is not None
+
+
+def topic_id(serial: str) -> str:
+    """A serial number made safe as one topic level, for the bridge's topics and Home
+    Assistant's discovery topics alike: [a-zA-Z0-9_-], anything else becomes ``_``.
+
+    A serial with ``/``, ``+`` or ``#`` could otherwise split a level, make a topic
+    unpublishable, or route one inverter's writes to another.
+    """
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", serial) or "_"
 
 
 @dataclass(frozen=True)
@@ -117,11 +165,16 @@ class DiscoveryContext:
     sw_version: str = __version__
     proxy: bool = False  # the app proxy is on: offer its diagnostic entity
 
+    @property
+    def single_phase(self) -> bool:
+        """A model with one AC phase (an unknown model is offered every phase)."""
+        return self.model.strip() in tables.SINGLE_PHASE_MODELS
+
     def state_topic(self, group: str) -> str:
-        return f"{self.base_topic}/{self.serial}/{group}"
+        return f"{self.base_topic}/{self.node_id}/{group}"
 
     def command_topic(self, key: str) -> str:
-        return f"{self.base_topic}/{self.serial}/set/{key}"
+        return f"{self.base_topic}/{self.node_id}/set/{key}"
 
     @property
     def slug(self) -> str:
@@ -130,8 +183,8 @@ class DiscoveryContext:
 
     @property
     def node_id(self) -> str:
-        """The serial as Home Assistant allows it in a discovery topic: [a-zA-Z0-9_-]."""
-        return re.sub(r"[^a-zA-Z0-9_-]", "_", self.serial)
+        """The serial as it appears in every topic (see :func:`topic_id`)."""
+        return topic_id(self.serial)
 
     def expire_after(self, group: Group) -> int:
         """Seconds after which a state not refreshed is shown as unavailable.
@@ -212,8 +265,9 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         if group.key == "alarms":
             out.update(_alarm_entities(ctx, group))
             continue
-        for f in group_fields(group, ctx.version):
-            if f.key not in controlled:
+        fields = group_fields(group, ctx.version)
+        for f in fields + derived_fields({f.key for f in fields}):
+            if f.key not in controlled and not (ctx.single_phase and other_phase(f.key)):
                 out[f.key] = _read_only(ctx, group, f)
         if group.key == "live":
             out[LAST_SEEN] = _last_seen(ctx, group)
@@ -221,8 +275,13 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         out[f"set_{control.key}"] = _control(ctx, control, f)
     if clock_offered(ctx):
         out[f"set_{CLOCK_KEY}"] = _clock_button(ctx)
+    if ctx.writes_enabled:
+        out[LAST_WRITE] = _last_write(ctx)
     if ctx.proxy:
         out[PROXY_CLIENTS] = _proxy_clients(ctx)
+    for cid, config in out.items():
+        if "command_topic" not in config and cid not in ENABLED_BY_DEFAULT:
+            config["enabled_by_default"] = False
     return out
 
 
@@ -260,13 +319,16 @@ def availability(ctx: DiscoveryContext) -> list[dict[str, str]]:
     """Online only while both the bridge and this inverter are."""
     return [
         {"topic": f"{ctx.base_topic}/bridge/state"},
-        {"topic": f"{ctx.base_topic}/{ctx.serial}/availability"},
+        {"topic": f"{ctx.base_topic}/{ctx.node_id}/availability"},
     ]
+
+
+_DICT_ATTRIBUTES = frozenset(dir({}))  # value_json.items would be the method, not the key
 
 
 def value_of(key: str) -> str:
     """The Jinja expression for a key of the state object."""
-    return f"value_json.{key}" if key.isidentifier() and key not in dir({}) else (
+    return f"value_json.{key}" if key.isidentifier() and key not in _DICT_ATTRIBUTES else (
         f"value_json[{key!r}]"
     )
 
@@ -304,10 +366,18 @@ def _read_only(ctx: DiscoveryContext, group: Group, f: Field) -> dict[str, Any]:
     return config
 
 
+def enum_options(f: Field) -> list[str]:
+    """The options of a coded field: its labels, then the codes within its limits that
+    have none (an operating mode 6 shows as "6", as the state carries it)."""
+    labels = list(dict.fromkeys((f.codes or {}).values()))
+    lo, hi = f.limits or (0, -1)
+    return labels + [str(c) for c in range(int(lo), int(hi) + 1) if c not in (f.codes or {})]
+
+
 def sensor_options(f: Field) -> dict[str, Any]:
     """device_class, unit, state_class, options and precision of a sensor field."""
     if f.codes is not None:
-        return {"device_class": "enum", "options": list(dict.fromkeys(f.codes.values()))}
+        return {"device_class": "enum", "options": enum_options(f)}
     if not f.is_numeric:
         return {}  # text: no class, unit, state class or precision (HA would want numbers)
     out: dict[str, Any] = {}
@@ -373,6 +443,25 @@ def _alarm_entities(ctx: DiscoveryContext, group: Group) -> dict[str, dict[str, 
     return {"problem": problem, "active_alarms": active}
 
 
+def _last_write(ctx: DiscoveryContext) -> dict[str, Any]:
+    """The outcome of the last write: "OK: …" or "Refused: <reason>", details as attributes.
+
+    Home Assistant shows a write as done once it is sent; this shows what the bridge
+    and the inverter made of it.
+    """
+    topic = ctx.command_topic("result")
+    config = _base(ctx, "sensor", LAST_WRITE, "Last write")
+    ok = "'OK: ' ~ (value_json.changed | default({}) | to_json)"
+    refused = "'Refused: ' ~ value_json.error | default('no reason given')"
+    config.update({
+        "state_topic": topic,
+        "value_template": "{{ ((" + ok + ") if value_json.ok else (" + refused + "))[:255] }}",
+        "json_attributes_topic": topic,
+        "icon": "mdi:playlist-check",
+    })
+    return config  # no expire_after: the last outcome stays true until the next write
+
+
 def _control(ctx: DiscoveryContext, control: Control, f: Field) -> dict[str, Any]:
     config = _base(ctx, control.platform, f.key, f.name)
     config["state_topic"] = ctx.state_topic(control.group)
@@ -386,7 +475,7 @@ def _control(ctx: DiscoveryContext, control: Control, f: Field) -> dict[str, Any
     elif control.platform == "select":
         config.update({
             "value_template": state_template(f.key),
-            "options": list(dict.fromkeys((f.codes or {}).values())),
+            "options": enum_options(f),
         })
     else:
         config.update(_number_options(f))
@@ -453,26 +542,109 @@ def device_topic(ctx: DiscoveryContext) -> str:
     return f"{ctx.prefix}/device/{ctx.node_id}/config"
 
 
-_SHARED = ("availability", "availability_mode")
+# Home Assistant's abbreviations of the options this bridge uses (its discovery code
+# expands them back: homeassistant/components/mqtt/abbreviations.py).
+ABBREVIATIONS: dict[str, str] = {
+    "availability": "avty",
+    "availability_mode": "avty_mode",
+    "command_topic": "cmd_t",
+    "default_entity_id": "def_ent_id",
+    "device": "dev",
+    "device_class": "dev_cla",
+    "enabled_by_default": "en",
+    "entity_category": "ent_cat",
+    "expire_after": "exp_aft",
+    "icon": "ic",
+    "json_attributes_template": "json_attr_tpl",
+    "json_attributes_topic": "json_attr_t",
+    "object_id": "obj_id",
+    "options": "ops",
+    "origin": "o",
+    "payload_off": "pl_off",
+    "payload_on": "pl_on",
+    "payload_press": "pl_prs",
+    "state_class": "stat_cla",
+    "state_topic": "stat_t",
+    "suggested_display_precision": "sug_dsp_prc",
+    "unique_id": "uniq_id",
+    "unit_of_measurement": "unit_of_meas",
+    "value_template": "val_tpl",
+}
+DEVICE_ABBREVIATIONS = {"identifiers": "ids", "manufacturer": "mf", "model": "mdl",
+                        "sw_version": "sw"}
+ORIGIN_ABBREVIATIONS = {"sw_version": "sw", "support_url": "url"}
+AVAILABILITY_ABBREVIATIONS = {"topic": "t"}
+_NESTED = {"device": DEVICE_ABBREVIATIONS, "origin": ORIGIN_ABBREVIATIONS}
+# Options a device config may give once for all its components (Home Assistant's
+# shared options): a component that does not set them inherits them.
+SHARED_OPTIONS = ("availability", "availability_mode", "state_topic", "qos")
+
+
+def abbreviate(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An entity or device config with Home Assistant's short option names."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in _NESTED:
+            value = _renamed(value, _NESTED[key])
+        elif key == "availability":
+            value = [_renamed(a, AVAILABILITY_ABBREVIATIONS) for a in value]
+        out[ABBREVIATIONS.get(key, key)] = value
+    return out
+
+
+def expand(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A discovery payload as Home Assistant reads it: long names, shared options merged.
+
+    The inverse of :func:`abbreviate`, applied to a device config's components too;
+    ``dev`` and ``o`` keep the short names the device discovery docs use.
+    """
+    long_names = {short: long for long, short in ABBREVIATIONS.items()}
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key in ("dev", "o"):  # kept short, as the device discovery docs write them
+            value = _renamed(value, {v: k for k, v in _NESTED[long_names[key]].items()})
+        elif key in _NESTED:
+            value = _renamed(value, {v: k for k, v in _NESTED[key].items()})
+        key = long_names.get(key, key) if key not in ("dev", "o") else key
+        if key == "availability":
+            value = [_renamed(a, {"t": "topic"}) for a in value]
+        out[key] = value
+    if isinstance(out.get("cmps"), Mapping):
+        shared = {k: out[k] for k in SHARED_OPTIONS if k in out}
+        out["cmps"] = {
+            cid: (shared | expand(c)) if len(c) > 1 else dict(c)  # {"p": …} is a removal
+            for cid, c in out["cmps"].items()
+        }
+    return out
+
+
+def _renamed(mapping: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    return {names.get(k, k): v for k, v in mapping.items()}
 
 
 def device_config(ctx: DiscoveryContext) -> tuple[str, dict[str, Any]]:
     """Device-based discovery (Home Assistant 2024.11+): one retained message.
 
-    Availability is shared at device level; each component names its platform as ``p``.
+    Availability and the live state topic are shared at device level; each component
+    names its platform as ``p``. Options are abbreviated (:func:`expand` reverses it).
     """
+    live = ctx.state_topic("live")
     components: dict[str, dict[str, Any]] = {}
     for cid, config in entities(ctx).items():
-        component = {k: v for k, v in config.items() if k not in _SHARED and k != "platform"}
-        components[cid] = {"p": config["platform"], **component}
-    payload: dict[str, Any] = {
-        "dev": device_info(ctx),
-        "o": origin(ctx),
+        component = {k: v for k, v in config.items() if k not in SHARED_OPTIONS
+                     and k != "platform"}
+        if config.get("state_topic", live) != live:
+            component["state_topic"] = config["state_topic"]
+        components[cid] = {"p": config["platform"], **abbreviate(component)}
+    payload: dict[str, Any] = abbreviate({
+        "device": device_info(ctx),
+        "origin": origin(ctx),
         "availability": availability(ctx),
         "availability_mode": "all",
+        "state_topic": live,
         "qos": QOS,
-        "cmps": components,
-    }
+    })
+    payload["cmps"] = components
     return device_topic(ctx), payload
 
 
@@ -488,7 +660,7 @@ def entity_configs(ctx: DiscoveryContext) -> list[tuple[str, dict[str, Any]]]:
         platform = config["platform"]
         payload = {k: v for k, v in config.items() if k != "platform"}
         payload.update({"device": device, "origin": source, "qos": QOS})
-        out.append((entity_topic(ctx, platform, config), payload))
+        out.append((entity_topic(ctx, platform, config), abbreviate(payload)))
     return out
 
 
@@ -533,3 +705,75 @@ def iter_state_keys(config: Mapping[str, Any]) -> Iterator[str]:
 
 
 _STATE_KEY = re.compile(r"value_json(?:\.([A-Za-z_]\w*)|\['([^']+)'\])")
+
+
+# --------------------------------------------------------------------------------------
+# Lifecycle: what to publish, given what the broker already holds
+# --------------------------------------------------------------------------------------
+
+MIGRATE = '{"migrate_discovery": true}'
+"""Hands an entity over between per-entity and device discovery without removing it."""
+
+
+def owned_topics(ctx: DiscoveryContext, on_broker: Mapping[str, str]) -> dict[str, str]:
+    """The discovery topics of this inverter among ``on_broker`` (topic -> payload)."""
+    out = {}
+    start = f"{ctx.prefix}/"
+    for topic, text in on_broker.items():
+        if not topic.startswith(start) or not text:
+            continue
+        levels = topic[len(start):].split("/")
+        device = len(levels) == 3 and levels[0] == "device"
+        entity = len(levels) == 4 and levels[0] != "device"
+        if (device or entity) and levels[1] == ctx.node_id and levels[-1] == "config":
+            out[topic] = text
+    return out
+
+
+def plan(ctx: DiscoveryContext, device_mode: bool,
+         on_broker: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The retained messages (topic, payload; ``""`` clears) that make the broker hold
+    exactly this inverter's current discovery, in the order to publish them.
+
+    ``on_broker`` is what the broker holds now, learned before the first announce: an
+    earlier run may have offered other entities, or used the other discovery mode.
+    Entities no longer offered are removed (a device component as ``{"p": platform}``,
+    a per-entity topic by clearing it); switching modes hands the entities that stay over
+    with Home Assistant's ``migrate_discovery`` and clears the other mode's topics.
+    Messages equal to what the broker holds are left for the caller to skip.
+    """
+    found = owned_topics(ctx, on_broker)
+    dev_topic, dev_payload = device_config(ctx)
+    entity = {t: json.dumps(p) for t, p in entity_configs(ctx)}
+    previous_device = _json(found.pop(dev_topic, None))
+    out: list[tuple[str, str]] = []
+    gone = removals(previous_device, dev_payload)
+    if device_mode:
+        migrating = [t for t in found if t in entity]
+        out += [(t, MIGRATE) for t in migrating]
+        if gone:
+            out.append((dev_topic, json.dumps(
+                {**dev_payload, "cmps": {**dev_payload["cmps"], **gone}})))
+        out.append((dev_topic, json.dumps(dev_payload)))
+        out += [(t, "") for t in found]
+        return out
+    if previous_device is not None:
+        if gone:
+            out.append((dev_topic, json.dumps(
+                {**dev_payload, "cmps": {**dev_payload["cmps"], **gone}})))
+        out.append((dev_topic, MIGRATE))
+    out += list(entity.items())
+    if previous_device is not None:
+        out.append((dev_topic, ""))
+    out += [(t, "") for t in stale_topics(list(found), list(entity))]
+    return out
+
+
+def _json(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

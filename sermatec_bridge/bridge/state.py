@@ -19,13 +19,33 @@ import structlog
 
 from ..protocol import alarms
 from ..protocol.codec import Reading, layout_of
-from ..protocol.model import Field, Value, Wire
-from ..protocol.tables import GROUP_COUNTS
+from ..protocol.model import Field, Value, Wire, watts
+from ..protocol.records import in_use as records_in_use
 
 log = structlog.get_logger(__name__)
 
 ALARMS_GROUP = "alarms"
 LAST_SEEN = "last_seen"
+
+# Values the bridge computes from others, shown like fields: PV power is the one number a
+# power-flow card or an automation needs, and the tables only have it per string.
+PV_POWER = watts("pv_power", "PV power", note="PV1 + PV2, computed by the bridge")
+PV_STRINGS = ("pv1_power", "pv2_power")
+
+
+def derived_fields(keys: set[str]) -> list[Field]:
+    """The computed fields a state object with these keys carries."""
+    return [PV_POWER] if all(k in keys for k in PV_STRINGS) else []
+
+
+def derived_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The computed values of a state object (None where a source is unknown)."""
+    if not all(k in values for k in PV_STRINGS):
+        return {}
+    strings = [values[k] for k in PV_STRINGS]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in strings)
+    return {PV_POWER.key: sum(strings) if numeric else None}
+
 
 def is_published(f: Field) -> bool:
     """A field whose value goes into the state object (record members aside)."""
@@ -39,7 +59,8 @@ def is_energy_counter(f: Field) -> bool:
 def clean(f: Field, value: Value) -> Value:
     """The value as Home Assistant may receive it; None where it would be rejected."""
     if f.codes is not None and not isinstance(value, str):
-        return None  # a raw code without a label is not one of the enum's options
+        lo, hi = f.limits or (0, -1)  # unnamed codes within the limits are options too
+        return value if isinstance(value, int) and lo <= value <= hi else None
     if f.flag is not None and not isinstance(value, bool):
         return None  # neither the "on" nor the "off" pattern
     if f.clock and not isinstance(value, str):
@@ -66,6 +87,7 @@ def state_payload(
     for reading in readings:
         for name, value in _reading_values(reading, now, guard).items():
             out.setdefault(name, value)
+    out.update(derived_values(out))
     out[LAST_SEEN] = last_seen(now)
     return out
 
@@ -118,12 +140,9 @@ def _reading_values(reading: Reading, now: datetime, guard: EnergyGuard) -> dict
 def _records(group: str, layout: tuple[Field, ...], values: Mapping[str, Value]) -> list[Any]:
     """A record group as a list of dicts: shown members only, records in use only."""
     members = [f for f in layout if f.group == group and is_published(f)]
-    records = values.get(group)
+    records = records_in_use(layout, values).get(group)
     if not isinstance(records, list):
         return []
-    count = values.get(GROUP_COUNTS.get(group, ""))
-    if isinstance(count, int) and not isinstance(count, bool):
-        records = records[: max(0, count)]
     return [
         {f.key: clean(f, record.get(f.key)) for f in members}
         for record in records

@@ -3,23 +3,34 @@
 The inverter takes a settings block whole, so changing one setting means reading the
 block's current values, changing only the requested ones and writing every field back:
 a read-modify-write inside one queue slot of the inverter client, so nothing else can
-interleave. A write counts as done only when reading the block again shows the new value.
+interleave. Only the settings a request changes are checked against the tables' limits;
+every other field goes back exactly as the inverter reported it, because an installer may
+have set values this project would not offer (an operating mode 6, a 5 % SOC floor). A
+write counts as done only when reading the block again shows the new values.
+
+Everything about a request's shape (JSON, types, known settings, encodability) is checked
+before the inverter is asked anything; limits are checked once the current block shows
+which values really change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import structlog
 
 from ..inverter.client import InverterClient, InverterError, Session
-from ..protocol import codec, tables
+from ..protocol import codec, records, tables
+from ..protocol.codec import quote
 from ..protocol.model import Command, Field, Value, Wire
 
 log = structlog.get_logger(__name__)
@@ -27,20 +38,29 @@ log = structlog.get_logger(__name__)
 # The writes reachable from MQTT. Network writes (Wi-Fi, cloud) and the reset are not.
 MQTT_WRITES = (0x64, 0x66, 0x67, 0x69, 0x6A, 0x71)
 CLOCK_KEY = "clock"
+CLOCK_PRESSES = ("press", "now")  # the button's payload_press (PRESS), or "now"
+FORCED_SCHEDULE = "forced_schedule"
+MAX_PAYLOAD = 16 * 1024  # bytes; a full forced schedule is well under 1 KiB
+MAX_NUMBER = 30  # characters of a number: enough for any setting, far from 4300 digits
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # ASCII only
 
 
 class WriteRefused(Exception):
-    """A write that is not sent; the message is the reason shown to the user."""
+    """A write that is not done; the message is the reason shown to the user."""
 
 
 @dataclass
 class WriteResult:
+    """The outcome of one request. ``sent``: something reached the inverter, so its
+    settings may have changed even when ``ok`` is false (published as ``written``)."""
+
     ok: bool
     changed: dict[str, Value] = field(default_factory=dict)
     unchanged: list[str] = field(default_factory=list)
     error: str | None = None
     unconfirmed: str | None = None  # why a write could not be read back
-    sent: bool = False  # something reached the inverter (the state may have changed)
+    sent: bool = False
+    notes: list[str] = field(default_factory=list)  # values rounded, settings not shown
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok}
@@ -48,11 +68,14 @@ class WriteResult:
             out["changed"] = self.changed
         if self.unconfirmed:
             out["confirmed"] = False
-            out["note"] = self.unconfirmed
+        notes = ([self.unconfirmed] if self.unconfirmed else []) + self.notes
+        if notes:
+            out["note"] = "; ".join(notes)
         if self.unchanged:
             out["unchanged"] = self.unchanged
         if self.error:
             out["error"] = self.error
+        out["written"] = self.sent
         return out
 
 
@@ -68,18 +91,29 @@ def targets(version: int) -> dict[str, tuple[Command, Field]]:
     return out
 
 
-FORCED_SCHEDULE = "forced_schedule"
+# --------------------------------------------------------------------------------------
+# Parsing: bytes from MQTT to a request, or a refusal
+# --------------------------------------------------------------------------------------
 
 
 def parse_request(payload: bytes, key: str | None = None) -> dict[str, Any]:
     """The settings asked for by a message on ``set`` (a JSON object) or ``set/<key>``.
 
-    ``set/forced_schedule`` takes a JSON object of the 0x71 settings only.
+    ``set/forced_schedule`` takes a JSON object of the 0x71 settings only; ``set/clock``
+    takes the button's press (``PRESS``) or ``now``. Raises :class:`WriteRefused` only.
     """
-    text = payload.decode("utf-8", errors="replace").strip()
+    if len(payload) > MAX_PAYLOAD:
+        raise WriteRefused(f"the payload has {len(payload)} bytes; at most {MAX_PAYLOAD} "
+                           "are accepted")
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise WriteRefused("the payload is not UTF-8 text") from None
+    if key == CLOCK_KEY:
+        return {CLOCK_KEY: _clock_press(text)}
     if key is None or key == FORCED_SCHEDULE:
         try:
-            request = json.loads(text)
+            request = _loads(text)
         except json.JSONDecodeError as exc:
             raise WriteRefused(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
         if not isinstance(request, dict):
@@ -89,68 +123,153 @@ def parse_request(payload: bytes, key: str | None = None) -> dict[str, Any]:
                        for f in v}
             others = sorted(k for k in request if k not in allowed)
             if others:
-                raise WriteRefused(f"{', '.join(others)}: not part of the forced charge / "
+                raise WriteRefused(f"{_names(others)}: not part of the forced charge / "
                                    "discharge schedule; send other settings to set")
         return request
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except json.JSONDecodeError:
         value = text  # a bare word such as ON, OFF or an option label
     return {key: value}
 
 
-def coerce(command: Command, version: int, key: str, value: Any) -> Value:
+class _BadNumber(ValueError):
+    pass
+
+
+def _loads(text: str) -> Any:
+    """JSON, refusing what Python's parser takes but no setting can be: NaN, Infinity,
+    numbers too long or too large for a float, nesting beyond the recursion limit."""
+    try:
+        return json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except _BadNumber as exc:
+        raise WriteRefused(str(exc)) from None
+    except RecursionError:
+        raise WriteRefused("the JSON is nested too deeply") from None
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER:
+        raise _BadNumber(f"a number of {len(text)} digits is not a setting")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER:
+        raise _BadNumber(f"a number of {len(text)} characters is not a setting")
+    number = float(text)
+    if not math.isfinite(number):
+        raise _BadNumber(f"{text} is out of range for a number")
+    return number
+
+
+def _constant(text: str) -> Any:
+    raise _BadNumber(f"{text} is not a number a setting can take")
+
+
+def _clock_press(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in CLOCK_PRESSES:
+        raise WriteRefused(f"clock: {quote(value)} is not a press; send PRESS (or now) to "
+                           "set the inverter's clock to this computer's time")
+    return value.strip()
+
+
+def _names(keys: Iterable[str], most: int = 10) -> str:
+    """Setting names for a message, each quoted short, at most ``most`` of them."""
+    keys = list(keys)
+    shown = [k if len(k) <= 60 and k.isprintable() else quote(k, 60) for k in keys[:most]]
+    return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+# --------------------------------------------------------------------------------------
+# Coercion: what Home Assistant sends, to values the codec takes
+# --------------------------------------------------------------------------------------
+
+
+def coerce(command: Command, version: int, key: str, value: Any,
+           notes: list[str] | None = None) -> Value:
     """Accept what Home Assistant sends (strings such as "ON" or "25.0") for a setting.
 
-    A record group with a fixed number of slots (the 0x71 periods) is padded with empty
-    records, so a request may list only the periods in use.
+    Numbers are rounded to the setting's step (33.5 on a step-1 number is 34; the
+    rounding goes to ``notes``). A record group takes the records in use only; each is
+    checked for its fields. Wrong types and values the wire cannot carry are refused
+    here, before the inverter is asked anything.
     """
-    members = [f for f in codec.layout_of(command, version) if f.group == key]
+    notes = notes if notes is not None else []
+    members = [f for f in codec.layout_of(command, version)
+               if f.group == key and f.wire is not Wire.RESERVED]
     if not members:
-        return _coerce_field(_field(command, version, key), value)
+        return _checked(_field(command, version, key), key, value, notes)
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise codec.SettingRefused(key, value, "a list of records (JSON objects)")
-    members = [f for f in members if f.wire is not Wire.RESERVED]
+    slots = records.slots(codec.layout_of(command, version), key)
+    if slots is not None and len(value) > slots:
+        raise codec.SettingRefused(key, len(value), f"at most {slots} records",
+                                   "records are too many")
+    names = [f.key for f in members]
+    out = []
     for index, record in enumerate(value):
-        missing = [f.key for f in members if f.key not in record]
-        if missing:
+        missing = [k for k in names if k not in record]
+        extra = [k for k in record if k not in names]
+        if missing or extra:
+            why = f"lacks {', '.join(missing)}" if missing else f"has {_names(extra)}"
             raise codec.SettingRefused(f"{key}[{index}]", record,
-                                       "records with " + ", ".join(f.key for f in members),
-                                       f"lacks {', '.join(missing)}")
-    records = [{f.key: _coerce_field(f, r[f.key]) for f in members} for r in value]
-    slots = members[0].repeat
-    if isinstance(slots, int):
-        if len(records) > slots:
-            raise codec.SettingRefused(key, len(records), f"at most {slots} records",
-                                       "records are too many")
-        records += [{f.key: _EMPTY.get(f.key, 0) for f in members}
-                    for _ in range(slots - len(records))]
-    return records
+                                       "records with " + ", ".join(names), why)
+        out.append({f.key: _checked(f, f"{key}[{index}].{f.key}", record[f.key], notes)
+                    for f in members})
+    return out
 
 
-_EMPTY: dict[str, Value] = {"start": "00:00", "end": "00:00"}  # an unused slot
+def _checked(f: Field, name: str, value: Any, notes: list[str]) -> Value:
+    """One value, coerced and rounded to its step, refused if the wire cannot carry it."""
+    coerced = _to_step(f, name, _coerce_field(f, name, value), notes)
+    try:
+        codec.to_raw(f, coerced)
+    except codec.SettingRefused as exc:
+        raise codec.SettingRefused(name, value, exc.allowed, exc.why) from None
+    return coerced
 
 
-def _coerce_field(f: Field, value: Any) -> Value:
+def _coerce_field(f: Field, name: str, value: Any) -> Value:
     if f.is_bool and isinstance(value, str):
         word = value.strip().lower()
         if word in ("on", "true", "1", "yes"):
             return True
         if word in ("off", "false", "0", "no"):
             return False
-        raise codec.SettingRefused(f.key, value, "ON or OFF")
+        raise codec.SettingRefused(name, value, "ON or OFF")
     if f.is_bool and isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
         return bool(value)
+    if (f.codes is not None and isinstance(value, str) and value.strip().isascii()
+            and value.strip().isdigit() and value.strip() not in f.codes.values()):
+        return int(value)  # a code without a name, as the select shows it
     if isinstance(value, str) and f.codes is None and not f.clock and f.wire is not Wire.TEXT:
-        try:
-            number = float(value)
-        except ValueError:
-            raise codec.SettingRefused(f.key, value, f.writable_values,
-                                       "is not a number") from None
+        text = value.strip()
+        if len(text) > MAX_NUMBER or not _NUMBER.fullmatch(text):
+            raise codec.SettingRefused(name, value, f.writable_values, "is not a number")
+        number = float(text)
+        if not math.isfinite(number):
+            raise codec.SettingRefused(name, value, f.writable_values, "is out of range")
         return int(number) if number.is_integer() else number
     if isinstance(value, float) and value.is_integer() and f.scale == 1:
         return int(value)
     return value
+
+
+def _to_step(f: Field, name: str, value: Value, notes: list[str]) -> Value:
+    """A number rounded half away from zero to the field's step (its scale)."""
+    if not f.is_numeric or isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if not math.isfinite(value):
+        raise codec.SettingRefused(name, value, f.writable_values, "is not a finite number")
+    step = Decimal(repr(f.scale))
+    exact = Decimal(repr(value))
+    steps = (exact / step).to_integral_value(ROUND_HALF_UP)
+    rounded = steps * step
+    result: Value = int(rounded) if rounded == rounded.to_integral_value() else float(rounded)
+    if rounded != exact:
+        notes.append(f"{name} {value} rounded to {result} (step {step})")
+    return result
 
 
 def same(command: Command, version: int, key: str, a: Value, b: Value) -> bool:
@@ -167,6 +286,20 @@ def _wire(command: Command, version: int, key: str, value: Value) -> Any:
     if not members:
         return codec.to_raw(_field(command, version, key), value)
     return [tuple(codec.to_raw(f, r.get(f.key)) for f in members) for r in value]
+
+
+# --------------------------------------------------------------------------------------
+# The writer
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """One settings block to write: the block as read with the changes in, and which."""
+
+    command: Command
+    block: dict[str, Value]
+    pending: dict[str, Value]
 
 
 class Writer:
@@ -203,58 +336,66 @@ class Writer:
         if CLOCK_KEY in request:
             if len(request) > 1:
                 raise WriteRefused("set the clock on its own")
+            _clock_press(request[CLOCK_KEY])
             return await self._set_clock(result)
         async with self.client.session() as session:
             version = session.version
-            known = targets(version)
-            unknown = sorted(k for k in request if k not in known)
-            if unknown:
-                raise WriteRefused(
-                    f"unknown setting(s) {', '.join(unknown)} at PCU version {version}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-            by_command: dict[int, dict[str, Value]] = {}
-            for key, value in request.items():
-                command, _ = known[key]
-                by_command.setdefault(command.code, {})[key] = coerce(command, version, key,
-                                                                      value)
-            plans = [
-                await self._plan(session, tables.COMMANDS[code], changes)
-                for code, changes in by_command.items()
-            ]
-            pendings = []
-            for command, block, changes in plans:  # everything validated before any write
-                pending = {k: v for k, v in changes.items()
-                           if not same(command, version, k, block[k], v)}
-                result.unchanged += [k for k in changes if k not in pending]
-                pendings.append((command, block, pending))
-            self._rate_limit([k for _, _, pending in pendings for k in pending])
-            for command, block, pending in pendings:
-                if not pending:
+            changes = self._changes(version, request, result.notes)  # before any read
+            plans = [await self._plan(session, tables.COMMANDS[code], block_changes, request,
+                                      result)
+                     for code, block_changes in changes.items()]
+            self._rate_limit(k for plan in plans for k in plan.pending)
+            deadline: float | None = None
+            for plan in plans:
+                if not plan.pending:
                     continue
-                block.update(pending)
-                await session.write(command, block)
+                await session.write(plan.command, plan.block, only=plan.pending)
                 result.sent = True
-                for key in pending:
+                for key in plan.pending:
                     self.last_write[key] = self.clock()
-                await self._confirm(session, version, command, pending)
-                result.changed.update(pending)
+                if deadline is None:  # one budget for every read-back of the request
+                    deadline = asyncio.get_running_loop().time() + self.confirm_timeout
+                await self._confirm(session, version, plan, deadline, result)
+                result.changed.update(plan.pending)
             return result
+
+    def _changes(self, version: int, request: Mapping[str, Any],
+                 notes: list[str]) -> dict[int, dict[str, Value]]:
+        """The request checked for shape and type, by write command; record counts added."""
+        known = targets(version)
+        unknown = sorted(k for k in request if k not in known)
+        if unknown:
+            raise WriteRefused(
+                f"unknown setting(s) {_names(unknown)} at PCU version {version}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        by_command: dict[int, dict[str, Value]] = {}
+        for key, value in request.items():
+            command, _ = known[key]
+            by_command.setdefault(command.code, {})[key] = coerce(command, version, key,
+                                                                  value, notes)
+        for code, changes in by_command.items():
+            _count_records(codec.layout_of(tables.COMMANDS[code], version), changes)
+        return by_command
 
     def _rate_limit(self, keys: Iterable[str]) -> None:
         now = self.clock()
         for key in keys:
-            waited = now - self.last_write.get(key, -self.min_interval)
+            waited = now - self.last_write.get(key, -math.inf)
             if waited < self.min_interval:
                 raise WriteRefused(
                     f"{key} was written {waited:.0f} s ago; wait "
-                    f"{self.min_interval - waited:.0f} s (writes.min_interval)"
+                    f"{max(1, math.ceil(self.min_interval - waited))} s more "
+                    f"(writes.min_interval is {self.min_interval:g} s)"
                 )
 
-    async def _plan(
-        self, session: Session, command: Command, changes: dict[str, Value]
-    ) -> tuple[Command, dict[str, Value], dict[str, Value]]:
-        """Read the block, check the whole new block against the tables, refuse if unsafe."""
+    async def _plan(self, session: Session, command: Command, changes: dict[str, Value],
+                    named: Iterable[str], result: WriteResult) -> _Plan:
+        """Read the block, find what really changes, check only that against the tables.
+
+        ``named``: the settings the user asked for (``changes`` adds record counts).
+        """
+        named = set(named)
         version = session.version
         if command.requires_off:
             status = await _read(session, tables.RUNNING_STATUS)
@@ -262,89 +403,145 @@ class Writer:
                 raise WriteRefused(
                     f"{', '.join(changes)} can only be changed while the inverter is off"
                 )
-        block = await self._current(session, command)
-        for f in codec.layout_of(command, version):
-            # a new schedule sent without its count: the count is the number of records
-            if (f.group in changes and isinstance(f.repeat, str) and f.repeat not in changes
-                    and len(changes[f.group]) != block.get(f.repeat)):
-                changes[f.repeat] = len(changes[f.group])
-        codec.build(command, version, block | changes)  # raises SettingRefused with the reason
-        return command, block, changes
+        layout = codec.layout_of(command, version)
+        block = await self._current(session, command, changes)
+        shown = records.in_use(layout, block)
+        pending = {k: v for k, v in changes.items()
+                   if k not in shown or not same(command, version, k, shown[k], v)}
+        result.unchanged += [k for k in changes if k not in pending and k in named]
+        for group in records.groups(layout):
+            if group in pending:
+                block[group] = _merge(layout, group, block.get(group), changes[group])
+        block.update({k: v for k, v in pending.items() if k not in records.groups(layout)})
+        if pending:  # raises SettingRefused with the reason
+            codec.build(command, version, block, only=pending)
+        return _Plan(command, block, pending)
 
-    async def _current(self, session: Session, command: Command) -> dict[str, Value]:
-        """The write block as the inverter has it now, from the matching query."""
+    async def _current(self, session: Session, command: Command,
+                       changes: Mapping[str, Value]) -> dict[str, Value]:
+        """The write block as the inverter has it now, from the matching query.
+
+        A record group keeps every slot the write carries, reserved bytes included.
+        """
         version = session.version
+        layout = codec.layout_of(command, version)
         query = tables.readback(command, version)
-        current = _in_use(command, version, await _read(session, query)) if query else {}
+        read = await _read(session, query) if query else {}
         block: dict[str, Value] = {}
-        for f in codec.layout_of(command, version):
+        for f in layout:
             name = f.group or f.key
             if name in block:
                 continue
-            if f.group is not None and isinstance(f.repeat, str):
-                block[name] = list(current.get(name) or [])
-            elif name in current:
-                block[name] = current[name]
-            elif f.wire is not Wire.RESERVED:
-                raise WriteRefused(f"cannot read the current {name} from the inverter")
+            if f.group is not None:
+                block[name] = [dict(r) for r in read.get(name) or []]
+            elif name in read:
+                block[name] = read[name]
+            elif f.wire is not Wire.RESERVED and name not in changes:
+                raise WriteRefused(_unread(command, version, query, name))
+        for group in records.groups(layout):  # a write of only the records in use
+            if records.slots(layout, group) is None:
+                block[group] = records.in_use(layout, block)[group]
         return block
 
-    async def _confirm(
-        self, session: Session, version: int, command: Command, expected: dict[str, Value]
-    ) -> None:
-        """Read back until the inverter shows every new value, or give up.
+    async def _confirm(self, session: Session, version: int, plan: _Plan, deadline: float,
+                       result: WriteResult) -> None:
+        """Read back until the inverter shows every new value, within the request's
+        confirmation budget (``writes.confirm_timeout``).
 
         ``version`` is the one the write was built for: after a write that makes the
         inverter hang up, the session only learns it again on the next read.
         """
-        query = tables.readback(command, version)
+        query = tables.readback(plan.command, version)
         if query is None:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.confirm_timeout
+        layout = codec.layout_of(query, version)
+        expected = plan.pending
+        wrong: dict[str, Value] = {}
         delay = 0.2
-        while True:
-            shown = _in_use(command, version, await _read(session, query))
-            wrong = {
-                k: shown.get(k) for k, v in expected.items()
-                if not same(command, version, k, shown.get(k), v)
-            }
-            if not wrong:
-                return
-            if loop.time() + delay > deadline:
-                raise WriteRefused(
-                    "written but not confirmed: the inverter still reports "
-                    + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    shown = records.in_use(layout, await _read(session, query))
+                    wrong = {k: shown[k] for k, v in expected.items()
+                             if k in shown and not same(plan.command, version, k, shown[k], v)}
+                    if not wrong:
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        except TimeoutError:
+            still = ("the inverter still reports "
+                     + ", ".join(f"{k}={quote(v)}" for k, v in wrong.items())
+                     if wrong else "the inverter did not answer the read-back in time")
+            raise WriteRefused(f"written but not confirmed within {self.confirm_timeout:g} s "
+                               f"(writes.confirm_timeout): {still}") from None
+        except InverterError as exc:
+            raise WriteRefused(f"written but not confirmed: reading it back failed: {exc}"
+                               ) from None
+        unseen = [k for k in expected if k not in shown]
+        if unseen:
+            result.notes.append(f"{', '.join(unseen)}: not shown by {query.label} at PCU "
+                                f"{version}, so not confirmed")
 
     async def _set_clock(self, result: WriteResult) -> WriteResult:
-        now = datetime.now().astimezone()
-        values = {"year": now.year, "month": now.month, "day": now.day, "hour": now.hour,
-                  "minute": now.minute, "second": now.second}
-        self._rate_limit([CLOCK_KEY])
-        await self.client.write(tables.CLOCK, values)
-        self.last_write[CLOCK_KEY] = self.clock()
+        async with self.client.session() as session:  # the rate limit inside the slot
+            self._rate_limit([CLOCK_KEY])
+            now = datetime.now().astimezone()
+            values = {"year": now.year, "month": now.month, "day": now.day,
+                      "hour": now.hour, "minute": now.minute, "second": now.second}
+            await session.write(tables.CLOCK, values)
+            self.last_write[CLOCK_KEY] = self.clock()
         result.sent = True
         result.changed[CLOCK_KEY] = now.isoformat(timespec="seconds")
         result.unconfirmed = "sent; the inverter has no query that shows its clock"
         return result
 
 
+def _count_records(layout: tuple[Field, ...], changes: dict[str, Value]) -> None:
+    """The count of a record group follows the records sent (an active schedule is the
+    one sent); a count that says otherwise is refused."""
+    for group in records.groups(layout):
+        key = records.count_key(layout, group)
+        if key is None:
+            continue
+        if group in changes:
+            sent = len(changes[group])
+            if key in changes and changes[key] != sent:
+                raise codec.SettingRefused(key, changes[key], f"the number of {group} "
+                                           f"records sent ({sent})", "does not match")
+            changes[key] = sent
+        elif key in changes and records.slots(layout, group) is None:
+            raise codec.SettingRefused(key, changes[key], f"{group} with it",
+                                       f"cannot change alone: send {group} and it follows")
+
+
+def _merge(layout: tuple[Field, ...], group: str, read: Value,
+           sent: list[dict[str, Value]]) -> list[dict[str, Value]]:
+    """The records sent over the records read, slot by slot: what the request does not
+    carry (reserved bytes, the slots after the ones in use) stays as read."""
+    old = [r for r in read or [] if isinstance(r, dict)]
+    merged = [{**(old[i] if i < len(old) else {}), **record} for i, record in enumerate(sent)]
+    slots = records.slots(layout, group)
+    if slots is not None:
+        members = [f for f in layout if f.group == group]
+        merged += old[len(sent):slots]
+        merged += [{f.key: _EMPTY.get(f.key, 0) if f.wire is not Wire.RESERVED else None
+                    for f in members} for _ in range(slots - len(merged))]
+    return merged
+
+
+_EMPTY: dict[str, Value] = {"start": "00:00", "end": "00:00"}  # an unused slot
+
+
+def _unread(command: Command, version: int, query: Command | None, name: str) -> str:
+    shown_by = f"{query.label} at PCU {version} does not show it" if query else "no query shows it"
+    return (f"cannot keep {name} as it is: {shown_by}, and a {command.label} write carries "
+            f"it; send {name} in the same request to write {command.label}")
+
+
 async def _read(session: Session, query: Command) -> dict[str, Value]:
     values: dict[str, Value] = {}
     for reading in await session.query(query):
         values.update(reading.values)
-    return values
-
-
-def _in_use(command: Command, version: int, values: dict[str, Value]) -> dict[str, Value]:
-    """Query values with each counted record group of ``command`` cut to its count: the
-    query carries every slot (16 time-of-use periods), the write only those in use."""
-    for f in codec.layout_of(command, version):
-        if f.group is not None and isinstance(f.repeat, str) and f.group in values:
-            values[f.group] = list(values[f.group] or [])[: int(values.get(f.repeat) or 0)]
     return values
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -34,7 +34,15 @@ class InverterError(Exception):
 
 
 class InverterUnreachable(InverterError):
-    pass
+    """The TCP connection could not be opened (refused, no route, timed out) or was lost."""
+
+
+class InverterBusy(InverterError):
+    """The connection was accepted but the inverter never answered its identity query.
+
+    The Wi-Fi module serves one client at a time: a second client is accepted and then
+    ignored, so this is what a bridge sees while the vendor app holds the inverter.
+    """
 
 
 class InverterTimeout(InverterError):
@@ -121,6 +129,7 @@ class InverterClient:
         self._inbox: asyncio.Queue[frame.Frame | None] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self.reconnects = 0
+        self.last_bad_frame: frame.FrameError | None = None
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -163,8 +172,7 @@ class InverterClient:
             await self._drop_connection()
             try:
                 await self._open()
-                reading = (await self._exchange(SYSTEM_INFO, b"", (0x98,), 0))[0]
-                self.identity = Identity.from_reading(reading)
+                self.identity = await self._identify()
                 self.log.info("connected", serial=self.identity.serial,
                               pcu=self.identity.reported_version, model=self.identity.model)
                 return
@@ -184,6 +192,35 @@ class InverterClient:
                 self.log.warning("connect failed, retrying", error=str(exc),
                                  retry_in=round(delay, 1))
                 await asyncio.sleep(delay)
+
+    async def _identify(self) -> Identity:
+        """Read 0x98 on the open connection, asking up to ``1 + retries`` times.
+
+        A try that gets no answer leaves the stream unusable (its reply may still come),
+        so each further try opens a fresh connection. No answer at all, on a connection
+        the inverter accepted, means it serves someone else: :class:`InverterBusy`.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reading = (await self._exchange(SYSTEM_INFO, b"", (0x98,), 0))[0]
+                return Identity.from_reading(reading)
+            except (InverterTimeout, InverterUnreachable, OSError) as exc:
+                await self._drop_connection()
+                if attempt > self.retries:
+                    if isinstance(exc, InverterTimeout):
+                        raise InverterBusy(
+                            f"connected to {self.host}:{self.port} but the inverter does not "
+                            f"answer: no reply 0x98 (the identity query) within "
+                            f"{self.timeout:g} s, {attempt} tries; it is probably busy with "
+                            "another client (the vendor app?)"
+                        ) from exc
+                    raise
+                self.log.warning("identity query failed, retrying", error=str(exc),
+                                 attempt=attempt)
+                await asyncio.sleep(self._delay(attempt))
+                await self._open()
 
     def _delay(self, attempt: int) -> float:
         return backoff(attempt, self.backoff, self.backoff_max)
@@ -230,6 +267,7 @@ class InverterClient:
             while data := await reader.read(4096):
                 for item in frames.feed(data):
                     if isinstance(item, frame.FrameError):
+                        self.last_bad_frame = item  # the CLI says why nothing usable came
                         self.log.warning("bad frame dropped", error=str(item))
                     else:
                         inbox.put_nowait(item)
@@ -272,7 +310,7 @@ class InverterClient:
             if item is None:
                 self._inbox.put_nowait(None)
                 raise InverterUnreachable(f"the inverter at {self.host}:{self.port} hung up")
-            if item.command == code:
+            if item.command == code and item.is_reply:  # never our own request, echoed
                 return item
             self.log.warning("unexpected frame dropped", expected=f"0x{code:02x}",
                              frame=str(item))
@@ -318,12 +356,129 @@ class InverterClient:
                 continue
             return readings
 
-    def _offered(self, command: Command) -> None:
-        if command.layout(self.version) is None:
-            raise NotOffered(
-                f"command {command.label} ({command.name}) is not offered by PCU version "
-                f"{self.version}"
-            )
+    def _require_slot(self) -> None:
+        if not self._lock.locked():
+            raise RuntimeError("an exchange outside a queue slot: use InverterClient.session()")
+
+    # ----------------------------------------------------------------------------------
+    # Inside a queue slot (what a Session is made of)
+    # ----------------------------------------------------------------------------------
+
+    async def identify(self) -> Identity:
+        """Inside a slot: who the inverter is, reconnecting first if the connection was lost."""
+        self._require_slot()
+        await self._ensure_connected()
+        assert self.identity is not None
+        return self.identity
+
+    async def exchange(self, command: Command, payload: bytes = b"") -> list[Reading]:
+        """Inside a slot: one request and its decoded replies (none for a write).
+
+        Reconnects first if needed, refuses a command the PCU version lacks before sending
+        it, and sends it again up to ``retries`` times, each time on a fresh connection.
+        After a write that makes the inverter hang up, the connection is closed here too.
+        """
+        self._require_slot()
+        await self._ensure_connected()  # the version may be unknown after a hang-up
+        _refuse_unless_offered(command, self.version)
+        readings = await self._with_retries(command, payload)
+        if command.closes_connection:
+            await self._drop_connection()
+        return readings
+
+    # ----------------------------------------------------------------------------------
+    # Inside a queue slot: a client's raw frames, relayed (the app proxy, bridge/proxy.py)
+    # ----------------------------------------------------------------------------------
+
+    async def relay(self, request: frame.Frame) -> list[frame.Frame]:
+        """Send ``request`` as it is; return its reply frames exactly as the inverter sent them.
+
+        One exchange, no retry: a failure drops the connection (a late reply must reach no
+        one) and raises. Writes get no reply; one that makes the inverter hang up ends the
+        connection here too. A command the inverter's PCU version lacks raises NotOffered.
+        """
+        command = _command(request.command)
+        self._require_slot()
+        await self._ensure_connected()
+        _refuse_unless_offered(command, self.version)
+        expect = () if command.is_write else tables.replies(command, self.version)
+
+        async def send_and_collect() -> list[frame.Frame]:
+            self._discard_stale()
+            self._write_raw(request)
+            assert self._writer is not None
+            await self._writer.drain()
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            return [await self._await_frame(code, deadline) for code in expect]
+
+        replies = await self._failing_cleanly(send_and_collect())
+        if command.closes_connection:
+            await self._drop_connection()
+        return replies
+
+    async def relay_register_query(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
+        """A client's whole 0xbb exchange in this slot; the reply frame to part 2.
+
+        Once part 1 is written, part 2 is written too, even if the caller is cancelled.
+        """
+        self._require_slot()
+        await self._ensure_connected()
+        _refuse_unless_offered(tables.REGISTER_QUERY, self.version)
+        task = asyncio.ensure_future(self._failing_cleanly(self._register_pair(part1, part2)))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                await task  # part 2 goes out before the slot is released
+            except BaseException:
+                self._abandon()
+            raise
+
+    async def _register_pair(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
+        loop = asyncio.get_running_loop()
+        self._discard_stale()
+        self._write_raw(part1)
+        try:
+            assert self._writer is not None
+            await self._writer.drain()
+            try:
+                await self._await_frame(0xBB, loop.time() + self.timeout)
+            except InverterTimeout:
+                self.log.warning("no acknowledgement of register query part 1; sending part 2")
+        finally:
+            if self.connected:
+                self._write_raw(part2)
+                assert self._writer is not None
+                await self._writer.drain()
+            else:
+                self.log.error("register query part 2 could not be sent: the inverter may "
+                                 "stay blocked until it is power-cycled")
+        deadline = loop.time() + self.timeout
+        while True:
+            reply = await self._await_frame(0xBB, deadline)
+            if len(reply.payload) != 2:  # not a late acknowledgement of part 1
+                return reply
+
+    def _write_raw(self, request: frame.Frame) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise InverterUnreachable(f"not connected to {self.host}:{self.port}")
+        writer.write(request.encode())
+
+    async def _failing_cleanly(self, exchange: Awaitable[T]) -> T:
+        """Await an exchange; on failure drop the connection, so a late reply reaches no one."""
+        try:
+            return await exchange
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        except (InverterError, OSError) as exc:
+            await self._drop_connection()
+            if isinstance(exc, OSError):
+                raise InverterUnreachable(
+                    f"lost the inverter at {self.host}:{self.port}: {exc}"
+                ) from exc
+            raise
 
     # ----------------------------------------------------------------------------------
     # Public requests
@@ -355,7 +510,7 @@ class InverterClient:
         part1, part2 = register_query_parts(addresses)
         async with self._lock:
             await self._ensure_connected()
-            self._offered(tables.REGISTER_QUERY)
+            _refuse_unless_offered(tables.REGISTER_QUERY, self.version)
             # The shielded task owns the rest of the exchange; the lock is held until it ends.
             task = asyncio.ensure_future(self._register_exchange(part1, part2))
             try:
@@ -417,112 +572,34 @@ class Session:
         if cmd.kind is not Kind.QUERY:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is a {cmd.kind.value} command, "
                              "not a query")
-        await self.client._ensure_connected()  # the version may be unknown after a hang-up
-        self.client._offered(cmd)
-        return await self.client._with_retries(cmd, b"")
+        return await self.client.exchange(cmd)
 
-    async def write(self, command: Command | int, values: Mapping[str, Any]) -> None:
+    async def write(self, command: Command | int, values: Mapping[str, Any],
+                    only: Collection[str] | None = None) -> None:
+        """Send a settings write; ``only``: the settings to check against the tables'
+        limits (the others are kept as read), all of them when None."""
         cmd = _command(command)
         if not cmd.is_write:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is not a write")
-        await self.client._ensure_connected()
-        self.client._offered(cmd)
-        payload = codec.build(cmd, self.version, values)
-        await self.client._with_retries(cmd, payload)
+        identity = await self.client.identify()
+        _refuse_unless_offered(cmd, identity.version)
+        await self.client.exchange(cmd, codec.build(cmd, identity.version, values, only))
         self.client.log.info("written", command=cmd.label)
-        if cmd.closes_connection:  # the inverter hangs up after this one: start afresh
-            await self.client._drop_connection()
-
-    # ---- Relaying a client's raw frames (the app proxy, bridge/proxy.py) ----
 
     async def relay(self, request: frame.Frame) -> list[frame.Frame]:
-        """Send ``request`` as it is; return its reply frames exactly as the inverter sent them.
-
-        One exchange, no retry: a failure drops the connection (a late reply must reach no
-        one) and raises. Writes get no reply; one that makes the inverter hang up ends the
-        connection here too. A command the inverter's PCU version lacks raises NotOffered.
-        """
-        client = self.client
-        command = _command(request.command)
-        client._offered(command)
-        expect = () if command.is_write else tables.replies(command, client.version)
-
-        async def exchange() -> list[frame.Frame]:
-            client._discard_stale()
-            self._write_raw(request)
-            assert client._writer is not None
-            await client._writer.drain()
-            deadline = asyncio.get_running_loop().time() + client.timeout
-            return [await client._await_frame(code, deadline) for code in expect]
-
-        replies = await self._failing_cleanly(exchange())
-        if command.closes_connection:
-            await client._drop_connection()
-        return replies
+        """A client's request sent as it is; its reply frames as the inverter sent them."""
+        return await self.client.relay(request)
 
     async def relay_register_query(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
-        """A client's whole 0xbb exchange in this slot; the reply frame to part 2.
+        """A client's whole 0xbb exchange; the reply frame to part 2."""
+        return await self.client.relay_register_query(part1, part2)
 
-        Once part 1 is written, part 2 is written too, even if the caller is cancelled.
-        """
-        client = self.client
-        client._offered(tables.REGISTER_QUERY)
-        task = asyncio.ensure_future(self._failing_cleanly(self._register_pair(part1, part2)))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            try:
-                await task  # part 2 goes out before the slot is released
-            except BaseException:
-                client._abandon()
-            raise
 
-    async def _register_pair(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
-        client = self.client
-        loop = asyncio.get_running_loop()
-        client._discard_stale()
-        self._write_raw(part1)
-        try:
-            assert client._writer is not None
-            await client._writer.drain()
-            try:
-                await client._await_frame(0xBB, loop.time() + client.timeout)
-            except InverterTimeout:
-                client.log.warning("no acknowledgement of register query part 1; sending part 2")
-        finally:
-            if client.connected:
-                self._write_raw(part2)
-                assert client._writer is not None
-                await client._writer.drain()
-            else:
-                client.log.error("register query part 2 could not be sent: the inverter may "
-                                 "stay blocked until it is power-cycled")
-        deadline = loop.time() + client.timeout
-        while True:
-            reply = await client._await_frame(0xBB, deadline)
-            if len(reply.payload) != 2:  # not a late acknowledgement of part 1
-                return reply
-
-    def _write_raw(self, request: frame.Frame) -> None:
-        writer = self.client._writer
-        if writer is None or writer.is_closing():
-            raise InverterUnreachable(f"not connected to {self.client.host}:{self.client.port}")
-        writer.write(request.encode())
-
-    async def _failing_cleanly(self, exchange: Awaitable[T]) -> T:
-        """Await an exchange; on failure drop the connection, so a late reply reaches no one."""
-        try:
-            return await exchange
-        except asyncio.CancelledError:
-            self.client._abandon()
-            raise
-        except (InverterError, OSError) as exc:
-            await self.client._drop_connection()
-            if isinstance(exc, OSError):
-                raise InverterUnreachable(
-                    f"lost the inverter at {self.client.host}:{self.client.port}: {exc}"
-                ) from exc
-            raise
+def _refuse_unless_offered(command: Command, version: int) -> None:
+    if command.layout(version) is None:
+        raise NotOffered(
+            f"command {command.label} ({command.name}) is not offered by PCU version {version}"
+        )
 
 
 def _command(command: Command | int) -> Command:

@@ -9,10 +9,12 @@ vendor's code list numbers its codes in blocks, and the project reads them as fo
   fields ``fault_word_0`` .. ``fault_word_4`` into such codes.
 * 0x1e carries six 16-bit battery words (field ``battery_alarm_bits``), decoded by the
   codec into codes 1..96 *relative to the block of the battery make*: the absolute code
-  is the block's base plus the relative code. The battery make is the battery protocol
-  that 0x95 reports (or the make that 0x98 reports); a make without a known block gets
-  the generic text "Battery alarm bit N" (N from 0, the least significant bit of the
-  first word).
+  is the block's base plus the relative code. The battery make that 0x98 reports picks
+  the block: the vendor's list groups these alarms by battery make, 0x98 is read at
+  every connection and at every PCU version, and 0x95's battery protocol (from PCU 252,
+  in another poll group) uses the same code list, so it serves only when no make is
+  given. A make without a known block gets the generic text "Battery alarm bit N" (N
+  from 0, the least significant bit of the first word).
 * From PCU 258, 0x1e also carries one summary word (field
   ``battery_summary_alarm_bits``) that the codec decodes into absolute codes 753..768,
   whatever the battery make.
@@ -72,9 +74,9 @@ BLOCKS: tuple[Block, ...] = (
     INVERTER,
     Block("Pylontech HV battery", 80, makes=(2,)),
     Block("Pylontech LV battery", 176, makes=(3, 30)),
-    Block("Chilwee battery", 272),  # no battery protocol code known for this make
-    Block("Alpha ESS battery", 368),  # no battery protocol code known for this make
-    Block("Shanghai Power battery", 464),  # no battery protocol code known for this make
+    Block("Chilwee battery", 272, makes=(5,)),  # make 5 is Chaowei, whose brand is Chilwee
+    Block("Alpha ESS battery", 368, makes=(10, 17)),  # makes 10 and 17: Wotai, i.e. Alpha ESS
+    Block("Shanghai Power battery", 464),  # maybe make 18 ("SHDL"); not confirmed
     Block("BYD LV battery", 560, makes=(23,)),
     Block("BYD HV battery", 656, makes=(22,)),
     BATTERY_SUMMARY,
@@ -416,13 +418,13 @@ def active_alarms(
 ) -> list[Alarm]:
     """The active alarms in decoded 0x1e and 0x1f values (merged into one mapping).
 
-    ``battery_make`` is the battery protocol (0x95) or make (0x98), as code or as the
-    decoded label; when None, the readings' ``battery_protocol`` or ``battery_make`` is
-    used if present. Missing fields count as no alarm. Sorted by code; alarms of a
+    ``battery_make`` is the battery make (0x98), as code or as the decoded label; when
+    None, the readings' ``battery_make``, else their ``battery_protocol`` (0x95, the same
+    code list) is used if present. Missing fields count as no alarm. Sorted by code; alarms of a
     battery make without a known block come last, by bit.
     """
     if battery_make is None:
-        battery_make = readings.get("battery_protocol") or readings.get("battery_make")
+        battery_make = readings.get("battery_make") or readings.get("battery_protocol")
     found: dict[tuple[int, int], Alarm] = {}
 
     def add(item: Alarm) -> None:

@@ -9,7 +9,7 @@ settings payloads are built from values, after validation against the tables.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -31,6 +31,7 @@ from construct import (
     this,
 )
 
+from . import records
 from .model import Command, Field, Value, Wire
 from .tables import COMMANDS
 
@@ -51,7 +52,16 @@ class SettingRefused(CodecError):
     def __init__(self, key: str, value: Any, allowed: str, reason: str | None = None) -> None:
         self.key, self.value, self.allowed = key, value, allowed
         self.why = reason or "is not allowed"
-        super().__init__(f"{key}: {value!r} {self.why}; allowed: {allowed}")
+        super().__init__(f"{key}: {quote(value)} {self.why}; allowed: {allowed}")
+
+
+QUOTE_LIMIT = 200
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: a bad value may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -91,14 +101,15 @@ _INT = {1: Int8sb, 2: Int16sb, 4: Int32sb}
 _UINT = {1: Int8ub, 2: Int16ub, 4: Int32ub}
 
 
+@cache  # a handful of scales, asked for every decoded value
 def _digits(scale: float) -> int:
     return max(0, -math.floor(math.log10(scale) + 1e-9)) if scale < 1 else 0
 
 
 def to_value(f: Field, raw: Any) -> Value:
     """The value a raw wire quantity stands for."""
-    if f.wire is Wire.TEXT:
-        return bytes(raw).decode("latin-1").rstrip("\x00")
+    if f.wire is Wire.TEXT:  # the text ends at the first NUL, as the vendor's app reads it
+        return bytes(raw).split(b"\x00", 1)[0].decode("latin-1")
     if f.wire is Wire.RESERVED:
         return bytes(raw).hex()
     if f.wire is Wire.ALARMS:
@@ -362,12 +373,7 @@ def decode(command: Command, version: int, payload: bytes) -> Reading:
     try:
         parsed = struct.parse(payload)
     except ConstructError as exc:
-        size = fixed_size(command, version)
-        expected = f"the {size} bytes" if size is not None else "the size"
-        raise TruncatedPayload(
-            f"{command.label} payload of {len(payload)} bytes is shorter than {expected} "
-            f"that PCU {max(v for v in command.layouts if v <= version)} defines"
-        ) from exc
+        raise _why_not(command, version, elements, payload) from exc
     values: dict[str, Value] = {}
     for e in elements:
         item = parsed[e.name]
@@ -380,6 +386,38 @@ def decode(command: Command, version: int, payload: bytes) -> Reading:
         else:
             values[e.name] = item
     return Reading(command, version, values, bytes(parsed[EXTRA]))
+
+
+def _why_not(command: Command, version: int, elements: tuple[_Element, ...],
+             payload: bytes) -> CodecError:
+    """Why a payload did not parse: too short for its layout, or a count that is no count."""
+    since = max(v for v in command.layouts if v <= version)
+    size, counts = 0, {}
+    for e in elements:
+        f = e.fields[0]
+        if e.kind in ("field", "word") and f.wire in (Wire.INT, Wire.UINT):
+            raw = payload[size : size + f.size]
+            if len(raw) == f.size:
+                counts[f.key] = int.from_bytes(raw, "big", signed=f.wire is Wire.INT)
+        if e.kind == "word":
+            size += 2
+        elif e.kind == "field":
+            size += f.size
+        elif isinstance(f.repeat, int):
+            size += f.repeat * sum(x.size for x in e.fields)
+        else:
+            count = counts.get(str(f.repeat))
+            if count is None:
+                break
+            if count < 0:
+                return CodecError(f"{command.label} payload: {f.repeat} is {count} (raw "
+                                  f"0x{count & 0xFFFF:04x}), which is not a number of records")
+            announced = size + count * sum(x.size for x in e.fields)
+            return TruncatedPayload(
+                f"{command.label} payload of {len(payload)} bytes is shorter than the "
+                f"{announced} bytes that its {f.repeat} of {count} announces (PCU {since})")
+    return TruncatedPayload(f"{command.label} payload of {len(payload)} bytes is shorter "
+                            f"than the {size} bytes that PCU {since} defines")
 
 
 def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes:
@@ -405,8 +443,13 @@ def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes
         raise CodecError(f"{command.label}: cannot encode: {exc}") from exc
 
 
-def validate(command: Command, version: int, values: Mapping[str, Value]) -> None:
-    """Refuse values that the tables do not allow for a write of ``command``."""
+def validate(command: Command, version: int, values: Mapping[str, Value],
+             only: Collection[str] | None = None) -> None:
+    """Refuse values that the tables do not allow for a write of ``command``.
+
+    ``only`` names the settings (fields or record groups) to check against the tables'
+    limits; the others need only be present and encodable (kept as the inverter has them).
+    """
     layout = layout_of(command, version)
     names = {f.group or f.key for f in layout}
     unknown = sorted(k for k in values if k not in names and k != EXTRA)
@@ -416,6 +459,11 @@ def validate(command: Command, version: int, values: Mapping[str, Value]) -> Non
                              "is not a setting of this command")
     for f in layout:
         if f.wire is Wire.RESERVED:
+            continue
+        if only is not None and (f.group or f.key) not in only:
+            if (f.group or f.key) not in values:
+                raise SettingRefused(f.group or f.key, None, f.writable_values,
+                                     "is missing (a write carries the whole block)")
             continue
         if f.group is not None:
             records = values.get(f.group)
@@ -460,21 +508,22 @@ def _check(f: Field, name: str, value: Value) -> None:
         raw = to_raw(f, value)  # type and encodability
     except SettingRefused as exc:
         raise SettingRefused(name, value, exc.allowed, exc.why) from None
-    if f.codes is not None and f.limits is None and raw not in f.codes:
-        raise SettingRefused(name, value, f.writable_values)
+    if f.codes is not None and raw not in f.codes:  # limits may hold codes without a name
+        unnamed = f.limits is not None and f.limits[0] <= raw <= f.limits[1]
+        raise SettingRefused(name, value, f.writable_values,
+                             "has no known meaning, so it is not written" if unnamed else None)
     if f.limits is not None and (f.clock or f.codes is not None):
         lo, hi = f.limits
         if not lo <= raw <= hi:
             raise SettingRefused(name, value, f.writable_values, "is out of range")
 
 
-def build(command: Command, version: int, values: Mapping[str, Value]) -> bytes:
-    """A validated settings payload. Counts of record groups may be left out."""
-    full = dict(values)
-    for f in layout_of(command, version):
-        if f.group is not None and isinstance(f.repeat, str) and f.repeat not in values:
-            full[f.repeat] = len(values.get(f.group) or [])
-    validate(command, version, full)
+def build(command: Command, version: int, values: Mapping[str, Value],
+          only: Collection[str] | None = None) -> bytes:
+    """A validated settings payload (see :func:`validate` for ``only``). Counts of record
+    groups may be left out."""
+    full = records.with_counts(layout_of(command, version), values)
+    validate(command, version, full, only)
     return encode(command, version, full)
 
 

@@ -6,6 +6,7 @@ byte. :class:`FrameReader` turns a byte stream cut anywhere into whole frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 
@@ -84,6 +85,16 @@ class Frame:
     def checksum_ok(self) -> bool:
         return self.checksum is None or self.checksum == self.computed_checksum
 
+    @property
+    def is_reply(self) -> bool:
+        """Sent by the inverter to the app (0x14 -> 0x64), as every reply is."""
+        return (self.source, self.destination) == (INVERTER, APP)
+
+    @property
+    def is_request(self) -> bool:
+        """Sent by the app to the inverter (0x64 -> 0x14): an echo, or a captured request."""
+        return (self.source, self.destination) == (APP, INVERTER)
+
     def __str__(self) -> str:
         return f"0x{self.command:02x} ({len(self.payload)} bytes) {self.payload.hex()}"
 
@@ -108,6 +119,14 @@ def parse_frame(data: bytes, verify: bool = True) -> Frame:
         raise TruncatedFrame(OVERHEAD + data[6], len(data))
     if len(data) < OVERHEAD:
         raise TruncatedFrame(OVERHEAD, len(data))
+    if data[:2] == HEADER and data[5] != 0:
+        raise MalformedFrame(f"malformed frame {data[:16].hex()}…: byte 6 is 0x{data[5]:02x}, "
+                             "not the 0x00 that follows the command")
+    if data[:2] == HEADER and len(data) >= OVERHEAD + data[6]:
+        end = data[OVERHEAD + data[6] - 1]
+        if end != FOOTER:
+            raise MalformedFrame(f"malformed frame for command 0x{data[4]:02x}: its footer is "
+                                 f"0x{end:02x}, not 0x{FOOTER:02x}")
     try:
         parsed = FRAME.parse(data)
     except ConstructError as exc:
@@ -132,14 +151,19 @@ class FrameReader:
 
     Garbage before or between frames is skipped; a frame with a bad checksum is
     reported and skipped, and reading resumes at the next header. The buffer never
-    holds more than ``limit`` bytes.
+    holds more than ``limit`` bytes. ``on_skip`` (if set) hears of every run of skipped
+    bytes, with the reason when they looked like a frame: ``decode`` reports them all.
     """
 
-    def __init__(self, verify: bool = True, limit: int = 4 * MAX_FRAME) -> None:
+    def __init__(self, verify: bool = True, limit: int = 4 * MAX_FRAME,
+                 on_skip: Callable[[int, bytes, str | None], None] | None = None) -> None:
         self.verify = verify
         self.limit = limit
+        self.on_skip = on_skip
         self.buffer = bytearray()
         self.skipped = 0  # garbage bytes dropped so far
+        self.consumed = 0  # bytes of the stream taken out of the buffer so far
+        self._reported_until = 0  # the end of the last frame reported as bad
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         """Add bytes; return the frames (and frame errors) now complete, in order."""
@@ -159,9 +183,27 @@ class FrameReader:
         """Bytes held back, waiting for the rest of a frame."""
         return bytes(self.buffer)
 
-    def _drop(self, count: int) -> None:
+    def finish(self) -> list[Frame | FrameError]:
+        """The end of the stream: a frame still waiting for its bytes is truncated.
+
+        (Whole frames behind a header that announced more were already read by
+        :meth:`feed`, which looks past such a header.)
+        """
+        if not self.buffer:
+            return []
+        buf = self.buffer
+        cut = TruncatedFrame(OVERHEAD + buf[6] if len(buf) >= 7 else OVERHEAD, len(buf))
+        self.consumed += len(buf)  # reported as truncated, not as skipped
+        buf.clear()
+        return [cut]
+
+    def _drop(self, count: int, reason: str | None = None) -> None:
+        reported = max(0, min(count, self._reported_until - self.consumed))
+        if self.on_skip is not None and count > reported:  # not inside a reported frame
+            self.on_skip(self.consumed + reported, bytes(self.buffer[reported:count]), reason)
         del self.buffer[:count]
         self.skipped += count
+        self.consumed += count
 
     def _next(self) -> Frame | FrameError | None:
         buf = self.buffer
@@ -180,28 +222,35 @@ class FrameReader:
                 later = self._complete_frame_after(1)
                 if later is None:
                     return None
-                self._drop(later)  # what we waited on was garbage that looked like a header
+                self._drop(later, f"a header announcing {size} bytes, but a whole frame "
+                           f"starts {later} bytes after it")
                 continue
             candidate = bytes(buf[:size])
             try:
                 frame = parse_frame(candidate, verify=self.verify)
             except BadChecksum as exc:
+                # Reported; a real frame may still hide inside it, so only its header goes.
+                self._reported_until = self.consumed + size
                 self._drop(2)
                 return exc
-            except FrameError:
-                self._drop(1)
+            except FrameError as exc:
+                self._drop(1, str(exc))
                 continue
             del buf[:size]
+            self.consumed += size
             return frame
 
     def _complete_frame_after(self, offset: int) -> int | None:
-        """The position of a later header that starts a whole, valid frame, if any."""
+        """The position of a later header that starts a whole frame, if any.
+
+        Whole means well formed; its checksum may be wrong (it is then reported).
+        """
         buf = self.buffer
         pos = buf.find(HEADER, offset)
         while pos >= 0:
             if len(buf) - pos >= 7 and len(buf) - pos >= OVERHEAD + buf[pos + 6]:
                 try:
-                    parse_frame(bytes(buf[pos : pos + OVERHEAD + buf[pos + 6]]))
+                    parse_frame(bytes(buf[pos : pos + OVERHEAD + buf[pos + 6]]), verify=False)
                     return pos
                 except FrameError:
                     pass

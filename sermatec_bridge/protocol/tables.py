@@ -56,18 +56,38 @@ def effective_version(reported: int) -> int:
 
 MODEL_CODES = {1: "10 kW", 2: "5 kW", 3: "6 kW", 5: "3 kW"}
 
+# Models with one AC phase: their phase B and C (and line-to-line) fields read zero.
+SINGLE_PHASE_MODELS = frozenset({"3 kW", "5 kW", "6 kW"})
+
+# Battery makes: the code list of 0x98's battery make and of 0x95's battery protocol
+# (one list, as both community decoders read it). Labels from public sources; where the
+# sources disagree, the other name is noted next to the entry.
 BATTERY_MAKES = {
     1: "No battery",
     2: "Pylontech high voltage",
     3: "Pylontech low voltage",
-    9: "Nelumbo high voltage",
-    12: "Generic high voltage",
-    13: "Generic low voltage",
+    4: "BYD",
+    5: "Chaowei",  # sold abroad as Chilwee, the name of its block in the alarm list
+    6: "HDXN",
+    7: "YWLN",
+    9: "Nelumbo high voltage",  # also listed as "XPGY"
+    10: "Alpha ESS",  # listed as "Wotai", Alpha ESS's Chinese name
+    11: "RuiPu",
+    12: "Generic high voltage",  # also listed as "Cairi high voltage"
+    13: "Generic low voltage",  # also listed as "Cairi low voltage"
     14: "Dyness high voltage",
+    15: "Dyness low voltage",
+    16: "DLG low voltage",
+    17: "Alpha ESS low voltage",  # listed as "Wotai low voltage"
+    18: "SHDL",
+    19: "GuangYu",
+    20: "FeiBo",
+    21: "NJSG",
     22: "BYD high voltage",
     23: "BYD low voltage",
+    24: "MeterBoost",
     25: "AOBO",
-    26: "Soluna 15K pack high voltage",
+    26: "Soluna 15K pack high voltage",  # also listed as "DLG high voltage": Soluna is DLG's
     27: "Soluna 4K low voltage",
     28: "Soluna 3K low voltage",
     30: "Pylontech low voltage (RS485)",
@@ -402,7 +422,9 @@ _WORKING_PARAMETERS: tuple[Field, ...] = (
     watts("command_power", "Battery power in command mode", limits=(0, 10000),
           category=CONFIG, state_class=None,
           note="vendor table gives no unit; the app shows W"),
-    coded("operating_mode", "Operating mode", OPERATING_MODES),
+    coded("operating_mode", "Operating mode", OPERATING_MODES, limits=(0, 6),
+          note="the vendor table allows codes 0 to 6; 0 and 6 have no known name, so "
+               "they are shown as their code and not offered for writes"),
     number("pv_off_grid", "PV and off-grid", limits=(0, 2), category=CONFIG),
     number("voltage_drop_method", "Grid voltage drop adjustment", limits=(0, 3),
            category=CONFIG),
@@ -662,13 +684,17 @@ ENERGY = Command(
     note="the vendor table says 0x99 also returns 0x9a-0x9c; inverters answer each alone",
 )
 
+_EXPORT_NOTE = (
+    "vendor: 'grid-connected' energy, i.e. what the inverter fed into the grid (export); "
+    "the purchase from the grid is counted apart, in 0x9c"
+)
+
 GRID_ENERGY = Command(
-    0x9A, "grid_energy", "Grid energy", Kind.QUERY, replies=(0x9A,),
+    0x9A, "grid_energy", "Grid export energy", Kind.QUERY, replies=(0x9A,),
     layouts={252: (
-        energy("grid_energy_today", "Grid-connected energy today", 0.1, note=_ENERGY_NOTE),
-        energy("grid_energy_total", "Grid-connected energy total", 1, size=4,
-               note=_ENERGY_NOTE),
-        *_history("grid_energy"),
+        energy("grid_export_today", "Grid export today", 0.1, note=_EXPORT_NOTE),
+        energy("grid_export_total", "Grid export", 1, size=4, note=_EXPORT_NOTE),
+        *_history("grid_export"),
     )},
 )
 

@@ -1,6 +1,13 @@
 """A simulated Sermatec inverter on TCP, for tests and demos without hardware."""
 
-from .model import DEFAULT_SERIAL, MODELS, InverterModel, Outcome
+from .model import (
+    DEFAULT_SERIAL,
+    MODELS,
+    InverterModel,
+    Outcome,
+    parse_time_of_day,
+    simulated_clock,
+)
 from .server import Fault, Simulator, run_simulator
 
 __all__ = [
@@ -10,5 +17,7 @@ __all__ = [
     "InverterModel",
     "Outcome",
     "Simulator",
+    "parse_time_of_day",
     "run_simulator",
+    "simulated_clock",
 ]

@@ -35,19 +35,45 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
 
 import structlog
 
 from ..protocol import codec, tables
 from ..protocol.model import Command, Field, Kind, Value, Wire
+from ..protocol.records import count_key, in_use, slots
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 """A source of local wall time (naive datetimes); ``datetime.now`` by default."""
+
+
+
+def parse_time_of_day(text: str) -> time_of_day:
+    """ "HH:MM" (00:00 to 23:59) as a time; ValueError with the reason otherwise."""
+    hours, _, minutes = text.strip().partition(":")
+    if hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60:
+        return time_of_day(int(hours), int(minutes))
+    raise ValueError(f"{text!r} is not a time of day (HH:MM, 00:00 to 23:59)")
+
+
+def simulated_clock(start: time_of_day | None = None, scale: float = 1.0) -> Clock:
+    """Local time that starts today at ``start`` (now if None) and runs ``scale`` times fast.
+
+    A day's light in minutes for the demo and for tests: at scale 60, a minute is an hour.
+    """
+    if not 0 < scale <= 86400:
+        raise ValueError(f"time scale {scale} is not between 0 and 86400")
+    origin = datetime.now()
+    begin = origin if start is None else datetime.combine(origin.date(), start)
+    started = time.monotonic()
+    return lambda: begin + timedelta(seconds=(time.monotonic() - started) * scale)
+
 
 DEFAULT_SERIAL = "ST5K0SIMULATOR0001"
 
@@ -71,6 +97,8 @@ DEFAULT_REGISTERS: dict[int, int] = {
 
 DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 """The day fields of 0x71 / 0xa2, in wire order."""
+
+_FORCED_LAYOUT = tables.FORCED_SCHEDULE.layouts[500]  # what counts the forced periods
 
 MAX_STEP = 60.0  # seconds of simulated time per integration step
 MAX_STEPS = 20_000  # bounds the work of one update after a long pause
@@ -242,6 +270,44 @@ def _minutes(value: Value) -> int | None:
     return None
 
 
+class SettingsError(ValueError):
+    """A simulator setting (``simulate --set``) that the inverter could not hold."""
+
+
+SETTINGS_REPLIES = (0x95, 0x9D, 0xA2)  # the queries that show the settings
+
+
+def settings_fields(version: int) -> dict[str, tuple[tuple[Field, ...], Field]]:
+    """The settings a simulated inverter of this version shows: key -> (layout, field).
+
+    Keys are the MQTT state's (a record group by its name); ``inverter_on`` comes from
+    0x0c.
+    """
+    out: dict[str, tuple[tuple[Field, ...], Field]] = {}
+    for code in (*SETTINGS_REPLIES, 0x0C):
+        layout = tables.COMMANDS[code].layout(version) or ()
+        for f in layout:
+            if f.wire is not Wire.RESERVED and (code != 0x0C or f.key == "inverter_on"):
+                out.setdefault(f.group or f.key, (layout, f))
+    return out
+
+
+def setting_value(layout: tuple[Field, ...], name: str, value: Value) -> Value:
+    """A setting as the simulator keeps it, from the MQTT state's units (raw codes or
+    labels for coded values); :class:`SettingsError` if the wire cannot carry it."""
+    members = [f for f in layout if f.group == name]
+    try:
+        if not members:
+            f = next(f for f in layout if f.key == name)
+            return codec.to_value(f, codec.to_raw(f, value))  # a raw code: its label
+        if not isinstance(value, list) or not all(isinstance(r, Mapping) for r in value):
+            raise SettingsError(f"{name}: a list of records (JSON objects) is needed")
+        return [{f.key: codec.to_value(f, codec.to_raw(f, r.get(f.key, _blank(f))))
+                 for f in members} for r in value]
+    except codec.CodecError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 # --------------------------------------------------------------------------------------
 # Values that the codec can always encode
 # --------------------------------------------------------------------------------------
@@ -296,11 +362,12 @@ def complete(command: Command, version: int, values: Mapping[str, Value]) -> dic
                 continue
             members = [g for g in layout if g.group == f.group]
             records = [r for r in values.get(f.group) or [] if isinstance(r, Mapping)]
-            if isinstance(f.repeat, int):
-                records = records[: f.repeat] + [{}] * (f.repeat - len(records))
-            elif isinstance(f.repeat, str):
-                records = records[: _raw_range(_by_key(layout, f.repeat))[1]]
-                counts[f.repeat] = len(records)
+            fixed, count = slots(layout, f.group), count_key(layout, f.group)
+            if fixed is not None:
+                records = records[:fixed] + [{}] * (fixed - len(records))
+            elif count is not None:  # as many records as the count says
+                records = records[: _raw_range(_by_key(layout, count))[1]]
+                counts[count] = len(records)
             out[f.group] = [
                 {m.key: _fit(m, r.get(m.key, _blank(m))) for m in members} for r in records
             ]
@@ -338,6 +405,7 @@ class InverterModel:
         soc: float = 50.0,
         seed: int | None = None,
         clock: Clock | None = None,
+        settings: Mapping[str, Value] | None = None,
     ) -> None:
         key = model.lower().replace(" ", "")
         if key not in MODELS:
@@ -385,7 +453,26 @@ class InverterModel:
         self._discharged_before = self.counters["battery_discharge"].total
         self._last = self.clock()
         self._day = self.now().date()
+        self.configure(settings or {})
         self._compute(self.now(), 0.0)
+
+    def configure(self, settings: Mapping[str, Value]) -> None:
+        """Set settings as the MQTT state shows them (``simulate --set KEY=VALUE``).
+
+        A record group set alone is in use as given: its count follows.
+        """
+        known = settings_fields(self.version)
+        unknown = sorted(k for k in settings if k not in known)
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)} at PCU {self.pcu}; "
+                                f"known: {', '.join(sorted(known))}")
+        values = {k: setting_value(known[k][0], k, v) for k, v in settings.items()}
+        for group, records in list(values.items()):
+            layout = known[group][0]
+            count = count_key(layout, group)
+            if isinstance(records, list) and count is not None and count not in values:
+                values[count] = len(records)
+        self.settings.update(values)
 
     # ----------------------------------------------------------------------------------
     # Time and physics
@@ -472,9 +559,7 @@ class InverterModel:
         if not s.get(f"{prefix}_{day}"):
             return False
         minute = when.hour * 60 + when.minute
-        periods = s.get(f"{prefix}_periods") or []
-        count = int(_number(s, f"{prefix}_period_count", 0))
-        for period in periods[:count]:
+        for period in in_use(_FORCED_LAYOUT, s).get(f"{prefix}_periods") or []:
             start, end = _minutes(period.get("start")), _minutes(period.get("end"))
             if start is not None and end is not None and start <= minute < end:
                 return True
@@ -540,7 +625,7 @@ class InverterModel:
             0x0D: lambda: {"bms_link": int(self.has_battery), "meter_link": 1,
                            "remote_load_power": self.live.load},
             0x99: self._energy,
-            0x9A: lambda: self._counter("grid_energy", "grid_export", history=True),
+            0x9A: lambda: self._counter("grid_export", "grid_export", history=True),
             0x9B: lambda: self._counter("load_energy", "load", history=True),
             0x9C: self._battery_energy,
         }

@@ -29,12 +29,14 @@ import asyncio
 import contextlib
 import random
 from collections import deque
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Self
 
 import structlog
 
 from ..protocol import frame
+from ..protocol.model import Value
 from .model import DEFAULT_SERIAL, Clock, InverterModel
 
 log = structlog.get_logger(__name__)
@@ -73,10 +75,11 @@ class Simulator:
         clock: Clock | None = None,
         pair_pause: float = PAIR_PAUSE,
         chunk_pause: float = CHUNK_PAUSE,
+        settings: Mapping[str, Value] | None = None,
     ) -> None:
         self.model = InverterModel(pcu=pcu, model=model, serial=serial,
                                    battery_make=battery_make, capacity_kwh=capacity_kwh,
-                                   soc=soc, seed=seed, clock=clock)
+                                   soc=soc, seed=seed, clock=clock, settings=settings)
         self.latency = latency
         self.chunk = chunk
         self.pair_pause = pair_pause
@@ -247,10 +250,19 @@ class Simulator:
             await writer.drain()
 
 
+def numbered_serials(first: str, count: int) -> list[str]:
+    """``count`` distinct serial numbers from ``first`` on, counting up its trailing digits."""
+    stem = first.rstrip("0123456789")
+    digits = first[len(stem):]
+    start, width = (int(digits), len(digits)) if digits else (1, 1)
+    return [first] + [f"{stem}{start + index:0{width}d}" for index in range(1, count)]
+
+
 async def run_simulator(
     *,
     host: str = "127.0.0.1",
     port: int = 8899,
+    count: int = 1,
     pcu: int = 609,
     model: str = "5kw",
     serial: str = DEFAULT_SERIAL,
@@ -261,15 +273,36 @@ async def run_simulator(
     drop_rate: float = 0.0,
     silence_rate: float = 0.0,
     seed: int | None = None,
+    settings: Mapping[str, Value] | None = None,
+    clock: Clock | None = None,
 ) -> None:
-    """Run a simulator until cancelled (the ``simulate`` command of the CLI)."""
-    sim = Simulator(pcu=pcu, model=model, serial=serial, latency=latency, chunk=chunk,
-                    seed=seed, garbage_rate=garbage_rate, bad_checksum_rate=bad_checksum_rate,
-                    drop_rate=drop_rate, silence_rate=silence_rate)
-    bound = await sim.start(host, port)
-    print(f"simulator listening on {host}:{bound} (PCU {pcu}, {sim.model.model_name})",
-          flush=True)
+    """Run ``count`` simulators on ports ``port``.. until cancelled (the CLI's ``simulate``).
+
+    Each one is its own inverter: its own serial number (counting up from ``serial``) and
+    its own random generator. Port 0 puts each on a free port.
+    """
+    if count < 1:
+        raise ValueError("--count must be at least 1")
+    if port and port + count - 1 > 65535:
+        raise ValueError(f"{count} ports from {port} on go past 65535")
+    sims = [Simulator(pcu=pcu, model=model, serial=number, latency=latency, chunk=chunk,
+                      seed=None if seed is None else seed + 2 * index,
+                      garbage_rate=garbage_rate, bad_checksum_rate=bad_checksum_rate,
+                      drop_rate=drop_rate, silence_rate=silence_rate, settings=settings,
+                      clock=clock)
+            for index, number in enumerate(numbered_serials(serial, count))]
     try:
+        bound = [await sim.start(host, port + index if port else 0)
+                 for index, sim in enumerate(sims)]
+        where = f"{host}:{bound[0]}" if count == 1 else (
+            f"{host}:{bound[0]}..{bound[-1]}" if port else
+            f"{host} ports {', '.join(map(str, bound))}")
+        what = "simulator" if count == 1 else f"{count} simulators"
+        serials = "" if count == 1 else (
+            f", serials {sims[0].model.serial}..{sims[-1].model.serial}")
+        print(f"{what} listening on {where} (PCU {pcu}, {sims[0].model.model_name}{serials})",
+              flush=True)
         await asyncio.Event().wait()
     finally:
-        await sim.stop()
+        for sim in sims:
+            await sim.stop()

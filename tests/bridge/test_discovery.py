@@ -14,6 +14,7 @@ from sermatec_bridge.bridge import discovery
 from sermatec_bridge.bridge.discovery import DiscoveryContext
 from sermatec_bridge.bridge.groups import GROUPS
 from sermatec_bridge.bridge.state import EnergyGuard, state_payload
+from sermatec_bridge.bridge.writes import WriteResult
 from sermatec_bridge.protocol import tables
 
 try:  # the plausible decoded replies of the state tests
@@ -69,6 +70,7 @@ def group_payloads(version: int) -> dict[str, dict[str, Any]]:
                     readings.append(reading(code, version))
         payload = state_payload(group.key, readings, now, EnergyGuard(), "Pylontech high voltage")
         out[f"{BASE}/{SERIAL}/{group.key}"] = json.loads(json.dumps(payload))
+    out[f"{BASE}/{SERIAL}/set/result"] = WriteResult(True, changed={"grid_soc_min": 25}).as_json()
     return out
 
 
@@ -127,7 +129,8 @@ def test_binary_sensors_and_controls_are_valid(full: dict[str, Any]) -> None:
     assert (export["max"], export["unit_of_measurement"], export["device_class"]) == (
         10000, "W", "power")
     select = full["set_operating_mode"]
-    assert select["options"] == list(tables.OPERATING_MODES.values())
+    # Codes 0 and 6 have no name: they are options too, so a select shows them.
+    assert select["options"] == [*tables.OPERATING_MODES.values(), "0", "6"]
     assert select["state_topic"] == f"{BASE}/{SERIAL}/settings"
     assert select["command_topic"] == f"{BASE}/{SERIAL}/set/operating_mode"
     switch = full["set_inverter_on"]
@@ -173,6 +176,8 @@ def test_every_template_reads_a_key_of_its_state_object(version: int) -> None:
             assert "state_topic" not in e
             continue
         assert e["state_topic"] in payloads, cid
+        if cid == discovery.LAST_WRITE:
+            continue  # reads optional keys of a write result (test_last_write_…)
         payload = payloads[e["state_topic"]]
         keys = list(discovery.iter_state_keys(e))
         assert keys, cid
@@ -185,7 +190,7 @@ def test_every_template_reads_a_key_of_its_state_object(version: int) -> None:
 def test_states_are_what_home_assistant_accepts(full: dict[str, Any]) -> None:
     payloads = group_payloads(609)
     for cid, e in full.items():
-        if "state_topic" not in e:
+        if "state_topic" not in e or cid == discovery.LAST_WRITE:
             continue
         [key] = set(discovery.iter_state_keys(e)) - {"alarms"}
         value = payloads[e["state_topic"]][key]
@@ -249,7 +254,8 @@ def test_pcu_252_offers_only_what_it_has() -> None:
 
 
 def test_device_config_payload() -> None:
-    topic, payload = discovery.device_config(ctx())
+    topic, short = discovery.device_config(ctx())
+    payload = discovery.expand(short)
     assert topic == f"homeassistant/device/{SERIAL}/config"
     assert payload["dev"] == {
         "identifiers": [SERIAL], "manufacturer": "Sermatec", "model": "5 kW hybrid inverter",
@@ -261,10 +267,13 @@ def test_device_config_payload() -> None:
     assert payload["qos"] == 1
     entities = discovery.entities(ctx())
     assert set(payload["cmps"]) == set(entities)
+    for component in short["cmps"].values():
+        assert "platform" not in component and "avty" not in component
     for cid, component in payload["cmps"].items():
         assert component["p"] == entities[cid]["platform"]
-        assert "platform" not in component and "availability" not in component
-        assert component["unique_id"] == entities[cid]["unique_id"]
+        inherited = {"qos": 1, "state_topic": f"{BASE}/{SERIAL}/live"}  # a button ignores it
+        assert component == {"p": entities[cid]["platform"], **inherited,
+                             **{k: v for k, v in entities[cid].items() if k != "platform"}}
     json.dumps(payload)  # JSON-ready
 
 
@@ -273,12 +282,13 @@ def test_entity_configs_for_older_home_assistant() -> None:
     assert len(configs) == len(discovery.entities(ctx()))
     topics = [t for t, _ in configs]
     assert len(set(topics)) == len(topics)
-    for topic, payload in configs:
+    for topic, short in configs:
+        payload = discovery.expand(short)
         match = re.fullmatch(rf"homeassistant/(\w+)/{SERIAL}/(sermatec_[a-z0-9_]+)/config", topic)
         assert match and match[1] in PLATFORMS and match[2] == payload["object_id"]
         assert "platform" not in payload
-        assert payload["device"]["identifiers"] == [SERIAL]
-        assert payload["origin"]["name"] == "sermatec-bridge"
+        assert payload["dev"]["identifiers"] == [SERIAL]
+        assert payload["o"]["name"] == "sermatec-bridge"
         assert payload["availability_mode"] == "all"
 
 
@@ -288,7 +298,7 @@ def test_odd_serial_characters_stay_out_of_ids_and_discovery_topics() -> None:
     assert topic == "homeassistant/device/AB_12_3/config"
     e = discovery.entities(odd)["battery_soc"]
     assert e["default_entity_id"] == "sensor.sermatec_ab_12_3_battery_soc"
-    assert e["state_topic"] == "sermatec/AB 12.3/live"  # the bridge's own topics keep it
+    assert e["state_topic"] == "sermatec/AB_12_3/live"  # every topic: one safe level
     assert e["unique_id"] == "AB 12.3_battery_soc"
 
 
@@ -341,3 +351,117 @@ def test_proxy_diagnostic_entity_only_when_the_proxy_is_on() -> None:
     assert entity["platform"] == "sensor" and entity["entity_category"] == "diagnostic"
     assert entity["state_topic"] == entity["json_attributes_topic"] == f"{BASE}/{SERIAL}/proxy"
     assert entity["value_template"] == "{{ value_json.clients }}"
+    assert entity.get("enabled_by_default", True), "asked for: shown at once"
+
+
+# --------------------------------------------------------------------------------------
+# A lean device: what a new Home Assistant device shows (issue 9)
+# --------------------------------------------------------------------------------------
+
+
+def announced(model: str, writes: bool = True) -> dict[str, dict[str, Any]]:
+    """The components as Home Assistant reads them from the retained device config."""
+    context = DiscoveryContext(serial=SERIAL, model=model, pcu_version=609, version=603,
+                               base_topic=BASE, writes_enabled=writes)
+    _, payload = discovery.device_config(context)
+    components: dict[str, dict[str, Any]] = discovery.expand(
+        json.loads(json.dumps(payload)))["cmps"]
+    return components
+
+
+HEADLINE = ("pv_power", "battery_soc", "battery_state", "grid_active_power",
+            "remote_load_power", "pv_energy_today", "grid_export_today", "grid_import_today",
+            "battery_charge_today", "battery_discharge_today", "set_operating_mode",
+            "set_grid_soc_min", "problem", "last_write")
+
+
+@pytest.mark.parametrize("model", ["10 kW", "5 kW"])
+@pytest.mark.parametrize("writes", [True, False])
+def test_at_most_80_entities_are_enabled_on_a_new_device(model: str, writes: bool) -> None:
+    components = announced(model, writes)
+    enabled = {cid for cid, c in components.items() if c.get("enabled_by_default", True)}
+    assert 30 <= len(enabled) <= 80, len(enabled)
+    assert len(components) - len(enabled) > 100  # the rest is offered, disabled
+    for cid in HEADLINE:
+        if writes or (not cid.startswith("set_") and cid != "last_write"):
+            assert cid in enabled, cid
+    rare = [cid for cid in components if cid.startswith(("parallel_", "drm"))
+            or re.fullmatch(r"forced_(dis)?charge_[a-z]+day", cid)]
+    assert len(rare) >= 9 + 14 + 10
+    assert not set(rare) & enabled
+    assert all(c["enabled_by_default"] is False for cid, c in components.items()
+               if cid not in enabled)
+
+
+def test_single_phase_models_offer_no_phase_b_or_c() -> None:
+    single, three = set(announced("5 kW")), set(announced("10 kW"))
+    phase_bc = three - single
+    assert {"grid_b_voltage", "grid_c_current", "inverter_b_current", "grid_bc_voltage",
+            "backup_c_voltage", "parallel_load_b_power", "module_c_temperature"} <= phase_bc
+    assert all(re.search(r"(^|_)([bc]|ab|bc|ca)_", cid) for cid in phase_bc), phase_bc
+    assert {"grid_a_voltage", "grid_a_current", "backup_a_voltage"} <= single
+    unknown = DiscoveryContext(serial=SERIAL, model="7", pcu_version=609, version=603)
+    assert "grid_c_voltage" in discovery.entities(unknown)  # unknown model: every phase
+
+
+def test_pv_power_total_is_published_and_announced() -> None:
+    pv = announced("5 kW")["pv_power"]
+    assert (pv["p"], pv["device_class"], pv["unit_of_measurement"], pv["state_class"]) == (
+        "sensor", "power", "W", "measurement")
+    assert pv["state_topic"] == f"{BASE}/{SERIAL}/live"
+    live = group_payloads(609)[f"{BASE}/{SERIAL}/live"]
+    assert live["pv_power"] == live["pv1_power"] + live["pv2_power"]
+
+
+def test_energy_counters_carry_the_energy_dashboard_names() -> None:
+    components = announced("5 kW")
+    export, daily = components["grid_export_total"], components["grid_export_today"]
+    assert (export["name"], daily["name"]) == ("Grid export", "Grid export today")
+    assert "grid_energy_total" not in components
+    for counter in (export, daily, components["grid_import_today"]):
+        assert (counter["device_class"], counter["state_class"]) == ("energy",
+                                                                    "total_increasing")
+    assert daily["suggested_display_precision"] == 1  # 0.1 kWh, finer than the totals
+    assert daily["state_topic"] == f"{BASE}/{SERIAL}/energy"
+
+
+def test_last_write_shows_the_outcome_of_the_last_write() -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    env.filters["to_json"] = json.dumps  # Home Assistant's filter
+    sensor = announced("5 kW")["last_write"]
+    result_topic = f"{BASE}/{SERIAL}/set/result"
+    assert sensor["state_topic"] == sensor["json_attributes_topic"] == result_topic
+    assert "expire_after" not in sensor and "entity_category" not in sensor
+    template = env.from_string(sensor["value_template"])
+
+    def shown(result: WriteResult) -> str:
+        return str(template.render(value_json=json.loads(json.dumps(result.as_json()))))
+
+    assert shown(WriteResult(True, changed={"grid_soc_min": 25})) == 'OK: {"grid_soc_min": 25}'
+    refused = WriteResult(False, error="grid_soc_min: 5 is out of range (10 to 100 %)")
+    assert shown(refused) == "Refused: grid_soc_min: 5 is out of range (10 to 100 %)"
+    assert len(shown(WriteResult(False, error="x" * 400))) == 255  # a state's limit
+    assert "last_write" not in announced("5 kW", writes=False)
+
+
+def test_the_device_config_uses_home_assistants_abbreviations() -> None:
+    context = DiscoveryContext(serial=SERIAL, model="10 kW", pcu_version=609, version=603,
+                               writes_enabled=True)
+    _, payload = discovery.device_config(context)
+    text = json.dumps(payload)
+    for long_name in ("unique_id", "value_template", "unit_of_measurement", "state_class",
+                      "device_class", "entity_category", "availability", "expire_after"):
+        assert f'"{long_name}"' not in text, long_name
+    live = [c for c in payload["cmps"].values() if "stat_t" not in c]
+    assert len(live) > 40  # the live state topic is given once, at device level
+    long_form = json.dumps(discovery.expand(payload))
+    assert len(text) < 0.8 * len(long_form), (len(text), len(long_form))
+
+
+def test_keys_that_name_a_dict_method_are_read_by_subscript() -> None:
+    # In HA's Jinja, value_json.items is the dict's method, not the state's "items" key.
+    assert discovery.value_of("battery_soc") == "value_json.battery_soc"
+    assert discovery.value_of("items") == "value_json['items']"
+    assert discovery.value_of("values") == "value_json['values']"
+    assert discovery.value_of("pv1-power") == "value_json['pv1-power']"

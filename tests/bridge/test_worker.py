@@ -1,48 +1,200 @@
-"""One inverter's worker against the simulator, without a broker (publishes are kept)."""
+"""One inverter's runtime against the simulator, without a broker (publishes are kept).
+
+The broker is never connected here: what the runtime wants retained shows in
+``broker.desired``, and write results are answered through the publisher.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from sermatec_bridge.bridge.service import Broker, Worker
+import pytest
+
+from sermatec_bridge.bridge.publisher import Broker
+from sermatec_bridge.bridge.runtime import Availability, InverterRuntime, WriteCommand
 from sermatec_bridge.config import load_settings
+from sermatec_bridge.inverter.client import InverterError, Session
 from sermatec_bridge.simulator import Simulator
 from sermatec_bridge.simulator.model import Outcome
 
 
-async def test_a_reply_too_short_for_the_tables_takes_the_inverter_offline_not_the_worker(
-) -> None:
-    async with Simulator(pcu=609) as sim:
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        assert loop.time() < deadline, "the condition did not hold in time"
+        await asyncio.sleep(0.02)
+
+
+class Running:
+    def __init__(self, port: int | None, deadline: float = 30.0) -> None:
         settings = load_settings(None, {
-            "inverter": {"host": "127.0.0.1", "port": sim.port, "timeout": 1},
+            "inverter": {"host": "127.0.0.1", "port": port, "timeout": 1, "retries": 1},
             "poll": {"live": 0.2},
+            "writes": {"enabled": True, "min_interval": 0},
         })
-        broker = Broker(settings)
-        worker = Worker(settings.all_inverters()[0], settings, broker)
-        task = asyncio.create_task(worker.run())
-        try:
-            for _ in range(50):
-                await asyncio.sleep(0.05)
-                if worker.online:
-                    break
-            assert worker.online
-            availability = worker.topic("availability")
-            handle = sim.model.handle
+        self.broker = Broker(settings)
+        self.runtime = InverterRuntime(settings.all_inverters()[0], settings, self.broker,
+                                       command_deadline=deadline)
+        self.results: list[dict[str, Any]] = []
+        publish = self.runtime.publisher.result
 
-            def short_battery_reply(code: int, payload: bytes) -> Outcome:
-                outcome = handle(code, payload)
-                if code == 0x0A:
-                    outcome.replies[:] = [(0x0A, b"\x00\x01")]
-                return outcome
+        async def record(body: dict[str, Any], properties: Any) -> None:
+            self.results.append(body)
+            await publish(body, properties)
 
-            sim.model.handle = short_battery_reply  # type: ignore[method-assign]
-            await asyncio.sleep(0.6)
-            assert not task.done(), task.exception() if task.done() else None
-            assert broker.retained[availability] == "offline"
-            sim.model.handle = handle  # type: ignore[method-assign]
-            await asyncio.sleep(0.6)
-            assert broker.retained[availability] == "online"
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await worker.client.close()
+        self.runtime.publisher.result = record  # type: ignore[method-assign]
+        self.task = asyncio.create_task(self.runtime.run())
+
+    def availability(self) -> str | None:
+        return self.broker.desired.get(self.runtime.publisher.topic("availability"))
+
+    async def close(self) -> None:
+        await self.runtime.stop()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.runtime.client.close()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(pcu=609) as simulator:
+        yield simulator
+
+
+async def test_a_reply_too_short_for_the_tables_takes_the_inverter_offline_not_the_worker(
+        sim: Simulator) -> None:
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        handle = sim.model.handle
+
+        def short_battery_reply(code: int, payload: bytes) -> Outcome:
+            outcome = handle(code, payload)
+            if code == 0x0A:
+                outcome.replies[:] = [(0x0A, b"\x00\x01")]
+            return outcome
+
+        sim.model.handle = short_battery_reply  # type: ignore[method-assign]
+        await until(lambda: running.availability() == "offline")
+        assert not running.task.done()
+        sim.model.handle = handle  # type: ignore[method-assign]
+        await until(lambda: running.availability() == "online")
+    finally:
+        await running.close()
+
+
+def test_availability_goes_offline_only_after_the_threshold_in_a_row() -> None:
+    availability = Availability(3)
+    assert availability.success() is True and availability.online
+    for _ in range(10):  # one failure in two: never offline
+        assert availability.failure() is False
+        assert availability.success() is False
+    assert availability.online
+    assert [availability.failure() for _ in range(3)] == [False, False, True]
+    assert not availability.online
+    assert availability.success() is True
+
+
+async def write(running: Running, key: str, value: Any) -> WriteCommand:
+    command = WriteCommand(deadline=running.runtime.deadline(), request={key: value}, key=key,
+                           coalesce=(key,))
+    await running.runtime.submit(command)
+    return command
+
+
+async def test_queued_writes_of_one_setting_coalesce_and_each_gets_one_result(
+        sim: Simulator) -> None:
+    sim.latency = 0.05
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        for value in range(20, 60):
+            await write(running, "grid_soc_min", value)
+        await until(lambda: len(running.results) == 40)
+        await asyncio.sleep(0.3)
+        assert len(running.results) == 40, "exactly one result per write"
+        superseded = [r for r in running.results if "superseded" in r.get("error", "")]
+        applied = [r for r in running.results if r["ok"]]
+        assert len(superseded) >= 35 and applied
+        assert applied[-1]["changed"] == {"grid_soc_min": 59}, "the last one wins"
+        assert sim.model.settings["grid_soc_min"] == 59
+    finally:
+        await running.close()
+
+
+async def test_stop_answers_every_queued_write_without_applying_it(sim: Simulator) -> None:
+    sim.latency = 0.3
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        before = sim.model.settings["grid_soc_min"]
+        received = len(sim.received)
+        keys = ["grid_soc_min", "off_grid_soc_min", "grid_export_limit"]
+        for key in keys:
+            await write(running, key, 40)
+        await running.runtime.stop()
+        assert len(running.results) >= 2
+        assert all(r["ok"] is False and "stopping" in r["error"] for r in running.results)
+        await asyncio.wait_for(running.task, 5)
+        assert len(running.results) == 3, "a result for every write, the running one too"
+        assert 0x66 not in list(sim.received)[received:] or running.results[-1]["ok"]
+        assert sim.model.settings["grid_soc_min"] in (before, 40)
+    finally:
+        await running.close()
+
+
+async def test_a_write_waits_for_the_inverter_until_its_deadline() -> None:
+    async with Simulator(pcu=609) as sim:
+        port = sim.port
+    running = Running(port, deadline=0.5)  # nobody listens at that port now
+    try:
+        await write(running, "grid_soc_min", 40)
+        await until(lambda: len(running.results) == 1, within=3)
+        assert running.results[0]["ok"] is False
+        assert running.results[0]["error"].startswith("expired")
+    finally:
+        await running.close()
+
+
+async def test_exchange_takes_its_turn_and_reports_an_offline_inverter(
+        sim: Simulator) -> None:
+    running = Running(sim.port)
+    try:
+        job: Callable[[Session], Awaitable[int]]
+
+        async def job(session: Session) -> int:
+            return len(await session.query(0x98))
+
+        with pytest.raises(InverterError, match="not identified"):
+            await running.runtime.exchange(job, timeout=1)
+        await until(lambda: running.runtime.online)
+        assert await running.runtime.exchange(job, timeout=1) == 1
+        await running.runtime.stop()
+        with pytest.raises(InverterError, match="stopping"):
+            await running.runtime.exchange(job, timeout=1)
+    finally:
+        await running.close()
+
+
+async def test_exchange_gives_up_when_its_turn_does_not_come_in_time(
+        sim: Simulator) -> None:
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        sim.latency = 0.3
+        ran = []
+
+        async def job(session: Session) -> None:
+            ran.append(session)
+
+        running.runtime.refresh("live")  # a poll of four slow queries goes first
+        await asyncio.sleep(0.05)
+        with pytest.raises(InverterError, match="no turn"):
+            await running.runtime.exchange(job, timeout=0.2)
+        await asyncio.sleep(1.5)
+        assert ran == [], "a job whose caller gave up is never run"
+    finally:
+        await running.close()

@@ -46,7 +46,7 @@ OFFLINE_WITHIN = 2 * LIVE + TIMEOUT + 3.0
 async def device_config(ha: HomeAssistant, after: int = 0) -> dict[str, Any]:
     message = await ha.wait_topic(DEVICE_TOPIC, lambda m: bool(m.payload), after=after)
     assert message.retain, "the discovery message must be retained"
-    config: dict[str, Any] = message.json()
+    config: dict[str, Any] = discovery.expand(message.json())  # as HA reads it
     return config
 
 
@@ -140,12 +140,13 @@ async def test_per_entity_discovery(ha: HomeAssistant, start_bridge: BridgeFacto
     for name in (energy, number, problem):
         message = await ha.wait_topic(name)
         assert message.retain, name
-        payload = message.json()
-        assert payload["device"]["identifiers"] == [SERIAL]
-        assert payload["origin"]["name"] == "sermatec-bridge"
+        payload = discovery.expand(message.json())
+        assert payload["dev"]["identifiers"] == [SERIAL]
+        assert payload["o"]["name"] == "sermatec-bridge"
         assert len(payload["availability"]) == 2
-    assert (await ha.wait_json(energy))["state_class"] == "total_increasing"
-    assert (await ha.wait_json(number))["command_topic"] == topic("set/grid_soc_min")
+    assert discovery.expand(await ha.wait_json(energy))["state_class"] == "total_increasing"
+    assert discovery.expand(await ha.wait_json(number))["command_topic"] == topic(
+        "set/grid_soc_min")
 
     on_broker = await retained(broker.port)
     assert {energy, number, problem} <= set(on_broker)

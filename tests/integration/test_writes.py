@@ -16,9 +16,18 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sermatec_bridge.bridge import discovery
 from sermatec_bridge.simulator import Simulator
 
-from .conftest import BridgeFactory, HomeAssistant, eventually, topic, wait_ready
+from .conftest import (
+    PREFIX,
+    SERIAL,
+    BridgeFactory,
+    HomeAssistant,
+    eventually,
+    topic,
+    wait_ready,
+)
 
 # The settings writes and the clock write: none may reach the inverter on a refusal.
 WRITE_CODES = frozenset({0x64, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x71})
@@ -64,7 +73,8 @@ async def test_number(ha: HomeAssistant, sim: Simulator, key: str, payload: str,
                       value: int) -> None:
     mark = ha.mark()
     result = await ha.write(f"set/{key}", payload)
-    assert result == {"ok": True, "changed": {key: value}, "topic": f"set/{key}"}
+    assert result == {"ok": True, "changed": {key: value}, "topic": f"set/{key}",
+                      "written": True}
     assert sim.model.settings[key] == value
     await settings_state(ha, mark, key, value)
 
@@ -84,7 +94,7 @@ async def test_switch_inverter_off_and_on(ha: HomeAssistant, sim: Simulator) -> 
     mark = ha.mark()
     result = await ha.write("set/inverter_on", "OFF")
     assert result == {"ok": True, "changed": {"inverter_on": False},
-                      "topic": "set/inverter_on"}
+                      "topic": "set/inverter_on", "written": True}
     assert sim.model.settings["inverter_on"] is False
     assert sim.model.values(0x0C)["inverter_on"] is False
     await settings_state(ha, mark, "inverter_on", False, group="live")
@@ -181,7 +191,7 @@ async def test_several_settings_in_one_message(
     request = {"grid_soc_min": 40, "operating_mode": "Peak-valley",
                "grid_export_limit": 4000, "charge_power_limit": 3500}
     result = await ha.write("set", json.dumps(request))
-    assert result == {"ok": True, "changed": request}
+    assert result == {"ok": True, "changed": request, "written": True}
     after = sim.model.settings
     for key, value in request.items():
         assert after[key] == value, key
@@ -241,7 +251,8 @@ async def test_refused_with_a_reason(ha: HomeAssistant, sim: Simulator, leaf: st
 async def test_value_already_set_is_not_written(ha: HomeAssistant, sim: Simulator) -> None:
     current = sim.model.settings["grid_soc_min"]
     result = await ha.write("set/grid_soc_min", str(current))
-    assert result == {"ok": True, "unchanged": ["grid_soc_min"], "topic": "set/grid_soc_min"}
+    assert result == {"ok": True, "unchanged": ["grid_soc_min"], "topic": "set/grid_soc_min",
+                      "written": False}
     result = await ha.write("set/operating_mode", "general")  # same option, other case
     assert result["ok"] is True and result["unchanged"] == ["operating_mode"]
     assert writes_sent(sim) == []
@@ -281,7 +292,7 @@ async def test_setting_that_needs_the_inverter_off(
     result = await ha.write("set/inverter_on", "OFF")
     assert result["ok"] is True, result
     result = await ha.write("set", '{"grid_code": "Italy"}')
-    assert result == {"ok": True, "changed": {"grid_code": "Italy"}}
+    assert result == {"ok": True, "changed": {"grid_code": "Italy"}, "written": True}
     assert sim.model.settings["grid_code"] == "Italy"
     assert sim.model.settings["dc_battery_type"] == "Lithium", "the rest of 0x69 is kept"
 
@@ -309,7 +320,7 @@ async def test_mqtt5_response_topic_and_correlation_data(ha: HomeAssistant,
 
     response = await ha.wait_topic("test/responses/caller-1", after=mark)
     assert response.json() == {"ok": True, "changed": {"grid_soc_min": 33},
-                               "topic": "set/grid_soc_min"}
+                               "topic": "set/grid_soc_min", "written": True}
     assert response.properties is not None
     assert getattr(response.properties, "CorrelationData", None) == b"request-42"
     assert not response.retain
@@ -326,3 +337,117 @@ async def test_mqtt5_response_topic_and_correlation_data(ha: HomeAssistant,
     assert response.json()["ok"] is False
     assert response.properties is not None
     assert getattr(response.properties, "CorrelationData", None) == b"request-43"
+
+
+# --------------------------------------------------------------------------------------
+# Settings an installer made, outside this project's policy (issue 8)
+# --------------------------------------------------------------------------------------
+
+INSTALLER = {"operating_mode": 6, "grid_soc_min": 5, "grid_export_limit": 12000,
+             "tariff_peak": -0.5}
+
+
+async def test_settings_outside_the_policy_do_not_block_a_write(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    sim.model.configure(INSTALLER)  # as `simulate --set operating_mode=6 ...` does
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    state = await ha.wait_json(topic("settings"))
+    assert state["operating_mode"] == 6, "a mode without a name shows as its code"
+    config = discovery.expand(await ha.wait_json(f"{PREFIX}/device/{SERIAL}/config"))
+    mode = config["cmps"]["set_operating_mode"]
+    assert str(state["operating_mode"]) in mode["options"], "the select can show it"
+    sim.received.clear()
+
+    mark = ha.mark()
+    result = await ha.write("set/command_power", "1500")
+    assert result == {"ok": True, "changed": {"command_power": 1500},
+                      "topic": "set/command_power", "written": True}
+    for key, value in INSTALLER.items():
+        assert sim.model.settings[key] == value, key
+    assert writes_sent(sim) == [0x66]
+    await settings_state(ha, mark, "command_power", 1500)
+
+    result = await ha.write("set/grid_soc_min", "5")  # the value as it is: nothing to do
+    assert result["ok"] is True and result["unchanged"] == ["grid_soc_min"]
+    result = await ha.write("set/grid_soc_min", "6")  # a change: the policy applies
+    assert result["ok"] is False and "grid_soc_min: 6 is out of range" in result["error"]
+    assert writes_sent(sim) == [0x66]
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_forced_periods_sent_are_active_and_keep_reserved_bytes(
+        ha: HomeAssistant, sim: Simulator) -> None:
+    sim.model.configure({"forced_charge_periods": [
+        {"start": "01:00", "end": "02:00", "reserved": "abcd"}]})
+    mark = ha.mark()
+    periods = [{"start": "03:00", "end": "04:00"}, {"start": "13:00", "end": "14:00"}]
+    result = await ha.write("set/forced_schedule", json.dumps(
+        {"forced_charge_mode": 1, "forced_charge_periods": periods}))
+    assert result["ok"] is True, result
+    assert result["changed"]["forced_charge_period_count"] == 2
+    shown = sim.model.values(0xA2)
+    assert shown["forced_charge_period_count"] == 2
+    assert shown["forced_charge_periods"][0]["reserved"] == "abcd"
+    state = await settings_state(ha, mark, "forced_charge_mode", 1)
+    assert state["forced_charge_periods"] == periods
+
+
+# --------------------------------------------------------------------------------------
+# The clock button, bad input, rounding (issues 7 and 9)
+# --------------------------------------------------------------------------------------
+
+
+async def test_three_clock_presses_send_one_frame(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    start_bridge({**WRITES, "writes": {"enabled": True, "min_interval": 60}})
+    await wait_ready(ha)
+    sim.received.clear()
+    sim.latency = 0.4  # polls hold the queue slot while the presses come in
+    await eventually(lambda: len(sim.received) > 0, what="a poll under way")
+    mark = ha.mark()
+    for _ in range(3):
+        await ha.publish(topic("set/clock"), "PRESS")
+    await eventually(lambda: len(ha.on(topic("set/result"), after=mark)) == 3,
+                     what="three results")
+    results = [m.json() for m in ha.on(topic("set/result"), after=mark)]
+    assert [r["ok"] for r in results].count(True) == 1, results
+    assert list(sim.received).count(0x68) == 1
+
+
+@pytest.mark.usefixtures("bridge")
+@pytest.mark.parametrize(("leaf", "payload", "reason"), [
+    ("set", b"[" * 8000 + b"]" * 8000, "nested too deeply"),
+    ("set", b'{"grid_soc_min": ' + b"3" * 5000 + b"}", "a number of 5000 digits"),
+    ("set/grid_soc_min", b"3" * 5000, "a number of 5000 digits"),
+    ("set", b'{"grid_soc_min": 1e400}', "1e400 is out of range"),
+    ("set/grid_soc_min", b"1e400", "1e400 is out of range"),
+    ("set", b'{"grid_soc_min": NaN}', "NaN is not a number"),
+    ("set/grid_soc_min", "٣٠".encode(), "is not a number"),
+    ("set/grid_soc_min", b"1_5", "is not a number"),
+    ("set/operating_mode", b"x" * 10_000, "is not a known value"),
+    ("set", b"x" * 1_000_000, "the payload has 1000000 bytes"),
+    ("set/clock", b"1", "is not a press"),
+    ("set/clock", b'{"year": 2020}', "is not a press"),
+])
+async def test_bad_input_gets_a_short_refusal(ha: HomeAssistant, sim: Simulator, leaf: str,
+                                              payload: bytes, reason: str) -> None:
+    mark = ha.mark()
+    result = await ha.write(leaf, payload)
+    assert result["ok"] is False and result["written"] is False, result
+    assert reason in result["error"], result
+    raw = ha.on(topic("set/result"), after=mark)[0].payload
+    assert len(raw) < 1000, f"a result of {len(raw)} bytes"
+    assert writes_sent(sim) == [] and 0x95 not in sim.received, "nothing asked of the inverter"
+    # The bridge goes on taking writes.
+    result = await ha.write("set/grid_soc_min", "31")
+    assert result["ok"] is True, result
+
+
+@pytest.mark.usefixtures("bridge")
+async def test_a_number_is_rounded_to_its_step(ha: HomeAssistant, sim: Simulator) -> None:
+    result = await ha.write("set/grid_soc_min", "33.5")
+    assert result == {"ok": True, "changed": {"grid_soc_min": 34},
+                      "note": "grid_soc_min 33.5 rounded to 34 (step 1)",
+                      "topic": "set/grid_soc_min", "written": True}
+    assert sim.model.settings["grid_soc_min"] == 34

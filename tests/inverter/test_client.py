@@ -6,8 +6,10 @@ import asyncio
 import socket
 
 import pytest
+from faultproxy import FaultProxy
 
 from sermatec_bridge.inverter.client import (
+    InverterBusy,
     InverterClient,
     InverterTimeout,
     InverterUnreachable,
@@ -53,20 +55,72 @@ async def test_0x95_is_answered_by_two_frames_matched_to_one_request() -> None:
 
 
 async def test_late_reply_never_reaches_the_next_caller() -> None:
-    async with Simulator(pcu=609, latency=0.6) as sim:
-        client = InverterClient("127.0.0.1", sim.port or 0, timeout=0.3, retries=0)
-        sim.latency = 0
+    # The next request goes out at once, so the late reply arrives while it waits for its
+    # own: only a fresh connection keeps it away (draining stale frames would not).
+    async with Simulator(pcu=609) as sim:
+        client = InverterClient("127.0.0.1", sim.port or 0, timeout=1.0, retries=0)
         await client.connect()
         sim.model.settings["grid_soc_min"] = 11
-        sim.latency = 0.6  # the reply to this request comes after the client gave up
+        sim.latency = 1.5  # the reply to this request comes after the client gave up
         with pytest.raises(InverterTimeout):
             await client.query(0x95)
         sim.model.settings["grid_soc_min"] = 77
         sim.latency = 0
-        await asyncio.sleep(0.8)  # the late reply has now been written by the simulator
+        readings = await client.query(0x95)  # the late reply (11) arrives meanwhile
+        assert readings[0].values["grid_soc_min"] == 77
+        await client.close()
+
+
+async def test_a_late_reply_that_came_before_the_next_request_is_dropped() -> None:
+    async with Simulator(pcu=609) as sim:
+        client = InverterClient("127.0.0.1", sim.port or 0, timeout=0.3, retries=0)
+        await client.connect()
+        sim.model.settings["grid_soc_min"] = 11
+        sim.latency = 0.5
+        with pytest.raises(InverterTimeout):
+            await client.query(0x95)
+        sim.model.settings["grid_soc_min"] = 77
+        sim.latency = 0
+        await asyncio.sleep(0.6)  # the late reply has now been written by the simulator
         readings = await client.query(0x95)
         assert readings[0].values["grid_soc_min"] == 77
         await client.close()
+
+
+async def test_a_write_after_the_inverter_hung_up_goes_out_on_a_new_connection() -> None:
+    async with Simulator(pcu=609) as sim:
+        port = sim.port or 0
+        async with InverterClient("127.0.0.1", port, timeout=1, retries=1,
+                                  backoff=0.01) as client:
+            await sim.stop()  # the inverter hangs up between two requests (a power cycle)
+            await sim.start(port=port)
+            await asyncio.sleep(0.1)  # the hang-up has reached the client
+            await client.write(0x64, {"inverter_on": False})  # no reply: nothing else tells
+            status = await client.query(0x0C)
+            assert status[0].values["inverter_on"] is False
+
+
+async def test_a_duplicated_reply_never_answers_a_later_request() -> None:
+    async with Simulator(pcu=609) as sim, FaultProxy(sim.port or 0) as proxy:
+        async with InverterClient("127.0.0.1", proxy.port) as client:
+            proxy.duplicate_rate = 1.0
+            status = await client.query(0x0C)  # its reply comes twice, in one piece
+            assert status[0].values["inverter_on"] is True
+            proxy.duplicate_rate = 0.0
+            await client.write(0x64, {"inverter_on": False})
+            status = await client.query(0x0C)
+            assert status[0].values["inverter_on"] is False
+
+
+async def test_exchanges_outside_a_queue_slot_are_refused() -> None:
+    async with Simulator(pcu=609) as sim, InverterClient("127.0.0.1", sim.port or 0) as client:
+        sent = len(sim.received)
+        with pytest.raises(RuntimeError, match="outside a queue slot"):
+            await client.exchange(tables.RUNNING_STATUS)
+        assert len(sim.received) == sent
+        async with client.session() as session:
+            assert (await client.exchange(tables.RUNNING_STATUS))[0].command.code == 0x0C
+            assert session.version == 609
 
 
 async def test_concurrent_callers_each_get_their_own_reply() -> None:
@@ -97,6 +151,42 @@ async def test_unreachable_inverter_is_a_clear_error() -> None:
     client = InverterClient("127.0.0.1", free_port(), timeout=1)
     with pytest.raises(InverterUnreachable, match=r"cannot reach the inverter at 127\.0\.0\.1"):
         await client.connect()
+
+
+async def test_an_inverter_busy_with_another_client_is_told_apart_from_an_unreachable_one(
+) -> None:
+    # Like the Wi-Fi module, the simulator accepts a second client and never answers it.
+    async with Simulator(pcu=609) as sim, InverterClient("127.0.0.1", sim.port or 0):
+        second = InverterClient("127.0.0.1", sim.port or 0, timeout=0.3, retries=1,
+                                backoff=0.01)
+        with pytest.raises(InverterBusy, match=(
+                rf"connected to 127\.0\.0\.1:{sim.port} but the inverter does not answer: "
+                r"no reply 0x98 \(the identity query\) within 0\.3 s, 2 tries; "
+                r"it is probably busy with another client")):
+            await second.connect()
+        assert not second.connected
+
+
+@pytest.mark.parametrize("fault", [Fault.SILENCE, Fault.DROP])
+async def test_the_identity_query_is_retried_like_any_other(fault: Fault) -> None:
+    async with Simulator(pcu=609) as sim:
+        sim.inject(fault, 2)
+        client = InverterClient("127.0.0.1", sim.port or 0, timeout=0.3, retries=2,
+                                backoff=0.01)
+        identity = await client.connect()
+        assert identity.serial == sim.model.serial
+        assert list(sim.received) == [0x98, 0x98, 0x98]
+        await client.close()
+
+
+async def test_the_identity_query_gives_up_after_its_retries() -> None:
+    async with Simulator(pcu=609) as sim:
+        sim.inject(Fault.SILENCE, 2)
+        client = InverterClient("127.0.0.1", sim.port or 0, timeout=0.3, retries=1,
+                                backoff=0.01)
+        with pytest.raises(InverterBusy):
+            await client.connect()
+        assert list(sim.received) == [0x98, 0x98]
 
 
 async def test_a_write_is_not_answered_and_takes_effect() -> None:
@@ -186,3 +276,28 @@ async def test_a_connect_cancelled_half_way_leaves_no_connection_behind() -> Non
         identity = await client.connect()
         assert identity.serial == sim.model.serial
         await client.close()
+
+
+async def test_an_echoed_request_is_never_taken_for_the_reply() -> None:
+    """A Wi-Fi module that echoes what it gets: the echo (0x64 -> 0x14) is no reply."""
+    from sermatec_bridge.protocol import frame
+    from sermatec_bridge.simulator.model import InverterModel
+
+    model = InverterModel(pcu=609)
+
+    async def echo_then_answer(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        frames = frame.FrameReader()
+        while data := await reader.read(4096):
+            for item in frames.feed(data):
+                assert isinstance(item, frame.Frame)
+                writer.write(item.encode())  # the echo comes first
+                writer.write(frame.reply(item.command, model.payload(item.command)))
+        writer.close()
+
+    server = await asyncio.start_server(echo_then_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, InverterClient("127.0.0.1", port, timeout=2) as client:
+        assert client.identity is not None and client.identity.version == 609
+        (reading,) = await client.query(0x0C)
+        assert reading.values["inverter_on"] is True

@@ -217,3 +217,25 @@ def test_every_vendor_code_has_a_text_with_its_level() -> None:
         assert code in alarms.TEXTS, code
         assert alarms.TEXTS[code][1] is levels[level], code
     assert set(alarms.TEXTS) - set(vendor) == {74}  # commented out by the vendor
+
+
+@pytest.mark.parametrize(("make", "block"), [
+    (5, "Chilwee battery"), ("Chaowei", "Chilwee battery"),
+    (10, "Alpha ESS battery"), ("Alpha ESS low voltage", "Alpha ESS battery"),
+    (27, "Soluna 4K LV battery"), (30, "Pylontech LV battery"),
+])
+def test_every_alarm_block_of_a_make_with_a_code_is_reached(make: int | str, block: str) -> None:
+    (found,) = active_alarms(battery(0x0001, 0, 0, 0, 0, 0, 0, 0), make)
+    assert found.source == block and found.code is not None
+
+
+def test_the_battery_make_of_0x98_decides_over_the_protocol_of_0x95() -> None:
+    readings = {**battery(0x0001, 0, 0, 0, 0, 0, 0, 0), "battery_make": 23,
+                "battery_protocol": "BYD high voltage"}
+    assert [a.code for a in active_alarms(readings)] == [561]  # BYD LV, from 0x98
+
+
+def test_the_labelled_battery_makes_cover_the_public_code_list() -> None:
+    labelled = set(tables.BATTERY_MAKES)
+    assert {4, 5, 6, 7, 10, 11, 15, 16, 17, 18, 19, 20, 21, 24} <= labelled
+    assert all(not label.isdigit() for label in tables.BATTERY_MAKES.values())

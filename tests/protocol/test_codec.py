@@ -73,6 +73,8 @@ def make_payload(
             out += counted[f.key].to_bytes(f.size, "big")
         elif f.wire is Wire.TEXT and f.size == 0:
             out += text()
+        elif f.wire is Wire.TEXT:  # text ends at its first NUL: the padding is all NULs
+            out += text()[: f.size].ljust(f.size, b"\0")
         else:
             out += blob(f.size)
     return bytes(out)
@@ -95,7 +97,7 @@ def random_payloads(draw: st.DrawFn, command: Command, version: int) -> bytes:
         return draw(st.integers(0, hi))
 
     def text() -> bytes:
-        return draw(st.binary(max_size=40).map(lambda b: b.rstrip(b"\0")))
+        return draw(st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"")))
 
     return make_payload(layout, blob, count, text)
 
@@ -500,3 +502,18 @@ def test_the_on_off_switch_takes_on_or_off_only() -> None:
     assert values["backup_output"] is None
     values["off_grid_soc_min"] = 10
     codec.build(tables.OPERATING_MODE_2, 609, values)  # 0x0000 ("not set") stays allowed
+
+
+def test_text_ends_at_the_first_nul() -> None:
+    payload = bytes.fromhex("019b00020001") + b"ST12\0\0AB".ljust(26, b"\0") + bytes(18)
+    assert codec.decode(tables.SYSTEM_INFO, 609, payload).values["serial_number"] == "ST12"
+
+
+def test_a_register_count_that_is_no_count_is_said_so() -> None:
+    with pytest.raises(codec.CodecError) as caught:
+        codec.decode(tables.REGISTER_QUERY, 609, bytes.fromhex("ffff00010002"))
+    assert "register_count is -1 (raw 0xffff)" in str(caught.value)
+    assert "shorter" not in str(caught.value)
+    with pytest.raises(codec.TruncatedPayload, match="shorter than the 10 bytes that its "
+                       "register_count of 2 announces"):
+        codec.decode(tables.REGISTER_QUERY, 609, bytes.fromhex("0002000100020003"))

@@ -236,3 +236,58 @@ def test_the_buffer_stays_bounded_on_header_like_garbage(pattern: bytes) -> None
         assert frames_only(reader.feed(noise[start : start + 1000])) == []
         assert len(reader.pending) <= reader.limit
     assert frames_only(reader.feed(BATTERY)) == EXPECTED[:1]
+
+
+# --------------------------------------------------------------------------------------
+# Directions, and what the reader skips
+# --------------------------------------------------------------------------------------
+
+
+def test_replies_and_requests_are_told_apart_by_their_addresses() -> None:
+    assert frame.parse_frame(STATUS).is_reply
+    assert not frame.parse_frame(STATUS).is_request
+    echoed = frame.parse_frame(frame.request(0x0C))
+    assert echoed.is_request and not echoed.is_reply
+    stranger = frame.parse_frame(Frame(0x0C, b"", source=0x01, destination=0x02).encode())
+    assert not stranger.is_reply and not stranger.is_request
+
+
+def test_a_wrong_footer_is_named() -> None:
+    with pytest.raises(frame.MalformedFrame, match="footer is 0xaf, not 0xae"):
+        frame.parse_frame(STATUS[:-1] + b"\xaf")
+
+
+def skipped_by(stream: bytes) -> tuple[list[Item], list[tuple[int, bytes, str | None]]]:
+    runs: list[tuple[int, bytes, str | None]] = []
+    reader = FrameReader(on_skip=lambda at, data, why: runs.append((at, data, why)))
+    items = reader.feed(stream)
+    items += reader.finish()
+    return items, runs
+
+
+def test_the_reader_tells_of_every_byte_it_skips() -> None:
+    items, runs = skipped_by(b"\x01\x02" + STATUS + b"\x03\x04\x05")
+    assert items == [EXPECTED[1]]
+    assert [(at, data) for at, data, _ in runs] == [(0, b"\x01\x02"), (15, b"\x03\x04\x05")]
+
+
+def test_a_frame_with_a_wrong_footer_is_skipped_with_the_reason() -> None:
+    items, runs = skipped_by(STATUS[:-1] + b"\xaf")
+    assert items == []
+    assert runs[0][0] == 0 and "footer is 0xaf" in str(runs[0][2])
+    assert sum(len(data) for _, data, _ in runs) == len(STATUS)
+
+
+def test_a_bad_checksum_frame_behind_a_false_header_is_reported() -> None:
+    false_header = b"\xfe\x55\x14\x64\x0a\x00\xff"  # announces 264 bytes that never come
+    items, runs = skipped_by(false_header + SYSTEM_INFO_BAD)
+    assert len(items) == 1 and isinstance(items[0], BadChecksum)
+    assert items[0].frame == SYSTEM_INFO_BAD
+    assert [(at, data) for at, data, _ in runs] == [(0, false_header)]
+
+
+def test_a_frame_cut_at_the_end_of_the_stream_is_truncated_not_skipped() -> None:
+    items, runs = skipped_by(STATUS + BATTERY[:10])
+    assert items[0] == EXPECTED[1]
+    assert isinstance(items[1], frame.TruncatedFrame) and items[1].got == 10
+    assert runs == []

@@ -271,7 +271,7 @@ def test_power_units_of_0x0b_are_corrected(
 
 ENERGY_COUNTERS = {
     0x99: ("pv_energy_today", "pv_energy_total", "consumption_today", "consumption_total"),
-    0x9A: ("grid_energy_today", "grid_energy_total"),
+    0x9A: ("grid_export_today", "grid_export_total"),
     0x9B: ("load_energy_today", "load_energy_total"),
     0x9C: ("grid_import_today", "battery_charge_today", "battery_discharge_today",
            "grid_import_total", "battery_charge_total", "battery_discharge_total"),

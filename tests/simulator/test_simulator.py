@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +17,7 @@ from sermatec_bridge.inverter.client import InverterClient
 from sermatec_bridge.protocol import codec, frame, tables
 from sermatec_bridge.protocol.model import Command, Kind
 from sermatec_bridge.simulator import Fault, InverterModel, Simulator, run_simulator
+from sermatec_bridge.simulator.server import numbered_serials
 
 QUIET = 0.2  # how long "no answer" is waited for
 
@@ -269,7 +273,7 @@ async def test_write_that_closes_the_connection(sim: Simulator) -> None:
 _COUNTERS = {
     0x99: ("pv_energy_today", "pv_energy_total", "consumption_today", "consumption_total",
            "savings_today", "savings_total"),
-    0x9A: ("grid_energy_today", "grid_energy_total"),
+    0x9A: ("grid_export_today", "grid_export_total"),
     0x9B: ("load_energy_today", "load_energy_total"),
     0x9C: ("grid_import_today", "grid_import_total", "battery_charge_today",
            "battery_charge_total", "battery_discharge_today", "battery_discharge_total"),
@@ -553,3 +557,94 @@ async def test_run_simulator_announces_itself(capsys: pytest.CaptureFixture[str]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# --------------------------------------------------------------------------------------
+# Simulated time: a day's light in minutes (the demo, `simulate --sun --time-scale`)
+# --------------------------------------------------------------------------------------
+
+
+def test_simulated_clock_starts_at_the_sun_and_runs_faster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sermatec_bridge.simulator import model as model_module
+    from sermatec_bridge.simulator import parse_time_of_day, simulated_clock
+
+    ticks = iter([100.0, 100.0, 130.0])  # monotonic seconds: start, then +0, +30
+    monkeypatch.setattr(model_module.time, "monotonic", lambda: next(ticks))
+    clock = simulated_clock(parse_time_of_day("09:00"), 60)
+    first, later = clock(), clock()
+    assert (first.hour, first.minute) == (9, 0)
+    assert later - first == timedelta(minutes=30)  # 30 s at 60x
+    with pytest.raises(ValueError, match="not a time of day"):
+        parse_time_of_day("25:00")
+    with pytest.raises(ValueError, match="time scale"):
+        simulated_clock(None, 0)
+
+
+def test_a_demo_minute_moves_pv_soc_and_grid() -> None:
+    """At 60x from 09:00 with the demo's 85 % SOC, one real minute is an hour of morning."""
+    clock = FakeClock(datetime(2024, 6, 21, 9, 0))
+    model = InverterModel(seed=5, soc=85, clock=clock)
+    before = {**model.values(0x0B), **model.values(0x0A)}
+    clock.advance(hours=1)  # what a demo minute simulates
+    model.update()
+    after = {**model.values(0x0B), **model.values(0x0A)}
+    assert before["pv1_power"] > 500 and abs(after["pv1_power"] - before["pv1_power"]) > 50
+    assert after["battery_soc"] >= before["battery_soc"] + 5
+    assert before["grid_active_power"] == 0  # the battery takes the surplus…
+    assert after["grid_active_power"] > 100  # …until it is full: then the grid does
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports that are free right now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def test_numbered_serials_count_up_their_trailing_digits() -> None:
+    assert numbered_serials("ST5K0SIM0098", 3) == ["ST5K0SIM0098", "ST5K0SIM0099",
+                                                   "ST5K0SIM0100"]
+    assert numbered_serials("ABC", 2) == ["ABC", "ABC2"]
+
+
+async def test_simulate_count_serves_several_inverters_from_one_process() -> None:
+    first = consecutive_free_ports(3)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sermatec_bridge", "simulate", "--port", str(first),
+        "--count", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        assert line.startswith(f"3 simulators listening on 127.0.0.1:{first}..{first + 2} ")
+        serials = []
+        for port in range(first, first + 3):
+            async with InverterClient("127.0.0.1", port, timeout=2) as client:
+                assert client.identity is not None
+                serials.append(client.identity.serial)
+        assert serials == ["ST5K0SIMULATOR0001", "ST5K0SIMULATOR0002", "ST5K0SIMULATOR0003"]
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--count", "0"], "--count must be at least 1"),
+    (["--port", "65500", "--count", "100"], "--count 100 from port 65500 goes past port 65535"),
+])
+def test_simulate_count_out_of_range_is_a_usage_error(args: list[str], error: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "sermatec_bridge", "simulate", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(error)

@@ -1,0 +1,290 @@
+"""Everything the bridge publishes, and what the broker already holds.
+
+:class:`Broker` is the one MQTT connection. It keeps two maps of retained messages: what
+the bridge wants retained (``desired``: discovery, availability, states, the bridge's own
+state) and what the broker holds (``on_broker``). On every connection it first *learns*
+what the broker holds (the bridge's discovery configs and availability topics, left by
+this run before a broker restart, or by an earlier run), then publishes only what
+differs. A retained message is published once per change, never twice on a start.
+
+:class:`Publisher` is one inverter's view of it: availability, group states, write
+results, and the discovery lifecycle (:func:`discovery.plan`), which it runs only once
+the broker's holdings are known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..config import Settings
+from . import discovery
+from .writes import WriteResult
+
+log = structlog.get_logger(__name__)
+
+ONLINE, OFFLINE = "online", "offline"
+ORIGIN = discovery.ORIGIN_NAME.encode()
+SESSION_EXPIRY = 300  # seconds the broker keeps our subscriptions and queued writes
+LEARN_TIMEOUT = 3.0  # seconds to wait for the broker's retained messages at connect
+QUOTE = 200  # characters of a bad value quoted in results and logs
+
+
+def quote(text: str, limit: int = QUOTE) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def valid_topic_name(topic: str) -> bool:
+    """A topic a client may publish to: not empty, no wildcard, no NUL."""
+    return bool(topic) and not any(c in topic for c in "+#\0") and len(topic) <= 65535
+
+
+class Broker:
+    """The MQTT connection, and the retained messages the bridge owns on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.base = settings.mqtt.base_topic
+        self.prefix = settings.homeassistant.prefix
+        self.bridge_topic = f"{self.base}/bridge/state"
+        # Only this client reads it (one per client id: the session keeps the subscription).
+        client_id = discovery.topic_id(settings.mqtt.client_id)
+        self.marker_topic = f"{self.base}/bridge/sync/{client_id}"
+        self._marker = b""
+        self.client: aiomqtt.Client | None = None
+        self.desired: dict[str, str] = {self.bridge_topic: ONLINE}
+        self.on_broker: dict[str, str] = {}
+        self.ready = asyncio.Event()  # the broker's holdings are known on this connection
+        self.learned = asyncio.Event()  # our marker came back: retained ones came before
+        self.connections = 0
+        self.disconnected_at: float | None = None  # monotonic, for the age of a backlog
+
+    def connect(self) -> aiomqtt.Client:
+        """A client for one connection: last will ``offline``, a persistent session."""
+        mqtt = self.settings.mqtt
+        tls_context = None
+        if mqtt.tls.enabled:
+            tls_context = ssl.create_default_context(
+                cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
+            )
+            if mqtt.tls.cert_file:
+                tls_context.load_cert_chain(str(mqtt.tls.cert_file),
+                                            str(mqtt.tls.key_file) if mqtt.tls.key_file
+                                            else None)
+            if mqtt.tls.insecure:
+                tls_context.check_hostname = False
+                tls_context.verify_mode = ssl.CERT_NONE
+        v5 = mqtt.protocol == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY
+        return aiomqtt.Client(
+            mqtt.host,
+            mqtt.port,
+            username=mqtt.username,
+            password=mqtt.password.get_secret_value() if mqtt.password else None,
+            identifier=mqtt.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self.bridge_topic, OFFLINE, qos=1, retain=True),
+            keepalive=mqtt.keepalive,
+            tls_context=tls_context,
+            tls_insecure=mqtt.tls.insecure if mqtt.tls.enabled else None,
+            timeout=10,
+            # Writes published while the bridge is away are kept and answered (see README).
+            clean_start=False if v5 else 3,
+            clean_session=None if v5 else False,
+            properties=properties,
+        )
+
+    # ----------------------------------------------------------------------------------
+    # Publishing
+    # ----------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: str | dict[str, Any], retain: bool = True,
+                      properties: Properties | None = None) -> None:
+        """Publish; a retained message only when the broker does not hold it already.
+
+        Until the broker's holdings are known, retained messages are only recorded:
+        :meth:`sync` sends them once it knows what is missing.
+        """
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        if retain:
+            if text:
+                self.desired[topic] = text
+            else:
+                self.desired.pop(topic, None)
+            if not self.ready.is_set() or self.on_broker.get(topic, "") == text:
+                return
+        await self._send(topic, text, retain, properties)
+
+    async def _send(self, topic: str, text: str, retain: bool,
+                    properties: Properties | None = None) -> None:
+        client = self.client
+        if client is None:
+            if not retain:
+                log.warning("not connected to the broker: message lost", topic=quote(topic))
+            return
+        try:
+            await client.publish(topic, text, qos=1, retain=retain, properties=properties)
+        except (aiomqtt.MqttError, ValueError) as exc:
+            log.warning("publish failed", topic=quote(topic), error=quote(str(exc)))
+            return
+        if retain:
+            if text:
+                self.on_broker[topic] = text
+            else:
+                self.on_broker.pop(topic, None)
+
+    async def sync(self) -> None:
+        """Publish every retained message the broker lacks or holds differently."""
+        for topic, text in list(self.desired.items()):
+            if self.on_broker.get(topic) != text:
+                await self._send(topic, text, True)
+
+    async def replay(self) -> None:
+        """Publish every retained message again (Home Assistant restarted)."""
+        for topic, text in list(self.desired.items()):
+            await self._send(topic, text, True)
+
+    # ----------------------------------------------------------------------------------
+    # Learning what the broker holds
+    # ----------------------------------------------------------------------------------
+
+    def subscriptions(self) -> list[str]:
+        """What the bridge reads: its commands, HA's birth, and its own retained topics."""
+        return [
+            self.settings.homeassistant.status_topic,
+            f"{self.prefix}/device/+/config",
+            f"{self.prefix}/+/+/+/config",
+            f"{self.base}/+/availability",
+            self.marker_topic,
+        ]
+
+    def connected(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.connections += 1
+        self.on_broker.clear()
+        self.learned.clear()
+
+    def disconnected(self) -> None:
+        if self.client is not None:
+            self.disconnected_at = time.monotonic()
+        self.client = None
+        self.ready.clear()
+
+    async def learn(self) -> None:
+        """Wait until the broker has sent the retained messages of our subscriptions.
+
+        A message of our own to a topic only we read comes back after them.
+        """
+        assert self.client is not None
+        self._marker = uuid.uuid4().hex.encode()  # an older connection's marker is not it
+        await self.client.publish(self.marker_topic, self._marker, qos=1)
+        try:
+            async with asyncio.timeout(LEARN_TIMEOUT):
+                await self.learned.wait()
+        except TimeoutError:
+            log.warning("the broker did not echo our marker: going on without knowing all "
+                        "it holds", within=LEARN_TIMEOUT)
+
+    def observe(self, topic: str, payload: bytes, retain: bool) -> bool:
+        """Take note of a message on a topic the bridge owns; True when it was one."""
+        if topic == self.marker_topic:
+            if payload == self._marker:
+                self.learned.set()
+            return True
+        if topic.startswith(f"{self.prefix}/") and topic.endswith("/config"):
+            if retain and ORIGIN in payload:  # ours, from an earlier run (or before)
+                self.on_broker[topic] = payload.decode(errors="replace")
+            return True
+        if topic.startswith(f"{self.base}/") and topic.endswith("/availability"):
+            if retain and payload:
+                self.on_broker[topic] = payload.decode(errors="replace")
+            return True
+        return False
+
+    def claim_availability(self) -> None:
+        """Inverters announced before (by a run that crashed, say) are ``offline`` until
+        they answer: the broker must not keep saying ``online`` for them."""
+        for topic in list(self.on_broker):
+            if topic.startswith(f"{self.base}/") and topic.endswith("/availability"):
+                self.desired.setdefault(topic, OFFLINE)
+
+
+class Publisher:
+    """One inverter's messages: availability, states, results and its discovery."""
+
+    def __init__(self, broker: Broker, settings: Settings) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.topic_id: str | None = None  # the serial, made topic-safe
+        self.online: bool | None = None
+        self.context: discovery.DiscoveryContext | None = None
+
+    def topic(self, leaf: str) -> str:
+        assert self.topic_id is not None
+        return f"{self.broker.base}/{self.topic_id}/{leaf}"
+
+    async def availability(self, online: bool) -> None:
+        self.online = online
+        if self.topic_id is not None:
+            await self.broker.publish(self.topic("availability"), ONLINE if online else OFFLINE)
+
+    async def state(self, group: str, payload: Mapping[str, Any]) -> None:
+        await self.broker.publish(self.topic(group), dict(payload))
+
+    async def result(self, body: dict[str, Any], properties: Properties | None) -> None:
+        """A write's result: on ``set/result``, and on its MQTT 5 response topic."""
+        if self.topic_id is None:
+            return
+        await publish_result(self.broker, self.topic_id, body, properties)
+
+    async def announce(self, context: discovery.DiscoveryContext) -> None:
+        """Offer this inverter's entities (again, when something about them changed)."""
+        if context == self.context:
+            return
+        self.context = context
+        if self.broker.ready.is_set():
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Bring the broker's discovery for this inverter in line with what is offered."""
+        if self.context is None:
+            return
+        if not self.settings.homeassistant.discovery:  # turned off: take back what is there
+            plan = [(t, "") for t in discovery.owned_topics(self.context, self.broker.on_broker)]
+        else:
+            plan = discovery.plan(self.context, self.settings.homeassistant.device_discovery,
+                                  self.broker.on_broker)
+        for topic, text in plan:
+            await self.broker.publish(topic, text)
+
+
+async def publish_result(broker: Broker, topic_id: str, body: dict[str, Any],
+                         properties: Properties | None) -> None:
+    """A write's result: on ``<id>/set/result``, and on its MQTT 5 response topic."""
+    await broker.publish(f"{broker.base}/{topic_id}/set/result", body, retain=False)
+    response_topic = getattr(properties, "ResponseTopic", None)
+    if response_topic and valid_topic_name(response_topic):
+        reply = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        correlation = getattr(properties, "CorrelationData", None)
+        if correlation:
+            reply.CorrelationData = correlation
+        await broker.publish(response_topic, body, retain=False, properties=reply)
+
+
+def refusal(reason: str, written: bool = False) -> WriteResult:
+    """The result of a write the runtime answers without applying it."""
+    return WriteResult(False, error=reason, sent=written)

@@ -1,0 +1,388 @@
+"""One inverter at run time: its poll schedule, its commands, its availability.
+
+The runtime owns the inverter's client and takes turns: a due poll group, then one
+command from the intake, then the next due group, and so on. Nothing else talks to the
+inverter, so the client's one-request-in-flight rule holds and a storm of writes cannot
+starve the live values.
+
+Interfaces for other parts of the bridge (the MQTT dispatcher, the app proxy):
+
+- :meth:`InverterRuntime.exchange` runs a job with a client :class:`Session` in one
+  queue slot, taking its turn with the polls and writes;
+- :meth:`InverterRuntime.refresh` makes poll groups due now;
+- :meth:`InverterRuntime.submit` queues a settings write (a :class:`WriteCommand`);
+- :meth:`InverterRuntime.stop` answers what is queued and ends the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+from paho.mqtt.properties import Properties
+
+from .. import __version__
+from ..config import InverterSettings, Settings
+from ..inverter.client import Identity, InverterClient, InverterError, Session
+from ..protocol.codec import CodecError, Reading
+from . import discovery, metrics
+from .groups import BY_KEY, GROUPS
+from .intake import Command, Intake, Refusal
+from .publisher import Broker, Publisher, quote, refusal
+from .schedule import Scheduler
+from .state import EnergyGuard, state_payload
+from .writes import Writer
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+COMMAND_DEADLINE = 30.0  # seconds a write may wait for its turn before it is "expired"
+STOP_GRACE = 2.0  # seconds a running poll or write may take to finish at shutdown
+
+
+@dataclass(eq=False, kw_only=True)
+class WriteCommand(Command):
+    """A settings write from MQTT, parsed; answered on ``set/result``."""
+
+    request: dict[str, Any]
+    key: str | None = None  # set/<key>, or None for set
+    properties: Properties | None = None
+    topic_id: str = ""  # the inverter it was addressed to
+
+
+@dataclass(eq=False, kw_only=True)
+class ExchangeCommand(Command):
+    """A job of another part of the bridge (the app proxy), run with a client session."""
+
+    job: Callable[[Session], Awaitable[Any]]
+    future: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    started: bool = False
+
+
+class Availability:
+    """Online while exchanges succeed; offline after ``threshold`` failures in a row."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = max(1, threshold)
+        self.online = False
+        self.failures = 0  # in a row
+
+    def success(self) -> bool:
+        """Note a success; True when that makes the inverter online."""
+        self.failures = 0
+        changed, self.online = not self.online, True
+        return changed
+
+    def failure(self) -> bool:
+        """Note a failure; True when that makes the inverter offline."""
+        self.failures += 1
+        if self.online and self.failures >= self.threshold:
+            self.online = False
+            return True
+        return False
+
+
+class InverterRuntime:
+    """One inverter: scheduler, intake, availability and publisher, taking turns."""
+
+    def __init__(self, config: InverterSettings, settings: Settings, broker: Broker, *,
+                 command_deadline: float = COMMAND_DEADLINE) -> None:
+        self.config = config
+        self.settings = settings
+        self.command_deadline = command_deadline
+        self.log = log.bind(inverter=config.label)
+        self.client = InverterClient(
+            config.host, config.port, timeout=config.timeout, retries=config.retries,
+            connect_attempts=1, name=config.label,
+        )
+        self.writer = Writer(self.client, min_interval=settings.writes.min_interval,
+                             confirm_timeout=settings.writes.confirm_timeout)
+        poll = settings.poll
+        self.scheduler = Scheduler(
+            {g.key: float(getattr(poll, g.interval)) for g in GROUPS})
+        self.intake = Intake()
+        self.availability = Availability(config.retries)
+        self.publisher = Publisher(broker, settings)
+        self.identity: Identity | None = None
+        self.dsp_version: str | None = None
+        self.guard = EnergyGuard()
+        self.stats = metrics.Stats()
+        self.last_poll: float | None = None
+        self.last_publish: float | None = None
+        self.stopping = False
+        self.reconnect_delay = float(poll.live)
+        self._wake = asyncio.Event()
+        self.on_identified: Callable[[InverterRuntime], Awaitable[None]] | None = None
+
+    # ----------------------------------------------------------------------------------
+    # What others see
+    # ----------------------------------------------------------------------------------
+
+    @property
+    def serial(self) -> str | None:
+        return self.identity.serial if self.identity else None
+
+    @property
+    def topic_id(self) -> str | None:
+        return self.publisher.topic_id
+
+    @property
+    def online(self) -> bool:
+        return self.availability.online
+
+    def refresh(self, *groups: str) -> None:
+        """Make these poll groups (every group when none is named) due now."""
+        self.scheduler.refresh(groups or None)
+        self._wake.set()
+
+    async def submit(self, command: Command) -> None:
+        """Queue a command; whatever the intake turns away is answered at once."""
+        await self._refuse(self.intake.submit(command))
+        self._wake.set()
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.command_deadline
+
+    async def exchange(
+        self, job: Callable[[Session], Awaitable[T]],
+        *, timeout: float,  # noqa: ASYNC109 (the wait for the turn times out, not the job)
+    ) -> T:
+        """Run ``job`` with a client session in one queue slot, in its turn.
+
+        Raises :class:`InverterError` when the inverter is offline or not identified,
+        the bridge is stopping, or the turn does not come within ``timeout`` seconds.
+        """
+        if self.stopping or self.intake.closed:
+            raise InverterError("the bridge is stopping")
+        if not self.online:
+            raise InverterError(f"the inverter {self.config.label} is offline"
+                                if self.identity else
+                                f"the inverter {self.config.label} is not identified yet")
+        command = ExchangeCommand(
+            deadline=time.monotonic() + timeout, job=job,
+            expired=f"no turn at the inverter within {timeout:g} s")
+        # An answer nobody waits for any more (the caller was cancelled) is still taken,
+        # so that asyncio never reports it as never retrieved.
+        command.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await self.submit(command)
+        try:
+            done, _ = await asyncio.wait({command.future}, timeout=timeout)
+        except asyncio.CancelledError:
+            if not command.started:
+                command.future.cancel()  # never runs: its turn is skipped
+            raise
+        if not done and not command.started:
+            command.future.cancel()
+            raise InverterError(command.expired)
+        result: T = await command.future
+        return result
+
+    # ----------------------------------------------------------------------------------
+    # The loop
+    # ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Take turns until :meth:`stop`: a due group, then a command, then again."""
+        while not self.stopping:
+            self._wake.clear()
+            await self._refuse(self.intake.expire())
+            worked = False
+            group = self.scheduler.due()
+            if group is not None:
+                worked = True
+                if self.client.connected or await self._connect():
+                    await self._poll(group)
+            if self.online and not self.stopping:
+                command = self.intake.take()
+                if command is not None:
+                    worked = True
+                    await self._run(command)
+            if not worked:
+                await self._sleep()
+
+    async def _sleep(self) -> None:
+        until = self.scheduler.next_due()
+        deadline = self.intake.next_deadline()
+        if deadline is not None:
+            until = min(until, deadline)
+        delay = max(0.0, until - time.monotonic())
+        if delay > 0:
+            try:
+                async with asyncio.timeout(delay):  # not wait_for: it can lose a cancel
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        """Accept no more commands and answer every queued one ("stopping")."""
+        self.stopping = True
+        await self._refuse(self.intake.close())
+        self._wake.set()
+
+    async def _connect(self) -> bool:
+        """Connect and read the identity; on failure, try again after the live interval."""
+        try:
+            identity = await self.client.connect()
+        except InverterError as exc:
+            self.scheduler.hold(self.reconnect_delay)
+            await self._failed(str(exc))
+            return False
+        await self._identified(identity)
+        return True
+
+    async def _identified(self, identity: Identity) -> None:
+        if self.identity is not None and identity.serial == self.identity.serial:
+            self.identity = identity
+            return
+        first = self.identity is None
+        self.identity = identity
+        self.publisher.topic_id = discovery.topic_id(identity.serial)
+        self.log = self.log.bind(serial=identity.serial)
+        if not first:
+            self.log.warning("another inverter answers at this address: announcing it")
+        if self.on_identified is not None:
+            await self.on_identified(self)
+
+    async def _poll(self, key: str) -> None:
+        group = BY_KEY[key]
+        started = time.monotonic()
+        readings: list[Reading] = []
+        try:
+            async with self.client.session() as session:
+                if self.client.identity is not None:
+                    await self._identified(self.client.identity)
+                for command in group.commands(session.version):
+                    readings += await session.query(command)
+        except (InverterError, CodecError) as exc:
+            # CodecError: a reply that does not fit the tables (too short)
+            self.scheduler.done(key)
+            self.stats.poll_failures += 1
+            await self._failed(f"{group.name}: {exc}")
+            return
+        self.scheduler.done(key)
+        self.stats.polls[key] += 1
+        self.stats.poll_seconds += time.monotonic() - started
+        await self._succeeded()
+        identity = self.identity
+        assert identity is not None
+        for reading in readings:
+            if reading.command.code == 0x0B:
+                self.dsp_version = (f"{reading.values['dsp_version_high']}."
+                                    f"{reading.values['dsp_version_low']}")
+        self.last_poll = time.time()
+        if key == "live":
+            await self.publisher.announce(self.context())
+        payload = state_payload(key, readings, datetime.now(UTC).astimezone(), self.guard,
+                                battery_make=identity.battery_make)
+        await self.publisher.state(key, payload)
+        if key == "live" and self.config.proxy_port is not None:
+            await self.publisher.state("proxy", self.stats.proxy.state())
+        self.last_publish = time.time()
+
+    async def _succeeded(self) -> None:
+        if self.availability.success():
+            self.log.info("inverter online")
+            self.refresh()  # everything again, now that it answers
+        if self.publisher.online is not True:
+            await self.publisher.availability(True)
+
+    async def _failed(self, reason: str) -> None:
+        was_online = self.availability.online
+        went_offline = self.availability.failure()
+        failures = self.availability.failures
+        if went_offline:
+            self.log.warning("inverter offline", reason=quote(reason), failures=failures)
+        elif failures == 1:
+            self.log.warning("inverter not answering" if was_online or self.identity
+                             else "inverter not reachable yet", reason=quote(reason),
+                             host=f"{self.config.host}:{self.config.port}")
+        else:
+            self.log.debug("inverter still not answering", reason=quote(reason),
+                           failures=failures)
+        if not self.availability.online and self.publisher.online is not False:
+            await self.publisher.availability(False)
+
+    # ----------------------------------------------------------------------------------
+    # Commands
+    # ----------------------------------------------------------------------------------
+
+    async def _run(self, command: Command) -> None:
+        if isinstance(command, ExchangeCommand):
+            await self._run_exchange(command)
+        elif isinstance(command, WriteCommand):
+            await self._run_write(command)
+
+    async def _run_exchange(self, command: ExchangeCommand) -> None:
+        if command.future.done():
+            return  # its caller gave up waiting
+        command.started = True
+        try:
+            async with self.client.session() as session:
+                value = await command.job(session)
+        except asyncio.CancelledError:
+            if not command.future.done():
+                command.future.set_exception(InverterError("the bridge is stopping"))
+            raise
+        except Exception as exc:  # the caller gets whatever its job raised
+            if not command.future.done():
+                command.future.set_exception(exc)
+            return
+        if not command.future.done():
+            command.future.set_result(value)
+
+    async def _run_write(self, command: WriteCommand) -> None:
+        self.log.info("write requested", settings=quote(", ".join(sorted(command.request))))
+        try:
+            result = await self.writer.apply(command.request)
+        except Exception as exc:  # whatever happens, the write gets its one result
+            self.log.exception("write failed unexpectedly")
+            result = refusal(f"failed: {quote(repr(exc))}")
+        except asyncio.CancelledError:
+            await self.answer(command, refusal(
+                "interrupted: the bridge stopped during the write; it may have reached the "
+                "inverter, check the state", written=True))
+            raise
+        await self.answer(command, result)
+        if result.sent:
+            self.refresh("settings", "live")  # show the new state at once
+
+    async def answer(self, command: WriteCommand, result: Any) -> None:
+        """Publish a write's result (a :class:`WriteResult`), count and log it."""
+        self.stats.writes["ok" if result.ok else "refused"] += 1
+        body: dict[str, Any] = result.as_json()
+        if command.key is not None:
+            body["topic"] = f"set/{quote(command.key)}"
+        (self.log.info if result.ok else self.log.warning)("write result", **body)
+        await self.publisher.result(body, command.properties)
+
+    async def _refuse(self, refused: list[Refusal]) -> None:
+        for command, reason in refused:
+            if isinstance(command, WriteCommand):
+                await self.answer(command, refusal(reason))
+            elif isinstance(command, ExchangeCommand) and not command.future.done():
+                command.future.set_exception(InverterError(reason))
+
+    def context(self) -> discovery.DiscoveryContext:
+        assert self.identity is not None
+        return discovery.DiscoveryContext(
+            serial=self.identity.serial,
+            model=self.identity.model,
+            pcu_version=self.identity.reported_version,
+            version=self.identity.version,
+            dsp_version=self.dsp_version,
+            base_topic=self.settings.mqtt.base_topic,
+            prefix=self.settings.homeassistant.prefix,
+            writes_enabled=self.settings.writes.enabled,
+            intervals={"live": self.settings.poll.live, "energy": self.settings.poll.energy,
+                       "slow": self.settings.poll.slow},
+            timeout=self.config.timeout,
+            sw_version=__version__,
+            proxy=self.config.proxy_port is not None,
+        )

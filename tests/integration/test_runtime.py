@@ -1,0 +1,224 @@
+"""The runtime under stress and faults: availability, fairness, shutdown, outages.
+
+Real Mosquitto, the simulator over TCP (with its fault injection), the bridge in process;
+every assertion is about what Home Assistant receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from sermatec_bridge.bridge.service import Bridge
+from sermatec_bridge.simulator import Fault, Simulator
+from sermatec_bridge.simulator.model import Outcome
+
+from .conftest import (
+    HOST,
+    LIVE,
+    SERIAL,
+    TIMEOUT,
+    BridgeFactory,
+    HomeAssistant,
+    Mosquitto,
+    RunningBridge,
+    eventually,
+    free_port,
+    make_settings,
+    sim_port,
+    topic,
+    wait_ready,
+)
+
+GROUPS = ("live", "energy", "settings", "system", "alarms")
+WRITES = {"writes": {"enabled": True, "min_interval": 0}}
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+# --------------------------------------------------------------------------------------
+# Availability
+# --------------------------------------------------------------------------------------
+
+
+async def test_a_query_never_answered_costs_only_its_group(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    start_bridge({"inverter": {"retries": 2}})
+    await wait_ready(ha)
+    handle = sim.model.handle
+
+    def no_answer_to_a1(code: int, payload: bytes) -> Outcome:
+        outcome = handle(code, payload)
+        if code == 0xA1:
+            outcome.replies[:] = []
+        return outcome
+
+    sim.model.handle = no_answer_to_a1  # type: ignore[method-assign]
+    mark = ha.mark()
+    await asyncio.sleep(0.2)
+    # The system group (0x98, 0xa1) now fails at each slow poll; alarms come after it.
+    alarms = [await ha.wait_json(topic("alarms"), after=mark, within=20)]
+    await ha.wait_for(lambda m: m.topic == topic("alarms") and len(
+        ha.on(topic("alarms"), after=mark)) >= 2, after=mark, within=20)
+    assert alarms
+    assert "offline" not in [m.text for m in ha.on(topic("availability"), after=mark)]
+    live = ha.mark()
+    await ha.wait_json(topic("live"), after=live, within=10)
+
+
+async def test_an_inverter_that_answers_nine_in_ten_stays_online(
+        ha: HomeAssistant, broker: Mosquitto, tmp_path: Path) -> None:
+    async with Simulator(pcu=609, seed=5, silence_rate=0.1) as flaky:
+        running = RunningBridge(make_settings(broker.port, sim_port(flaky), tmp_path, {
+            "inverter": {"retries": 2}})).start()
+        try:
+            await ha.wait_text(topic("availability"), "online", within=15)
+            mark = ha.mark()
+            await asyncio.sleep(10)
+        finally:
+            await running.stop()
+    availability = [m.text for m in ha.on(topic("availability"), after=mark)]
+    assert "offline" not in availability[:-1], "online all along (until the goodbye)"
+    assert len(ha.on(topic("live"), after=mark)) >= 4, "and the states kept coming"
+
+
+async def test_offline_only_after_retries_failed_polls_and_no_state_while_offline(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    start_bridge({"inverter": {"retries": 2}})  # 3 tries a request, offline after 2 polls
+    await wait_ready(ha)
+    mark = ha.mark()
+    handle, unanswered = sim.model.handle, [3]
+
+    def three_0c_unanswered(code: int, payload: bytes) -> Outcome:
+        outcome = handle(code, payload)
+        if code == 0x0C and unanswered[0] > 0:  # one live poll fails: 3 tries, no answer
+            unanswered[0] -= 1
+            outcome.replies[:] = []
+        return outcome
+
+    sim.model.handle = three_0c_unanswered  # type: ignore[method-assign]
+    await eventually(lambda: unanswered[0] == 0, within=10, what="the failed poll")
+    await asyncio.sleep(3 * TIMEOUT + 2 * LIVE)
+    assert [m.text for m in ha.on(topic("availability"), after=mark)] == []
+    assert len(ha.on(topic("live"), after=mark)) >= 2
+
+    sim.inject(Fault.SILENCE, 1000)  # now it is gone
+    await ha.wait_text(topic("availability"), "offline", after=mark, within=30)
+    sim.inject(Fault.SILENCE, -sim_faults(sim))
+    back = await ha.wait_text(topic("availability"), "online", after=mark, within=15)
+    after = ha.messages[mark:]
+    offline = next(m for m in after if m.topic == topic("availability"))
+    between = [m for m in after if offline.at <= m.at < back.at
+               and m.topic.rsplit("/", 1)[-1] in GROUPS]
+    assert between == [], "no state is published while the inverter is offline"
+
+
+def sim_faults(sim: Simulator) -> int:
+    """Injected silences still pending (to call them off)."""
+    return int(sim._injected[Fault.SILENCE])
+
+
+# --------------------------------------------------------------------------------------
+# Writes: fairness, deadlines, shutdown, outages
+# --------------------------------------------------------------------------------------
+
+
+async def test_a_storm_of_writes_keeps_the_live_cadence_and_answers_each(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    sim.latency = 0.02
+    mark = ha.mark()
+    started = time.monotonic()
+    for i in range(200):
+        await ha.publish(topic("set/grid_soc_min"), str(20 + i % 40))
+        await asyncio.sleep(max(0.0, started + (i + 1) * 0.01 - time.monotonic()))
+    await eventually(lambda: len(ha.on(topic("set/result"), after=mark)) >= 200, within=30,
+                     what="200 results")
+    storm_end = time.monotonic()
+    await asyncio.sleep(1.0)
+    results = [m.json() for m in ha.on(topic("set/result"), after=mark)]
+    assert len(results) == 200, "exactly one result per write"
+    assert any(r["ok"] for r in results)
+    assert all(r["ok"] or "superseded" in r["error"] for r in results), results
+    live = [m.at for m in ha.on(topic("live"), after=mark) if m.at <= storm_end]
+    assert len(live) >= 2
+    assert max(gaps(live)) <= 2 * LIVE + 0.5, f"live states stalled: {gaps(live)}"
+
+
+async def test_a_write_before_the_inverter_answers_gets_a_result(
+        ha: HomeAssistant, broker: Mosquitto, tmp_path: Path) -> None:
+    running = RunningBridge(make_settings(broker.port, free_port(), tmp_path, WRITES))
+    running.bridge = Bridge(running.settings, command_deadline=1.0)
+    running.start()
+    try:
+        await ha.wait_text(f"{topic('availability').rsplit('/', 2)[0]}/bridge/state",
+                           "online", within=10)
+        result = await ha.write("set/grid_soc_min", "30", within=5)
+    finally:
+        await running.stop()
+    assert result["ok"] is False and result["error"].startswith("expired")
+
+
+async def test_sigterm_answers_queued_writes_before_offline_within_5_s(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    running = start_bridge(WRITES)
+    await wait_ready(ha)
+    sim.latency = 0.5  # a slow inverter: each write takes a few seconds
+    requests = [("set/grid_soc_min", "21"), ("set/off_grid_soc_min", "22"),
+                ("set/grid_export_limit", "2000"), ("set/charge_power_limit", "2100"),
+                ("set/discharge_power_limit", "2200"),
+                ("set", json.dumps({"grid_soc_min": 23, "off_grid_soc_min": 24})),
+                ("set", json.dumps({"grid_soc_min": 25, "grid_export_limit": 2300})),
+                ("set", json.dumps({"off_grid_soc_min": 26, "grid_export_limit": 2400}))]
+    mark = ha.mark()
+    for leaf, payload in requests:
+        await ha.publish(topic(leaf), payload)
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await running.stop(within=5)
+    assert time.monotonic() - started < 5
+    await ha.wait_text(topic("availability"), "offline", after=mark, within=3)
+    after = ha.messages[mark:]
+    offline = next(i for i, m in enumerate(after)
+                   if m.topic == topic("availability") and m.text == "offline")
+    results = [m for m in after if m.topic == topic("set/result")]
+    assert len(results) == len(requests), "one result per write"
+    assert all(after.index(m) < offline for m in results), "every result before offline"
+
+
+async def test_a_write_sent_while_the_bridge_is_cut_off_is_applied_on_return(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator,
+        broker: Mosquitto) -> None:
+    running = start_bridge(WRITES)
+    await wait_ready(ha)
+    # Someone takes the bridge's session over for a moment: the broker drops the bridge
+    # and keeps the session (and what arrives for it) until the bridge is back.
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 300
+    async with aiomqtt.Client(HOST, broker.port, identifier=running.settings.mqtt.client_id,
+                              protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+                              properties=properties):
+        pass
+    result = await ha.write("set/grid_soc_min", "37", within=15)
+    assert result["ok"] is True, result
+    assert sim.model.settings["grid_soc_min"] == 37
+    assert running.bridge.broker.connections >= 2
+
+
+async def test_an_unknown_inverter_gets_a_refusal(
+        ha: HomeAssistant, start_bridge: BridgeFactory) -> None:
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    result: dict[str, Any] = await ha.write("set/grid_soc_min", "30", serial="NOSUCH")
+    assert result["ok"] is False and SERIAL in result["error"]
