@@ -109,6 +109,20 @@ class InverterSettings(_Section):
     retries: int = Field(
         default=2, ge=0, description="How often a request that got no answer is sent again."
     )
+    proxy_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port where the bridge serves the vendor's app and other clients written "
+        "for the inverter, sharing this inverter's connection; unset: off.",
+    )
+    proxy_host: str = Field(
+        default="0.0.0.0", min_length=1,
+        description="Address the app proxy listens on (0.0.0.0: every interface).",
+    )
+    proxy_writes: bool = Field(
+        default=True,
+        description="Pass the app's settings writes on to the inverter; false: the proxy is "
+        "read-only and writes are refused (and logged).",
+    )
 
     @property
     def label(self) -> str:
@@ -354,6 +368,10 @@ class Settings(BaseSettings):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"inverter name {', '.join(map(repr, twice))} used more than once")
+        ports = [i.proxy_port for i in found if i.proxy_port is not None]
+        twice = sorted({str(p) for p in ports if ports.count(p) > 1})
+        if twice:
+            raise ValueError(f"proxy_port {', '.join(twice)} used by more than one inverter")
         return self
 
     def all_inverters(self) -> list[InverterSettings]:

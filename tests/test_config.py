@@ -402,6 +402,27 @@ def test_duplicate_names_are_an_error(tmp_path: Path) -> None:
     assert "'x'" in line and "more than once" in line
 
 
+def test_proxy_settings_per_inverter(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"inverters": [
+        {"host": "a", "proxy_port": 8899, "proxy_writes": False},
+        {"host": "b", "proxy_port": 8898, "proxy_host": "127.0.0.1"},
+        {"host": "c"}]})
+    a, b, c = load_settings(path, env={}).all_inverters()
+    assert (a.proxy_port, a.proxy_host, a.proxy_writes) == (8899, "0.0.0.0", False)
+    assert (b.proxy_port, b.proxy_host, b.proxy_writes) == (8898, "127.0.0.1", True)
+    assert c.proxy_port is None  # off unless set
+    one = load_settings(env={**ONE, "SERMATEC_INVERTER__PROXY_PORT": "8900",
+                             "SERMATEC_INVERTER__PROXY_WRITES": "false"}).all_inverters()[0]
+    assert (one.proxy_port, one.proxy_writes) == (8900, False)
+
+
+def test_one_proxy_port_for_two_inverters_is_an_error(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"inverters": [{"host": "a", "proxy_port": 8899},
+                                               {"host": "b", "proxy_port": 8899}]})
+    (line,) = problems(config_file=path, env={})
+    assert "proxy_port 8899" in line and "more than one inverter" in line
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     assert problems(config_file=path, env=ONE) == [f"config file {path}: not found"]

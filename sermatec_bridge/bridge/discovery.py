@@ -109,6 +109,7 @@ LAST_WRITE = "last_write"  # the sensor showing the outcome of the last write
 # What a new device shows: the entities a user looks at or automates (by component id;
 # every control is one). Everything else is announced with enabled_by_default false.
 ENABLED_BY_DEFAULT = frozenset({
+    "proxy_clients",  # offered only when the app proxy is on
     # battery
     "battery_soc", "battery_state", "battery_voltage", "battery_current",
     "battery_temperature", "battery_soh", "dc_power",
@@ -162,6 +163,7 @@ class DiscoveryContext:
     intervals: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
     timeout: float = 5.0
     sw_version: str = __version__
+    proxy: bool = False  # the app proxy is on: offer its diagnostic entity
 
     @property
     def single_phase(self) -> bool:
@@ -275,10 +277,29 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         out[f"set_{CLOCK_KEY}"] = _clock_button(ctx)
     if ctx.writes_enabled:
         out[LAST_WRITE] = _last_write(ctx)
+    if ctx.proxy:
+        out[PROXY_CLIENTS] = _proxy_clients(ctx)
     for cid, config in out.items():
         if "command_topic" not in config and cid not in ENABLED_BY_DEFAULT:
             config["enabled_by_default"] = False
     return out
+
+
+PROXY_CLIENTS = "proxy_clients"
+
+
+def _proxy_clients(ctx: DiscoveryContext) -> dict[str, Any]:
+    """The app proxy's clients now; its counters as attributes (bridge/proxy.py)."""
+    config = _base(ctx, "sensor", PROXY_CLIENTS, "App proxy clients")
+    config.update({
+        "state_topic": ctx.state_topic("proxy"),
+        "value_template": state_template("clients"),
+        "json_attributes_topic": ctx.state_topic("proxy"),
+        "state_class": "measurement",
+        "entity_category": "diagnostic",
+        "icon": "mdi:cellphone-link",
+    })
+    return config
 
 
 def _base(ctx: DiscoveryContext, platform: str, key: str, name: str) -> dict[str, Any]:

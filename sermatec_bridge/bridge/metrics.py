@@ -17,6 +17,23 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class ProxyStats:
+    """The app proxy's counters for one inverter (bridge/proxy.py)."""
+
+    clients: int = 0  # connected right now
+    forwarded: int = 0  # requests that reached the inverter
+    writes: Counter[str] = field(default_factory=Counter)  # "passed" / "refused"
+    dropped: Counter[str] = field(default_factory=Counter)  # requests not forwarded, by reason
+
+    def state(self) -> dict[str, int]:
+        """The diagnostic entity's state object."""
+        return {"clients": self.clients, "forwarded": self.forwarded,
+                "writes_passed": self.writes["passed"],
+                "writes_refused": self.writes["refused"],
+                "dropped": sum(self.dropped.values())}
+
+
+@dataclass
 class Stats:
     """One inverter's counters, kept by its worker."""
 
@@ -24,6 +41,7 @@ class Stats:
     poll_failures: int = 0
     poll_seconds: float = 0.0  # summed over successful polls
     writes: Counter[str] = field(default_factory=Counter)  # "ok" / "refused"
+    proxy: ProxyStats = field(default_factory=ProxyStats)
 
 
 def exposition(bridge: Bridge) -> str:
@@ -49,6 +67,19 @@ def exposition(bridge: Bridge) -> str:
            [(f'{{inverter="{i}"}}', w.client.reconnects) for i, w in workers])
     metric("inverter_online", "gauge", "1 while the inverter answers.",
            [(f'{{inverter="{i}"}}', int(w.online)) for i, w in workers])
+    proxied = [(i, w.stats.proxy) for i, w in workers if w.config.proxy_port is not None]
+    metric("proxy_clients", "gauge", "App proxy clients connected.",
+           [(f'{{inverter="{i}"}}', p.clients) for i, p in proxied])
+    metric("proxy_requests_forwarded_total", "counter",
+           "App proxy requests that reached the inverter.",
+           [(f'{{inverter="{i}"}}', p.forwarded) for i, p in proxied])
+    metric("proxy_writes_total", "counter", "App writes, by result (passed / refused).",
+           [(f'{{inverter="{i}",result="{r}"}}', p.writes[r]) for i, p in proxied
+            for r in ("passed", "refused")])
+    metric("proxy_requests_dropped_total", "counter",
+           "App proxy requests not forwarded, by reason.",
+           [(f'{{inverter="{i}",reason="{r}"}}', n) for i, p in proxied
+            for r, n in sorted(p.dropped.items())])
     metric("mqtt_connected", "gauge", "1 while the MQTT broker is connected.",
            [("", int(bridge.broker.client is not None))])
     return "\n".join(lines) + "\n"

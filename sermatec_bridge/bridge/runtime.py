@@ -168,8 +168,16 @@ class InverterRuntime:
         command = ExchangeCommand(
             deadline=time.monotonic() + timeout, job=job,
             expired=f"no turn at the inverter within {timeout:g} s")
+        # An answer nobody waits for any more (the caller was cancelled) is still taken,
+        # so that asyncio never reports it as never retrieved.
+        command.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         await self.submit(command)
-        done, _ = await asyncio.wait({command.future}, timeout=timeout)
+        try:
+            done, _ = await asyncio.wait({command.future}, timeout=timeout)
+        except asyncio.CancelledError:
+            if not command.started:
+                command.future.cancel()  # never runs: its turn is skipped
+            raise
         if not done and not command.started:
             command.future.cancel()
             raise InverterError(command.expired)
@@ -274,6 +282,8 @@ class InverterRuntime:
         payload = state_payload(key, readings, datetime.now(UTC).astimezone(), self.guard,
                                 battery_make=identity.battery_make)
         await self.publisher.state(key, payload)
+        if key == "live" and self.config.proxy_port is not None:
+            await self.publisher.state("proxy", self.stats.proxy.state())
         self.last_publish = time.time()
 
     async def _succeeded(self) -> None:
@@ -374,4 +384,5 @@ class InverterRuntime:
                        "slow": self.settings.poll.slow},
             timeout=self.config.timeout,
             sw_version=__version__,
+            proxy=self.config.proxy_port is not None,
         )

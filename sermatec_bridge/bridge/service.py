@@ -25,7 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import Settings
 from ..inverter.client import backoff
-from . import health, metrics
+from . import health, metrics, proxy
 from .intake import Intake, Refusal
 from .publisher import OFFLINE, Broker, publish_result, quote, refusal, valid_topic_name
 from .runtime import COMMAND_DEADLINE, STOP_GRACE, InverterRuntime, WriteCommand
@@ -63,6 +63,10 @@ class Bridge:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
         workers = [self._supervised(w.run(), f"worker {w.config.label}") for w in self.workers]
+        proxies = [self._supervised(proxy.ProxyServer(
+            w, name=w.config.label, writes=w.config.proxy_writes, stats=w.stats.proxy,
+        ).serve(w.config.proxy_host, w.config.proxy_port), f"proxy {w.config.label}")
+            for w in self.workers if w.config.proxy_port is not None]
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat"),
                   self._supervised(self._expire_held(), "held writes")]
@@ -74,6 +78,7 @@ class Bridge:
             await self.stopping.wait()
         finally:
             log.info("stopping")
+            await _cancel(proxies)  # no app request joins the queue any more
             await self._shutdown(workers)
             await _cancel(others + ([self._birth] if self._birth else []))
             for w in self.workers:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import structlog
 
@@ -25,6 +25,8 @@ from ..protocol.model import Command, Kind
 from ..protocol.tables import COMMANDS, SYSTEM_INFO
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class InverterError(Exception):
@@ -388,6 +390,100 @@ class InverterClient:
         return readings
 
     # ----------------------------------------------------------------------------------
+    # Inside a queue slot: a client's raw frames, relayed (the app proxy, bridge/proxy.py)
+    # ----------------------------------------------------------------------------------
+
+    async def relay(self, request: frame.Frame) -> list[frame.Frame]:
+        """Send ``request`` as it is; return its reply frames exactly as the inverter sent them.
+
+        One exchange, no retry: a failure drops the connection (a late reply must reach no
+        one) and raises. Writes get no reply; one that makes the inverter hang up ends the
+        connection here too. A command the inverter's PCU version lacks raises NotOffered.
+        """
+        command = _command(request.command)
+        self._require_slot()
+        await self._ensure_connected()
+        _refuse_unless_offered(command, self.version)
+        expect = () if command.is_write else tables.replies(command, self.version)
+
+        async def send_and_collect() -> list[frame.Frame]:
+            self._discard_stale()
+            self._write_raw(request)
+            assert self._writer is not None
+            await self._writer.drain()
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            return [await self._await_frame(code, deadline) for code in expect]
+
+        replies = await self._failing_cleanly(send_and_collect())
+        if command.closes_connection:
+            await self._drop_connection()
+        return replies
+
+    async def relay_register_query(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
+        """A client's whole 0xbb exchange in this slot; the reply frame to part 2.
+
+        Once part 1 is written, part 2 is written too, even if the caller is cancelled.
+        """
+        self._require_slot()
+        await self._ensure_connected()
+        _refuse_unless_offered(tables.REGISTER_QUERY, self.version)
+        task = asyncio.ensure_future(self._failing_cleanly(self._register_pair(part1, part2)))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                await task  # part 2 goes out before the slot is released
+            except BaseException:
+                self._abandon()
+            raise
+
+    async def _register_pair(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
+        loop = asyncio.get_running_loop()
+        self._discard_stale()
+        self._write_raw(part1)
+        try:
+            assert self._writer is not None
+            await self._writer.drain()
+            try:
+                await self._await_frame(0xBB, loop.time() + self.timeout)
+            except InverterTimeout:
+                self.log.warning("no acknowledgement of register query part 1; sending part 2")
+        finally:
+            if self.connected:
+                self._write_raw(part2)
+                assert self._writer is not None
+                await self._writer.drain()
+            else:
+                self.log.error("register query part 2 could not be sent: the inverter may "
+                                 "stay blocked until it is power-cycled")
+        deadline = loop.time() + self.timeout
+        while True:
+            reply = await self._await_frame(0xBB, deadline)
+            if len(reply.payload) != 2:  # not a late acknowledgement of part 1
+                return reply
+
+    def _write_raw(self, request: frame.Frame) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise InverterUnreachable(f"not connected to {self.host}:{self.port}")
+        writer.write(request.encode())
+
+    async def _failing_cleanly(self, exchange: Awaitable[T]) -> T:
+        """Await an exchange; on failure drop the connection, so a late reply reaches no one."""
+        try:
+            return await exchange
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        except (InverterError, OSError) as exc:
+            await self._drop_connection()
+            if isinstance(exc, OSError):
+                raise InverterUnreachable(
+                    f"lost the inverter at {self.host}:{self.port}: {exc}"
+                ) from exc
+            raise
+
+    # ----------------------------------------------------------------------------------
     # Public requests
     # ----------------------------------------------------------------------------------
 
@@ -492,6 +588,14 @@ class Session:
         _refuse_unless_offered(cmd, identity.version)
         await self.client.exchange(cmd, codec.build(cmd, identity.version, values, only))
         self.client.log.info("written", command=cmd.label)
+
+    async def relay(self, request: frame.Frame) -> list[frame.Frame]:
+        """A client's request sent as it is; its reply frames as the inverter sent them."""
+        return await self.client.relay(request)
+
+    async def relay_register_query(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
+        """A client's whole 0xbb exchange; the reply frame to part 2."""
+        return await self.client.relay_register_query(part1, part2)
 
 
 def _refuse_unless_offered(command: Command, version: int) -> None:

@@ -342,6 +342,18 @@ def test_expire_after_follows_the_group_interval(full: dict[str, Any]) -> None:
     assert full["last_seen"]["device_class"] == "timestamp"
 
 
+def test_proxy_diagnostic_entity_only_when_the_proxy_is_on() -> None:
+    ctx = DiscoveryContext(serial=SERIAL, model="5 kW", pcu_version=609, version=609)
+    assert discovery.PROXY_CLIENTS not in discovery.entities(ctx)
+    entity = discovery.entities(DiscoveryContext(serial=SERIAL, model="5 kW", pcu_version=609,
+                                                 version=609, proxy=True))[
+        discovery.PROXY_CLIENTS]
+    assert entity["platform"] == "sensor" and entity["entity_category"] == "diagnostic"
+    assert entity["state_topic"] == entity["json_attributes_topic"] == f"{BASE}/{SERIAL}/proxy"
+    assert entity["value_template"] == "{{ value_json.clients }}"
+    assert entity.get("enabled_by_default", True), "asked for: shown at once"
+
+
 # --------------------------------------------------------------------------------------
 # A lean device: what a new Home Assistant device shows (issue 9)
 # --------------------------------------------------------------------------------------
