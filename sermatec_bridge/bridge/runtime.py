@@ -93,7 +93,7 @@ class InverterRuntime:
     """One inverter: scheduler, intake, availability and publisher, taking turns."""
 
     def __init__(self, config: InverterSettings, settings: Settings, broker: Broker, *,
-                 command_deadline: float = COMMAND_DEADLINE) -> None:
+                 command_deadline: float = COMMAND_DEADLINE, start: float = 0.0) -> None:
         self.config = config
         self.settings = settings
         self.command_deadline = command_deadline
@@ -106,7 +106,7 @@ class InverterRuntime:
                              confirm_timeout=settings.writes.confirm_timeout)
         poll = settings.poll
         self.scheduler = Scheduler(
-            {g.key: float(getattr(poll, g.interval)) for g in GROUPS})
+            {g.key: float(getattr(poll, g.interval)) for g in GROUPS}, start=start)
         self.intake = Intake()
         self.availability = Availability(config.retries)
         self.publisher = Publisher(broker, settings)

@@ -2,8 +2,10 @@
 
 Every group has its own next-due time. A poll that succeeds or fails moves only its own
 group on by its interval, so a query the inverter never answers costs its group one
-attempt per interval and delays nothing else. :meth:`Scheduler.refresh` makes groups due
-at once (after a write, or when the inverter comes back); it never forgets a group.
+attempt per interval and delays nothing else. The interval counts from when the group was
+due, not from when its poll ended: a poll slowed by a retry does not slow the cadence.
+:meth:`Scheduler.refresh` makes groups due at once (after a write, or when the inverter
+comes back); it never forgets a group.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ class Scheduler:
     """Next-due times of named poll groups, in a fixed order of priority."""
 
     def __init__(self, intervals: Mapping[str, float],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, start: float = 0.0) -> None:
+        """``start``: seconds until the first round (the inverters of one bridge start
+        apart, so that their rounds do not all fall on the same moment)."""
         self.intervals = dict(intervals)
         self.clock = clock
-        now = clock()
-        self._due = dict.fromkeys(self.intervals, now)  # everything is due at start
+        first = clock() + start
+        self._due = dict.fromkeys(self.intervals, first)  # everything is due at start
 
     def due(self) -> str | None:
         """The first group (in declaration order) whose time has come, or None."""
@@ -28,8 +32,11 @@ class Scheduler:
         return next((g for g, at in self._due.items() if at <= now), None)
 
     def done(self, group: str) -> None:
-        """``group`` was polled (with success or not): due again after its interval."""
-        self._due[group] = self.clock() + self.intervals[group]
+        """``group`` was polled (with success or not): due one interval after it was
+        due; a group that fell a whole interval behind starts afresh from now."""
+        now, interval = self.clock(), self.intervals[group]
+        following = self._due[group] + interval
+        self._due[group] = following if following > now else now + interval
 
     def refresh(self, groups: Iterable[str] | None = None) -> None:
         """Make ``groups`` (all when None) due now; unknown names are ignored."""

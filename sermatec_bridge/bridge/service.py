@@ -42,9 +42,13 @@ class Bridge:
         self.settings = settings
         self.command_deadline = command_deadline
         self.broker = Broker(settings)
+        inverters = settings.all_inverters()
+        # Their first rounds spread over one live interval: 500 inverters do not all poll
+        # (and publish) at the same moment.
         self.workers = [InverterRuntime(c, settings, self.broker,
-                                        command_deadline=command_deadline)
-                        for c in settings.all_inverters()]
+                                        command_deadline=command_deadline,
+                                        start=i * settings.poll.live / len(inverters))
+                        for i, c in enumerate(inverters)]
         for worker in self.workers:
             worker.on_identified = self._claim_held
         # Writes to an inverter not identified yet wait here, with their deadline.

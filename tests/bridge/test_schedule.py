@@ -75,3 +75,22 @@ def test_hold_delays_every_group_but_keeps_later_ones_later() -> None:
     scheduler.done("live")
     assert scheduler.due() is None
     assert scheduler.next_due() == clock.now + 10
+
+
+def test_a_slow_poll_keeps_the_cadence_and_a_late_one_starts_afresh() -> None:
+    clock = Clock()
+    scheduler = Scheduler({"live": 10}, clock)
+    clock.now += 6  # the poll took 6 s (a retry)
+    scheduler.done("live")
+    assert scheduler.next_due() == 1010, "due 10 s after it was due, not after it ended"
+    clock.now = 1035  # a whole interval late
+    scheduler.done("live")
+    assert scheduler.next_due() == 1045, "no burst of polls to catch up"
+
+
+def test_the_first_round_can_start_later() -> None:
+    clock = Clock()
+    scheduler = Scheduler({"live": 10, "energy": 60}, clock, start=2.5)
+    assert scheduler.due() is None
+    clock.now += 2.5
+    assert scheduler.due() == "live"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from pathlib import Path
 
@@ -31,3 +32,14 @@ async def test_a_part_that_dies_stops_the_bridge_with_a_failure(tmp_path: Path) 
         clean = await asyncio.wait_for(Bridge(settings).run(), 20)
     taken.close()
     assert clean is False
+
+
+async def test_the_inverters_of_one_bridge_start_their_rounds_apart() -> None:
+    """500 inverters must not all poll and publish in the same instant, every round."""
+    settings = load_settings(overrides={
+        "inverters": [{"host": "127.0.0.1", "port": 10000 + i} for i in range(4)],
+        "poll": {"live": 8},
+    }, env={})
+    firsts = [w.scheduler.next_due() for w in Bridge(settings).workers]
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(firsts)]
+    assert gaps == [2.0, 2.0, 2.0], "spread evenly over one live interval"
