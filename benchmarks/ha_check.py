@@ -506,14 +506,10 @@ class HomeAssistant:
             entries = await self.call("config_entries/get", domain="mqtt")
             states = {e["entry_id"]: e["state"] for e in entries}
 
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
     # ---- what it holds ----
 
-    def log_lines(self, offset: int = 0) -> list[LogLine]:
-        """WARNING/ERROR lines from byte ``offset`` on that mention mqtt or sermatec."""
+    def log_lines(self, offset: int = 0, mentioning: str = "mqtt|sermatec") -> list[LogLine]:
+        """WARNING/ERROR lines from byte ``offset`` on that match ``mentioning``."""
         try:
             with self.logfile.open("rb") as f:
                 f.seek(offset)
@@ -523,7 +519,7 @@ class HomeAssistant:
         found = []
         for line in text.splitlines():
             match = LOG_LINE.match(line)
-            if match and re.search(r"mqtt|sermatec", line, re.IGNORECASE):
+            if match and re.search(mentioning, line, re.IGNORECASE):
                 found.append(LogLine(match[1], match[3], match[4]))
         return found
 
@@ -795,7 +791,7 @@ async def baseline(rig: Rig) -> Snapshot:
     rig.bridge_alive("before the entities settled")
     report.add("home assistant", ha.version == HA_VERSION, f"core {ha.version}, MQTT entry "
                "added through the config flow and loaded")
-    report.add("devices", len(snap.devices) == 1, f"{len(snap.devices)}: " + ", ".join(
+    report.add("devices", bool(snap.devices), f"{len(snap.devices)}: " + ", ".join(
         f"{d.get('name_by_user') or d.get('name')} ({d.get('model')}, sw {d.get('sw_version')})"
         for d in snap.devices))
     by_domain = Counter(str(e["entity_id"]).split(".")[0] for e in snap.entities)
@@ -805,9 +801,13 @@ async def baseline(rig: Rig) -> Snapshot:
     report.add(f"enabled by default (at most {rig.args.max_enabled})",
                enabled <= rig.args.max_enabled,
                f"{enabled} enabled, {len(snap.entities) - enabled} disabled")
-    dead = [e["entity_id"] for e in snap.enabled if e["entity_id"] not in snap.alive(snap.enabled)]
+    # A button's or an event's state is the time it was last pressed or fired: unknown
+    # until then.
+    valued = [e for e in snap.enabled
+              if str(e["entity_id"]).split(".")[0] not in ("button", "event")]
+    dead = sorted(set(e["entity_id"] for e in valued) - set(snap.alive(valued)))
     report.add("enabled entities without a value", None, f"{len(dead)}"
-               + (f": {abbreviate(sorted(dead))}" if dead else ""))
+               + (f": {abbreviate(dead)}" if dead else ""))
     headline = []
     for label, keys in HEADLINE.items():
         entity = next((found for key in keys if (found := snap.find(key)) is not None), None)
@@ -939,6 +939,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
         report.add("loopback only", not peers, "no connection leaves 127.0.0.0/8"
                    if not peers else ", ".join(sorted(set(peers))))
         check_log(report, "HA log, whole run", ha.log_lines())
+        others = [line for line in ha.log_lines(mentioning="")
+                  if not re.search("mqtt|sermatec", f"{line.logger} {line.message}", re.I)]
+        report.add("HA log, other lines", None, f"{len(others)} WARNING/ERROR lines "
+                   "about neither\n" + describe_log(others, limit=4))
         bridge_code = await bridge.stop()
         report.add("bridge stops cleanly", bridge_code == 0, f"exit code {bridge_code}")
     finally:
