@@ -366,7 +366,8 @@ class HomeAssistant:
         self.url = f"http://{HOST}:{self.port}"
         self.client_id = f"{self.url}/"
         self.db = self.config_dir / "home-assistant_v2.db"
-        self.logfile = self.config_dir / "home-assistant.log"
+        # One log file per start: Home Assistant rolls its log file over when it starts.
+        self.logfiles: list[Path] = []
         self.process: Process | None = None
         self.session: aiohttp.ClientSession | None = None
         self.refresh_token: str | None = None
@@ -382,10 +383,11 @@ class HomeAssistant:
         (self.config_dir / "configuration.yaml").write_text(
             CONFIGURATION.format(host=HOST, port=self.port, db=self.db))
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERMATEC_")}
+        self.logfiles.append(self.config_dir / f"home-assistant.{len(self.logfiles) + 1}.log")
         self.process = Process(
             "home assistant",
             [self.python, "-m", "homeassistant", "--config", str(self.config_dir),
-             "--skip-pip", "--log-no-color", "--log-file", str(self.logfile)],
+             "--skip-pip", "--log-no-color", "--log-file", str(self.logfiles[-1])],
             self.config_dir / "stdout.log", env)
         self.process.start()
         await self.process.wait_listening(self.port, within=300)
@@ -508,26 +510,30 @@ class HomeAssistant:
 
     # ---- what it holds ----
 
-    def log_lines(self, offset: int = 0, mentioning: str = "mqtt|sermatec") -> list[LogLine]:
-        """WARNING/ERROR lines from byte ``offset`` on that match ``mentioning``."""
+    def log_mark(self) -> tuple[int, int]:
+        """A position in the logs, for ``log_lines``: (which start, byte offset)."""
         try:
-            with self.logfile.open("rb") as f:
-                f.seek(offset)
-                text = f.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return []
-        found = []
-        for line in text.splitlines():
-            match = LOG_LINE.match(line)
-            if match and re.search(mentioning, line, re.IGNORECASE):
-                found.append(LogLine(match[1], match[3], match[4]))
-        return found
+            return len(self.logfiles) - 1, self.logfiles[-1].stat().st_size
+        except (IndexError, FileNotFoundError):
+            return max(len(self.logfiles) - 1, 0), 0
 
-    def log_size(self) -> int:
-        try:
-            return self.logfile.stat().st_size
-        except FileNotFoundError:
-            return 0
+    def log_lines(self, mark: tuple[int, int] = (0, 0),
+                  mentioning: str = "mqtt|sermatec") -> list[LogLine]:
+        """WARNING/ERROR lines after ``mark`` that match ``mentioning``."""
+        found = []
+        first, offset = mark
+        for index, path in enumerate(self.logfiles[first:], start=first):
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset if index == first else 0)
+                    text = f.read().decode("utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                match = LOG_LINE.match(line)
+                if match and re.search(mentioning, line, re.IGNORECASE):
+                    found.append(LogLine(match[1], match[3], match[4]))
+        return found
 
 
 @dataclass
@@ -838,7 +844,7 @@ async def scenario_writes(rig: Rig) -> None:
     report, ha = rig.report, rig.ha
     before = await snapshot(ha)
     controls = before.of_domains(CONTROL_DOMAINS)
-    offset = ha.log_size()
+    mark = ha.log_mark()
     off = await rig.bridge_settle(writes=False, device_discovery=True)
     rig.bridge_alive("with writes off")
     left = off.of_domains(CONTROL_DOMAINS)
@@ -853,14 +859,14 @@ async def scenario_writes(rig: Rig) -> None:
     rig.bridge_alive("with writes on again")
     report.add("writes on again: same entities as before", on.same_entities(before),
                set_difference(before.entity_ids, on.entity_ids))
-    check_log(report, "writes scenario: HA log", ha.log_lines(offset))
+    check_log(report, "writes scenario: HA log", ha.log_lines(mark))
 
 
 async def scenario_modes(rig: Rig) -> None:
     print("scenario: device_discovery true -> false -> true ...", flush=True)
     report, ha, watch = rig.report, rig.ha, rig.watch
     before = await snapshot(ha)
-    offset = ha.log_size()
+    mark = ha.log_mark()
     for device_discovery in (False, True):
         mode = "device" if device_discovery else "per-entity"
         snap = await rig.bridge_settle(writes=True, device_discovery=device_discovery)
@@ -872,19 +878,19 @@ async def scenario_modes(rig: Rig) -> None:
         report.add(f"{mode} discovery: other mode's configs removed", not other,
                    f"{len(held)} retained configs, {len(other)} of the other mode"
                    + (f", e.g. {other[0]}" if other else ""))
-    check_log(report, "mode scenario: HA log", ha.log_lines(offset))
+    check_log(report, "mode scenario: HA log", ha.log_lines(mark))
 
 
 async def scenario_ha_restart(rig: Rig) -> None:
     print("scenario: Home Assistant restarted ...", flush=True)
     report, ha, watch = rig.report, rig.ha, rig.watch
     before = await snapshot(ha)
-    offset = ha.log_size()
+    mark = ha.log_mark()
     await ha.stop()
-    mark = time.time()
+    stopped = time.time()
     await ha.start()
     snap = await settle(ha, quiet=rig.args.quiet, within=rig.args.settle)
-    births = [m.at for m in watch.since(mark)
+    births = [m.at for m in watch.since(stopped)
               if m.topic == "homeassistant/status" and m.payload == b"online"]
     replays = [m for m in watch.since(births[0])
                if m.topic.endswith("/config") and m.payload] if births else []
@@ -898,7 +904,7 @@ async def scenario_ha_restart(rig: Rig) -> None:
                f"{len(snap.alive(snap.enabled))} of {len(snap.enabled)} enabled show a value "
                f"({len(before.alive(before.enabled))} before)"
                + (f"; without one now: {abbreviate(lost)}" if lost else ""))
-    check_log(report, "HA restart: HA log", ha.log_lines(offset))
+    check_log(report, "HA restart: HA log", ha.log_lines(mark))
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> Report:
@@ -960,7 +966,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bridge-python", default=str(REPO / ".venv/bin/python"),
                         help="the Python of the venv the bridge is installed in")
     parser.add_argument("--minutes", type=float, default=5,
-                        help="how long to count recorder rows (0: skip; default 5)")
+                        help="how long to count recorder rows (0: skip; default 5); the "
+                        "Energy validation waits for HA's first 5-minute statistics anyway")
     parser.add_argument("--live", type=float, default=5,
                         help="the bridge's live poll interval in seconds (default 5)")
     parser.add_argument("--max-enabled", type=int, default=80,
@@ -1004,7 +1011,7 @@ def workspace(keep: bool) -> Iterator[Path]:
         yield path
     finally:
         if keep:
-            print(f"kept {path} (ha/home-assistant.log, bridge.log, simulator.log, ...)")
+            print(f"kept {path} (ha/home-assistant.N.log, bridge.log, simulator.log, ...)")
         else:
             shutil.rmtree(path, ignore_errors=True)
 
