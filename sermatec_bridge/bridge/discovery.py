@@ -648,19 +648,22 @@ def device_config(ctx: DiscoveryContext) -> tuple[str, dict[str, Any]]:
     return device_topic(ctx), payload
 
 
-def entity_topic(ctx: DiscoveryContext, platform: str, config: Mapping[str, Any]) -> str:
-    return f"{ctx.prefix}/{platform}/{ctx.node_id}/{config['object_id']}/config"
+def entity_topic(ctx: DiscoveryContext, platform: str, component_id: str) -> str:
+    """``<prefix>/<platform>/<node>/<component id>/config``: the same discovery id as the
+    component of the device config, which Home Assistant's ``migrate_discovery`` needs to
+    hand an entity over from one mode to the other."""
+    return f"{ctx.prefix}/{platform}/{ctx.node_id}/{component_id}/config"
 
 
 def entity_configs(ctx: DiscoveryContext) -> list[tuple[str, dict[str, Any]]]:
     """Per-entity discovery (Home Assistant before 2024.11): one retained message each."""
     out = []
     device, source = device_info(ctx), origin(ctx)
-    for config in entities(ctx).values():
+    for component_id, config in entities(ctx).items():
         platform = config["platform"]
         payload = {k: v for k, v in config.items() if k != "platform"}
         payload.update({"device": device, "origin": source, "qos": QOS})
-        out.append((entity_topic(ctx, platform, config), abbreviate(payload)))
+        out.append((entity_topic(ctx, platform, component_id), abbreviate(payload)))
     return out
 
 

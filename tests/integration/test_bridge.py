@@ -133,10 +133,9 @@ async def test_per_entity_discovery(ha: HomeAssistant, start_bridge: BridgeFacto
                                     broker: Mosquitto) -> None:
     start_bridge({"homeassistant": {"device_discovery": False}, "writes": {"enabled": True}})
     await wait_ready(ha)
-    slug = SERIAL.lower()
-    energy = f"{PREFIX}/sensor/{SERIAL}/sermatec_{slug}_pv_energy_total/config"
-    number = f"{PREFIX}/number/{SERIAL}/sermatec_{slug}_grid_soc_min/config"
-    problem = f"{PREFIX}/binary_sensor/{SERIAL}/sermatec_{slug}_problem/config"
+    energy = f"{PREFIX}/sensor/{SERIAL}/pv_energy_total/config"
+    number = f"{PREFIX}/number/{SERIAL}/set_grid_soc_min/config"
+    problem = f"{PREFIX}/binary_sensor/{SERIAL}/problem/config"
     for name in (energy, number, problem):
         message = await ha.wait_topic(name)
         assert message.retain, name
