@@ -512,52 +512,10 @@ class InverterClient:
         """
         part1, part2 = register_query_parts(addresses)
         async with self._lock:
-            await self._ensure_connected()
-            _refuse_unless_offered(tables.REGISTER_QUERY, self.version)
-            # The shielded task owns the rest of the exchange; the lock is held until it ends.
-            task = asyncio.ensure_future(self._register_exchange(part1, part2))
-            try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                try:
-                    await task  # let part 2 go out before the slot is released
-                except BaseException:
-                    self._abandon()  # not ended cleanly: a late reply must reach no one
-                raise
-            except InverterError:
-                await self._drop_connection()  # a late reply must not reach anyone
-                raise
-            except OSError as exc:
-                await self._drop_connection()
-                raise InverterUnreachable(
-                    f"lost the inverter at {self.host}:{self.port}: {exc}") from exc
-
-    async def _register_exchange(self, part1: bytes, part2: bytes) -> dict[int, int]:
-        loop = asyncio.get_running_loop()
-        self._discard_stale()
-        self._send(0xBB, part1)
-        try:
-            assert self._writer is not None
-            await self._writer.drain()
-            try:
-                await self._await_frame(0xBB, loop.time() + self.timeout)
-            except InverterTimeout:
-                self.log.warning("no acknowledgement of register query part 1; sending part 2")
-        finally:
-            # Part 2 always follows part 1, whatever happened in between.
-            if self._writer is not None and not self._writer.is_closing():
-                self._send(0xBB, part2)
-                await self._writer.drain()
-            else:
-                self.log.error("register query part 2 could not be sent: the inverter may "
-                               "stay blocked until it is power-cycled")
-        deadline = loop.time() + self.timeout
-        while True:
-            reply = await self._await_frame(0xBB, deadline)
-            if len(reply.payload) == 2 and len(part2) != 0:
-                continue  # a late acknowledgement of part 1
+            reply = await self.relay_register_query(frame.Frame(0xBB, part1),
+                                                    frame.Frame(0xBB, part2))
             reading = codec.decode(tables.REGISTER_QUERY, self.version, reply.payload)
-            return {int(r["address"]): int(r["value"]) for r in reading.values["registers"]}
+        return {int(r["address"]): int(r["value"]) for r in reading.values["registers"]}
 
 
 class Session:
