@@ -23,3 +23,17 @@ def test_a_scale_of_a_hundredth_keeps_two_decimals() -> None:
                     if f.key == "grid_frequency"]
     assert display.format_value(frequency, 50.0) == "50.00"
     assert display._decimals(0.001) == 3 and display._decimals(1) == 0
+
+
+def test_switches_print_yes_no_or_not_set_never_their_code() -> None:
+    """0xa2's 2-bit switches: 1 on, 3 off, 0 not set, as its 0xee00 / 0x00ee flags."""
+    command = tables.FORCED_SCHEDULE
+    payload = bytearray(codec.fixed_size(command, 609) or 0)
+    payload[0:2] = (1 | 1 << 2 | 3 << 4).to_bytes(2, "big")  # enabled, Sunday on, Monday off
+    lines = display.lines(codec.decode(command, 609, bytes(payload)))
+    assert lines[:4] == ["Forced charge enabled: yes", "Forced charge on Sunday: yes",
+                         "Forced charge on Monday: no", "Forced charge on Tuesday: not set"]
+    assert "Forced discharge enabled: no" in lines
+    switches = [line for line in lines if " enabled: " in line or " on " in line]
+    assert len(switches) == 16
+    assert all(line.endswith((": yes", ": no", ": not set")) for line in switches)

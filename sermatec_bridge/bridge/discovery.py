@@ -675,10 +675,13 @@ def _platform(component: Mapping[str, Any]) -> str | None:
 def removals(
     previous: Mapping[str, Any] | None, current: Mapping[str, Any]
 ) -> dict[str, dict[str, str]]:
-    """The ``cmps`` entries that make Home Assistant remove components no longer offered.
+    """The ``cmps`` entries that make Home Assistant remove components no longer offered,
+    or offered on another platform (a setting that became a switch).
 
-    Home Assistant removes a component whose entry holds only its platform (``p``).
-    Publish the device config once with these merged into ``cmps``, then the clean one.
+    Home Assistant removes a component whose entry holds only its platform (``p``), and
+    never on its own: a component left out, or moved to another platform, stays as it
+    was. Publish the device config once with these merged into ``cmps``, then the clean
+    one.
     """
     if not previous:
         return {}
@@ -687,7 +690,7 @@ def removals(
     out: dict[str, dict[str, str]] = {}
     for cid, component in before.items():
         platform = _platform(component) if isinstance(component, Mapping) else None
-        if platform is not None and cid not in now:
+        if platform is not None and platform != _platform(now.get(cid) or {}):
             out[cid] = {"p": platform}
     return out
 

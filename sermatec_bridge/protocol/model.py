@@ -86,8 +86,8 @@ class Field:
 
     @property
     def unset_allowed(self) -> bool:
-        """A flag that may be written as 0 ("not set"): the 0xee00 / 0x00ee pairs only."""
-        return self.flag == EE_FLAG
+        """A flag that may be written as 0 ("not set"): the vendor's tri-state pairs."""
+        return self.flag in (EE_FLAG, DAY_FLAG)
 
     @property
     def writable_values(self) -> str:
@@ -240,6 +240,9 @@ def coded(key: str, name: str, codes: Mapping[int, str], **kw: Any) -> Field:
 
 
 EE_FLAG = (0xEE00, 0x00EE)
+DAY_FLAG = (1, 3)
+"""A 2-bit weekday switch of 0x71 / 0xa2: 1 on, 3 off, 0 not set. The vendor's app maps
+these codes to its usual tri-state (1 on, 2 off, 0 not set), as it does 0xee00 / 0x00ee."""
 
 
 def flag(key: str, name: str, **kw: Any) -> Field:

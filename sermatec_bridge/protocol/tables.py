@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from .model import (
     CONFIG,
+    DAY_FLAG,
     DIAGNOSTIC,
     Command,
     Field,
@@ -616,13 +617,13 @@ _DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "satu
 def _forced(prefix: str, what: str) -> tuple[Field, ...]:
     days = tuple(
         bits(f"{prefix}_{day}", f"{what} on {day.capitalize()}", 2 + 2 * i, 4 + 2 * i,
-             limits=(0, 3), category=CONFIG)
+             flag=DAY_FLAG, category=CONFIG)
         for i, day in enumerate(_DAYS)
     )
     group = f"{prefix}_periods"
     return (
-        bits(f"{prefix}_mode", f"{what} enabled", 0, 2, same=False, limits=(0, 3),
-             category=CONFIG),
+        bits(f"{prefix}_mode", f"{what} enabled", 0, 2, same=False, flag=(1, 0),
+             category=CONFIG, note="the vendor gives no codes; 1 on, 0 off as its day switches"),
         *days,
         percent(f"{prefix}_soc_limit", f"{what} SOC limit", limits=(0, 100), state_class=None,
                 category=CONFIG),
@@ -646,7 +647,7 @@ FORCED_SCHEDULE = Command(
 SET_FORCED_SCHEDULE = Command(
     0x71, "set_forced_schedule", "Forced charge and discharge schedule", Kind.SETTINGS,
     readback=0xA2, layouts={500: _FORCED},
-    note="day fields carry the raw 2-bit code on the wire (0, 1 or 3) both ways",
+    note="day switches: 1 on, 3 off, 0 not set (the vendor's app shows them as 1, 2, 0)",
 )
 
 # --------------------------------------------------------------------------------------

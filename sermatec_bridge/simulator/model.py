@@ -240,10 +240,10 @@ def default_settings(model_code: int, rated: int, battery_make: int) -> dict[str
 
 
 def _forced_defaults(prefix: str, soc_limit: int) -> dict[str, Value]:
-    days = {f"{prefix}_{day}": 0 for day in DAYS}
+    days = {f"{prefix}_{day}": None for day in DAYS}  # raw 0: not set
     empty = {"start": "00:00", "end": "00:00", "reserved": None}
     return {
-        f"{prefix}_mode": 0,
+        f"{prefix}_mode": False,
         **days,
         f"{prefix}_soc_limit": soc_limit,
         f"{prefix}_period_count": 0,
@@ -553,10 +553,8 @@ class InverterModel:
     def _forced(self, when: datetime, prefix: str) -> bool:
         """Whether a forced charge / discharge period of 0xa2 covers ``when``."""
         s = self.settings
-        if not s.get(f"{prefix}_mode"):
-            return False
         day = DAYS[(when.weekday() + 1) % 7]
-        if not s.get(f"{prefix}_{day}"):
+        if s.get(f"{prefix}_mode") is not True or s.get(f"{prefix}_{day}") is not True:
             return False
         minute = when.hour * 60 + when.minute
         for period in in_use(_FORCED_LAYOUT, s).get(f"{prefix}_periods") or []:

@@ -321,7 +321,7 @@ def test_removals_of_components_no_longer_offered() -> None:
     _, older = discovery.device_config(ctx(252, writes=False))
     dropped = discovery.removals(read_only, older)
     assert dropped["charge_power_limit"] == {"p": "sensor"}
-    assert dropped["forced_charge_mode"] == {"p": "sensor"}
+    assert dropped["forced_charge_mode"] == {"p": "binary_sensor"}
     assert discovery.removals(None, read_only) == {}
     assert discovery.removals(read_only, read_only) == {}
 

@@ -61,6 +61,21 @@ def test_turning_writes_off_removes_the_controls_an_earlier_run_offered() -> Non
     assert removal["grid_soc_min"] == {"p": "sensor"}
 
 
+def test_a_component_moved_to_another_platform_is_removed_from_the_old_one() -> None:
+    """An upgrade that turns a sensor into a binary sensor (0xa2's day switches, once
+    published as numbers) must not leave the old sensor behind in Home Assistant."""
+    store: dict[str, str] = {}
+    run(ctx(writes=False), True, store)
+    older = device(store)
+    older["cmps"]["forced_charge_monday"]["p"] = "sensor"  # as an earlier release had it
+    store[DEVICE_TOPIC] = json.dumps(older)
+
+    sent = run(ctx(writes=False), True, store)
+    assert [t for t, _ in sent] == [DEVICE_TOPIC, DEVICE_TOPIC]
+    assert json.loads(sent[0][1])["cmps"]["forced_charge_monday"] == {"p": "sensor"}
+    assert device(store)["cmps"]["forced_charge_monday"]["p"] == "binary_sensor"
+
+
 def test_an_unchanged_discovery_is_not_published_again() -> None:
     store: dict[str, str] = {}
     assert len(run(ctx(writes=False), True, store)) == 1

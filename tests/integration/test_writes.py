@@ -122,9 +122,10 @@ async def test_button_sets_the_clock(ha: HomeAssistant, sim: Simulator) -> None:
 @pytest.mark.usefixtures("bridge")
 async def test_forced_schedule(ha: HomeAssistant, sim: Simulator) -> None:
     schedule = {
-        "forced_charge_mode": 1,
-        "forced_charge_monday": 1,
-        "forced_charge_saturday": 1,
+        "forced_charge_mode": True,
+        "forced_charge_monday": True,
+        "forced_charge_tuesday": False,
+        "forced_charge_saturday": "ON",
         "forced_charge_soc_limit": 90,
         "forced_charge_period_count": 2,
         "forced_charge_periods": [{"start": "01:00", "end": "05:00"},
@@ -135,7 +136,7 @@ async def test_forced_schedule(ha: HomeAssistant, sim: Simulator) -> None:
     assert result["ok"] is True, result
     assert result["topic"] == "set/forced_schedule"
     model = sim.model.settings
-    assert model["forced_charge_mode"] == 1
+    assert model["forced_charge_mode"] is True
     assert model["forced_charge_soc_limit"] == 90
     assert model["forced_charge_period_count"] == 2
     assert [(p["start"], p["end"]) for p in model["forced_charge_periods"][:2]] == [
@@ -143,7 +144,10 @@ async def test_forced_schedule(ha: HomeAssistant, sim: Simulator) -> None:
     assert model["forced_discharge_soc_limit"] == 20, "the discharge half is kept"
     # 0xa2 reads it back into the settings state.
     state = await settings_state(ha, mark, "forced_charge_soc_limit", 90)
-    assert state["forced_charge_monday"] == 1
+    assert (state["forced_charge_monday"], state["forced_charge_tuesday"],
+            state["forced_charge_saturday"], state["forced_charge_sunday"]) == (
+        True, False, True, None), "switched on, off, and left as the inverter had them"
+    assert sim.model.values(0xA2)["forced_charge_tuesday"] is False
     assert [(p["start"], p["end"]) for p in state["forced_charge_periods"]] == [
         ("01:00", "05:00"), ("13:30", "14:00")]
 
@@ -383,13 +387,13 @@ async def test_forced_periods_sent_are_active_and_keep_reserved_bytes(
     mark = ha.mark()
     periods = [{"start": "03:00", "end": "04:00"}, {"start": "13:00", "end": "14:00"}]
     result = await ha.write("set/forced_schedule", json.dumps(
-        {"forced_charge_mode": 1, "forced_charge_periods": periods}))
+        {"forced_charge_mode": True, "forced_charge_periods": periods}))
     assert result["ok"] is True, result
     assert result["changed"]["forced_charge_period_count"] == 2
     shown = sim.model.values(0xA2)
     assert shown["forced_charge_period_count"] == 2
     assert shown["forced_charge_periods"][0]["reserved"] == "abcd"
-    state = await settings_state(ha, mark, "forced_charge_mode", 1)
+    state = await settings_state(ha, mark, "forced_charge_mode", True)
     assert state["forced_charge_periods"] == periods
 
 

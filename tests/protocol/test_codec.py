@@ -504,6 +504,22 @@ def test_the_on_off_switch_takes_on_or_off_only() -> None:
     codec.build(tables.OPERATING_MODE_2, 609, values)  # 0x0000 ("not set") stays allowed
 
 
+def test_forced_schedule_switches_keep_their_wire_codes() -> None:
+    """Days: true 1, false 3, null 0 (not set); the enabled switch: true 1, false 0."""
+    forced = tables.SET_FORCED_SCHEDULE
+    values = dict(codec.decode(forced, 609, bytes(60)).values)
+    assert values["forced_charge_monday"] is None and values["forced_charge_mode"] is False
+    values |= {"forced_charge_mode": True, "forced_charge_sunday": True,
+               "forced_charge_monday": False, "forced_discharge_saturday": True}
+    payload = codec.build(forced, 609, values)
+    assert payload[0:2] == (1 | 1 << 2 | 3 << 4).to_bytes(2, "big")
+    assert payload[30:32] == (1 << 14).to_bytes(2, "big")
+    assert dict(codec.decode(tables.FORCED_SCHEDULE, 609, payload).values) == values
+    with pytest.raises(codec.SettingRefused, match="forced_charge_monday: 2 is not allowed; "
+                       r"allowed: true, false or null \(not set\)"):
+        codec.build(forced, 609, values | {"forced_charge_monday": 2})
+
+
 def test_text_ends_at_the_first_nul() -> None:
     payload = bytes.fromhex("019b00020001") + b"ST12\0\0AB".ljust(26, b"\0") + bytes(18)
     assert codec.decode(tables.SYSTEM_INFO, 609, payload).values["serial_number"] == "ST12"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -56,3 +57,18 @@ def test_simulate_set_parses_json_values() -> None:
          "--set", 'forced_charge_periods=[{"start": "01:00", "end": "02:00"}]'])
     assert args.settings == [("operating_mode", 6), ("grid_code", "Italy"),
                              ("forced_charge_periods", [{"start": "01:00", "end": "02:00"}])]
+
+
+@pytest.mark.parametrize(("monday", "forced"), [(1, True), (3, False), (0, False)])
+def test_forced_charge_runs_on_the_days_switched_on(monday: int, forced: bool) -> None:
+    """Day codes as on the wire (1 on, 3 off, 0 not set): on a Monday night, a forced
+    charge period makes the battery charge from the grid at full power."""
+    now = [datetime(2024, 6, 17, 2, 0)]  # a Monday, no sun
+    model = InverterModel(pcu=609, seed=1, clock=lambda: now[0], settings={
+        "forced_charge_mode": 1, "forced_charge_monday": monday,
+        "forced_charge_periods": [{"start": "01:00", "end": "05:00"}]})
+    assert model.values(0xA2)["forced_charge_monday"] is {1: True, 3: False, 0: None}[monday]
+    now[0] += timedelta(minutes=1)
+    model.update()
+    assert (model.live.battery == model.rated) is forced
+    assert (model.live.grid < -model.rated) is forced, "the grid pays for the charge"

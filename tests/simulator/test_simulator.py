@@ -203,7 +203,7 @@ async def test_writes_are_unanswered_but_applied(sim: Simulator) -> None:
     await send(stream, 0x6A, _settings(sim, tables.OPERATING_MODE_2, off_grid_soc_min=25))
     await send(stream, 0x64, codec.build(tables.POWER, 609, {"inverter_on": False}))
     forced = sim.model.values(0xA2) | {
-        "forced_charge_mode": 1, "forced_charge_monday": 3, "forced_charge_soc_limit": 90,
+        "forced_charge_mode": True, "forced_charge_monday": False, "forced_charge_soc_limit": 90,
         "forced_charge_period_count": 1,
         "forced_charge_periods": [{"start": "01:00", "end": "05:30"}] + [
             {"start": "00:00", "end": "00:00"}] * 3,
@@ -227,8 +227,8 @@ async def test_writes_are_unanswered_but_applied(sim: Simulator) -> None:
     assert decoded(status)["inverter_on"] is False
     (schedule,) = await ask(stream, 0xA2)
     values = decoded(schedule)
-    assert values["forced_charge_mode"] == 1
-    assert values["forced_charge_monday"] == 3
+    assert values["forced_charge_mode"] is True
+    assert values["forced_charge_monday"] is False
     assert values["forced_charge_soc_limit"] == 90
     assert values["forced_charge_periods"][0]["start"] == "01:00"
     assert sim.model.now() == datetime(2025, 1, 2, 3, 4, 5)
