@@ -70,7 +70,7 @@ ENERGY_SLOTS: dict[str, tuple[str, ...]] = {
 HEADLINE: dict[str, tuple[str, ...]] = {
     "PV power": ("pv_power", "pv_total_power", "pv_power_total", "pv1_power"),
     "battery SOC": ("battery_soc",),
-    "battery power": ("battery_power",),
+    "battery power": ("battery_power", "dc_power"),
     "grid power": ("grid_power", "grid_active_power"),
     "load power": ("load_power", "remote_load_power"),
 }

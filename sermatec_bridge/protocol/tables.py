@@ -449,8 +449,8 @@ _CUSTOM_MODE_NAMES = (
     ("custom_charge_valley", "Custom mode: charge in valley period below 10 % SOC"),
     ("custom_discharge_valley", "Custom mode: discharge in valley period above 20 % SOC"),
 )
-_CUSTOM_MODE = tuple(
-    number(k, n, limits=(1, 2), category=CONFIG, hidden=True) for k, n in _CUSTOM_MODE_NAMES
+_CUSTOM_MODE = tuple(  # the vendor writes 1 (yes) or 2 (no), as its app's tri-state
+    number(k, n, flag=(1, 2), category=CONFIG, hidden=True) for k, n in _CUSTOM_MODE_NAMES
 )
 
 _GRID_AND_BATTERY_TYPE: tuple[Field, ...] = (

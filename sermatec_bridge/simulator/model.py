@@ -192,7 +192,7 @@ def default_settings(model_code: int, rated: int, battery_make: int) -> dict[str
         "tou_count": 1,
         "tou_schedule": [{"start": "00:00", "end": "24:00", "period": "Flat"}],
         # 0x67 / 0x95
-        **{f.key: 2 for f in tables.CUSTOM_MODE.layouts[252]},
+        **{f.key: False for f in tables.CUSTOM_MODE.layouts[252]},
         "power_factor_setting": 1.0,
         # 0x69 / 0x95
         "grid_code": "Germany",

@@ -227,19 +227,19 @@ async def test_custom_mode_without_a_readable_field() -> None:
     async with Simulator(pcu=300) as sim:
         async with InverterClient("127.0.0.1", sim.port or 0) as client:
             writer = Writer(client, min_interval=0, confirm_timeout=1)
-            result = await writer.apply({"custom_discharge_tip": 1})
+            result = await writer.apply({"custom_discharge_tip": True})
             assert not result.ok
             assert result.error == (
                 "cannot keep custom_charge_tip as it is: 0x95 at PCU 300 does not show it, "
                 "and a 0x67 write carries it; send custom_charge_tip in the same request "
                 "to write 0x67")
-            result = await writer.apply({"custom_charge_tip": 1, "custom_discharge_tip": 1})
+            result = await writer.apply({"custom_charge_tip": "ON", "custom_discharge_tip": True})
         assert result.ok, result.error
         assert result.as_json()["note"] == ("custom_charge_tip: not shown by 0x95 at PCU 300, "
                                             "so not confirmed")
-        assert sim.model.settings["custom_charge_tip"] == 1
-        assert sim.model.settings["custom_discharge_tip"] == 1
-        assert sim.model.settings["custom_charge_peak"] == 2, "the rest is kept"
+        assert sim.model.settings["custom_charge_tip"] is True
+        assert sim.model.settings["custom_discharge_tip"] is True
+        assert sim.model.settings["custom_charge_peak"] is False, "the rest is kept"
 
 
 # --------------------------------------------------------------------------------------

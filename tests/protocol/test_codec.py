@@ -520,6 +520,17 @@ def test_forced_schedule_switches_keep_their_wire_codes() -> None:
         codec.build(forced, 609, values | {"forced_charge_monday": 2})
 
 
+def test_custom_mode_switches_are_written_as_the_vendor_codes() -> None:
+    """0x67's "charge / discharge in this period": 1 yes, 2 no, nothing else."""
+    custom = tables.CUSTOM_MODE
+    values = {f.key: False for f in custom.layouts[252]} | {"custom_discharge_flat": True}
+    payload = codec.build(custom, 411, values)  # PCU 500 on, 0x67 carries the power factor
+    assert payload == bytes.fromhex("0002" * 5 + "0001" + "0002" * 2)
+    assert codec.decode(custom, 411, payload).values == values
+    with pytest.raises(codec.SettingRefused, match="custom_charge_tip: None is not allowed"):
+        codec.build(custom, 411, values | {"custom_charge_tip": None})
+
+
 def test_text_ends_at_the_first_nul() -> None:
     payload = bytes.fromhex("019b00020001") + b"ST12\0\0AB".ljust(26, b"\0") + bytes(18)
     assert codec.decode(tables.SYSTEM_INFO, 609, payload).values["serial_number"] == "ST12"
