@@ -747,6 +747,12 @@ def plan(ctx: DiscoveryContext, device_mode: bool,
     a per-entity topic by clearing it); switching modes hands the entities that stay over
     with Home Assistant's ``migrate_discovery`` and clears the other mode's topics.
     Messages equal to what the broker holds are left for the caller to skip.
+
+    The old mode's topics are cleared right after their ``migrate_discovery``, before the
+    new mode's configs: Home Assistant queues the messages of one entity while it unloads
+    it, so the clearing finds nothing to remove. Cleared after the new configs, it would
+    reach the new entities, and Home Assistant logs a "conflicting MQTT discovery message"
+    warning for each.
     """
     found = owned_topics(ctx, on_broker)
     dev_topic, dev_payload = device_config(ctx)
@@ -754,23 +760,17 @@ def plan(ctx: DiscoveryContext, device_mode: bool,
     previous_device = _json(found.pop(dev_topic, None))
     out: list[tuple[str, str]] = []
     gone = removals(previous_device, dev_payload)
+    if gone:
+        out.append((dev_topic, json.dumps(
+            {**dev_payload, "cmps": {**dev_payload["cmps"], **gone}})))
     if device_mode:
-        migrating = [t for t in found if t in entity]
-        out += [(t, MIGRATE) for t in migrating]
-        if gone:
-            out.append((dev_topic, json.dumps(
-                {**dev_payload, "cmps": {**dev_payload["cmps"], **gone}})))
-        out.append((dev_topic, json.dumps(dev_payload)))
+        out += [(t, MIGRATE) for t in found if t in entity]
         out += [(t, "") for t in found]
+        out.append((dev_topic, json.dumps(dev_payload)))
         return out
     if previous_device is not None:
-        if gone:
-            out.append((dev_topic, json.dumps(
-                {**dev_payload, "cmps": {**dev_payload["cmps"], **gone}})))
-        out.append((dev_topic, MIGRATE))
+        out += [(dev_topic, MIGRATE), (dev_topic, "")]
     out += list(entity.items())
-    if previous_device is not None:
-        out.append((dev_topic, ""))
     out += [(t, "") for t in stale_topics(list(found), list(entity))]
     return out
 

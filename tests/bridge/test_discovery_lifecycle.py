@@ -102,12 +102,13 @@ def test_moving_to_device_discovery_hands_entities_over_then_clears_the_old_topi
     old = set(store)
     sent = run(ctx(writes=False), True, store)
     topics = [t for t, _ in sent]
-    device_at = topics.index(DEVICE_TOPIC)
-    migrated = {t for t, text in sent[:device_at] if text == MIGRATE}
+    assert topics[-1] == DEVICE_TOPIC, "the device config comes last"
+    migrated = [(i, t) for i, (t, text) in enumerate(sent) if text == MIGRATE]
     offered = {t for t, _ in discovery.entity_configs(ctx(writes=False))}
-    assert migrated == old & offered, "entities that stay are handed over first"
-    cleared = {t for t, text in sent[device_at:] if not text}
-    assert cleared == old, "then every per-entity topic is cleared"
+    assert {t for _, t in migrated} == old & offered, "entities that stay are handed over"
+    cleared = [(i, t) for i, (t, text) in enumerate(sent) if not text]
+    assert {t for _, t in cleared} == old, "then every per-entity topic is cleared"
+    assert cleared[0][0] > migrated[-1][0]
     assert set(store) == {DEVICE_TOPIC}
 
 
@@ -119,6 +120,7 @@ def test_moving_back_to_per_entity_discovery_hands_over_and_clears_the_device() 
     removal = json.loads(on_device[0])["cmps"]
     assert removal["set_grid_soc_min"] == {"p": "number"}, "controls removed first"
     assert on_device[1:] == [MIGRATE, ""]
+    assert [t for t, _ in sent[:3]] == [DEVICE_TOPIC] * 3, "cleared before the entities"
     assert DEVICE_TOPIC not in store
     assert len(store) > 50
 
