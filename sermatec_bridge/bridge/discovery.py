@@ -752,7 +752,8 @@ def plan(ctx: DiscoveryContext, device_mode: bool,
     new mode's configs: Home Assistant queues the messages of one entity while it unloads
     it, so the clearing finds nothing to remove. Cleared after the new configs, it would
     reach the new entities, and Home Assistant logs a "conflicting MQTT discovery message"
-    warning for each.
+    warning for each. (Clearing a device topic whose entities are already unloaded makes
+    Home Assistant 2025.4 log one "No device components to cleanup" warning instead.)
     """
     found = owned_topics(ctx, on_broker)
     dev_topic, dev_payload = device_config(ctx)
