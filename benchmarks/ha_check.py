@@ -18,7 +18,8 @@ reports the device's entity count, how many are enabled, the headline sensors, e
 WARNING/ERROR line of Home Assistant's log that mentions mqtt or sermatec, the Energy
 dashboard's validation of the bridge's counters, and the recorder rows written for the
 device in ``--minutes``. Scenarios: ``--writes`` (writes off and on again), ``--modes``
-(device discovery true, false, true), ``--ha-restart``, or ``--all``.
+(device discovery true, false, true), ``--upgrade`` (an earlier release's discovery, with a
+component on another platform), ``--ha-restart``, or ``--all``.
 
 Prints a table of checks; exits 1 when one fails, 2 when the set-up itself fails.
 """
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -903,6 +905,44 @@ async def scenario_modes(rig: Rig) -> None:
     check_log(report, "mode scenario: HA log", ha.log_lines(mark))
 
 
+# A component an earlier release offered on another platform (0xa2's day switches were
+# numbers, hence sensors, before they became flags), enabled as a user may have done:
+# Home Assistant cannot remove a disabled entity through discovery (it never loads it).
+MOVED = ("forced_charge_monday", "sensor")
+SENSOR_KEYS = ("name", "uniq_id", "stat_t", "val_tpl", "obj_id", "ent_cat")
+
+
+async def scenario_upgrade(rig: Rig) -> None:
+    print("scenario: upgrade from a release that offered a component on another platform ...",
+          flush=True)
+    report, ha, watch = rig.report, rig.ha, rig.watch
+    key, old_platform = MOVED
+    await rig.bridge.stop()
+    held = watch.retained_configs()
+    topic = next((t for t in held if is_device_topic(t)), None)
+    if topic is None:
+        report.add("upgrade: device config retained", False, "none (run with device discovery)")
+        return
+    older = json.loads(held[topic])
+    component = older["cmps"][key]
+    older["cmps"][key] = {"p": old_platform, "en": True,
+                          **{k: component[k] for k in SENSOR_KEYS if k in component}}
+    watch.client.publish(topic, json.dumps(older), qos=1, retain=True)
+    before = await rig.settle()
+    stale = [e for e in before.entity_ids if e.startswith(f"{old_platform}.")
+             and e.endswith(f"_{key}")]
+    report.add("upgrade: the earlier release's entity", bool(stale),
+               ", ".join(stale) or f"HA made no {old_platform} for {key}")
+    mark = ha.log_mark()
+    after = await rig.bridge_settle(writes=True, device_discovery=True)
+    rig.bridge_alive("after the upgrade")
+    left = [e for e in after.entity_ids if e in stale]
+    now = [e for e in after.entity_ids if e.endswith(f"_{key}") and e not in stale]
+    report.add("upgrade: old platform's entity removed", not left and bool(now),
+               f"{', '.join(left)} left" if left else f"now {', '.join(now) or 'nothing'}")
+    check_log(report, "upgrade scenario: HA log", ha.log_lines(mark))
+
+
 async def scenario_ha_restart(rig: Rig) -> None:
     print("scenario: Home Assistant restarted ...", flush=True)
     report, ha, watch = rig.report, rig.ha, rig.watch
@@ -961,6 +1001,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
             await scenario_writes(rig)
         if args.modes:
             await scenario_modes(rig)
+        if args.upgrade:
+            await scenario_upgrade(rig)
         if args.ha_restart:
             await scenario_ha_restart(rig)
         rig.peers.update(remote_peers(rig.pids()))
@@ -1004,6 +1046,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="scenario: restart the bridge with writes off, then on")
     parser.add_argument("--modes", action="store_true",
                         help="scenario: device_discovery true -> false -> true")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="scenario: an earlier release's discovery with a component on "
+                        "another platform, then the bridge")
     parser.add_argument("--ha-restart", action="store_true",
                         help="scenario: restart Home Assistant")
     parser.add_argument("--all", action="store_true", help="every scenario")
@@ -1011,7 +1056,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the temporary directory (logs, HA config, database)")
     args = parser.parse_args(argv)
     if args.all:
-        args.writes = args.modes = args.ha_restart = True
+        args.writes = args.modes = args.upgrade = args.ha_restart = True
     energy = {}
     for item in args.energy:
         slot, _, entity = item.partition("=")
