@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .protocol.codec import Reading, to_raw
+from .protocol import records
+from .protocol.alarms import active_alarms
+from .protocol.codec import Reading, layout_of, to_raw
 from .protocol.model import Field, Value, Wire
 from .protocol.tables import GROUP_NAMES
 
@@ -32,26 +34,24 @@ def _decimals(scale: float) -> int:
     return digits
 
 
-def _in_use(records: list[dict[str, Value]]) -> list[dict[str, Value]]:
-    """Records that carry something (the inverter pads schedules with empty slots)."""
-    empty = {"00:00", 0, None, "Unused", ""}
-    return [r for r in records if any(v not in empty for k, v in r.items() if k != "reserved")]
-
-
 def lines(reading: Reading) -> list[str]:
+    """The shown fields; a record group as the records its count says are in use; the
+    alarm words of 0x1e / 0x1f as the alarms they raise."""
     out = []
+    in_use = records.in_use(layout_of(reading.command, reading.version), reading.values)
     for f, value in reading.items():
         if f.wire is Wire.RESERVED:
             continue
         if f.group is not None:
-            records = _in_use(value or [])
-            shown = "; ".join(
-                " ".join(str(v) for k, v in r.items() if k != "reserved") for r in records
-            )
+            shown = "; ".join(" ".join(str(v) for k, v in r.items() if k != "reserved")
+                              for r in in_use.get(f.group) or [])
             out.append(f"{GROUP_NAMES.get(f.group, f.group)}: {shown or 'none'}")
             continue
         text = MASK if f.secret else format_value(f, value)
         out.append(f"{f.name}: {text}" + (f" {f.unit}" if f.unit and value is not None else ""))
+    if any(f.wire is Wire.ALARMS for f, _ in reading.items(include_hidden=True)):
+        raised = active_alarms(reading.values)
+        out.append("Active alarms: " + ("; ".join(map(str, raised)) or "none"))
     if reading.extra:
         out.append(f"(extra payload bytes, not in the tables: {reading.extra.hex()})")
     return out

@@ -37,3 +37,26 @@ def test_switches_print_yes_no_or_not_set_never_their_code() -> None:
     switches = [line for line in lines if " enabled: " in line or " on " in line]
     assert len(switches) == 16
     assert all(line.endswith((": yes", ": no", ": not set")) for line in switches)
+
+
+def test_records_are_shown_as_far_as_their_count_says_they_are_in_use() -> None:
+    command = tables.FORCED_SCHEDULE
+    values = dict(codec.decode(command, 609, bytes(60)).values)
+    slots = values["forced_charge_periods"]
+    values["forced_charge_periods"] = [{"start": "01:00", "end": "02:00", "reserved": None},
+                                       {"start": "03:00", "end": "04:00", "reserved": None},
+                                       *slots[2:]]
+    for count, shown in [(0, "none"), (1, "01:00 02:00"), (2, "01:00 02:00; 03:00 04:00")]:
+        payload = codec.encode(command, 609, values | {"forced_charge_period_count": count})
+        lines = display.lines(codec.decode(command, 609, payload))
+        assert f"Forced charge periods: {shown}" in lines, count
+
+
+def test_alarm_words_are_shown_as_the_alarms_they_raise() -> None:
+    faults = bytearray(12)
+    faults[1] = 0b101  # word 0, bits 0 and 2: system codes 1 and 3
+    lines = display.lines(codec.decode(tables.SYSTEM_FAULTS, 609, bytes(faults)))
+    assert lines == ["Active alarms: Inverter 1: Output overload warning (major); "
+                     "Inverter 3: AC output short-circuit fault (major)"]
+    quiet = display.lines(codec.decode(tables.SYSTEM_FAULTS, 609, bytes(12)))
+    assert quiet == ["Active alarms: none"]

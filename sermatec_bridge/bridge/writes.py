@@ -509,7 +509,7 @@ def _count_records(layout: tuple[Field, ...], changes: dict[str, Value]) -> None
                 raise codec.SettingRefused(key, changes[key], f"the number of {group} "
                                            f"records sent ({sent})", "does not match")
             changes[key] = sent
-        elif key in changes and records.slots(layout, group) is None:
+        elif key in changes:
             raise codec.SettingRefused(key, changes[key], f"{group} with it",
                                        f"cannot change alone: send {group} and it follows")
 

@@ -166,6 +166,14 @@ async def test_periods_keep_their_reserved_bytes_and_the_count_follows_them() ->
             assert result.error == ("forced_charge_period_count: 2 does not match; allowed: "
                                     "the number of forced_charge_periods records sent (1)")
 
+            # A count alone would bring back slots the state does not show as in use.
+            result = await writer.apply({"forced_charge_period_count": 2})
+            assert not result.ok and not result.sent
+            assert result.error == (
+                "forced_charge_period_count: 2 cannot change alone: send "
+                "forced_charge_periods and it follows; allowed: forced_charge_periods with it")
+            assert sim.model.values(0xA2)["forced_charge_period_count"] == 1
+
 
 # --------------------------------------------------------------------------------------
 # The clock button and the rate limit
