@@ -833,8 +833,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         failure = _failure_of(exc)
         if args.action == "simulate" and exc.errno:  # its listening socket
-            failure = Failure(f"cannot listen on {args.host}:{args.listen_port}: "
-                              f"{os.strerror(exc.errno)}", Exit.ERROR)
+            where = exc.filename or f"{args.host}:{args.listen_port}"
+            failure = Failure(f"cannot listen on {where}: {os.strerror(exc.errno)}",
+                              Exit.ERROR)
         print(f"{prog}: {failure}", file=sys.stderr)
         return failure.code
     except Exception as exc:

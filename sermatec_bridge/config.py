@@ -87,8 +87,9 @@ Topic = Annotated[str, AfterValidator(_check_topic)]
 
 
 class _Section(BaseModel):
-    # A typo in a setting must fail, not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # A typo in a setting must fail, not be silently ignored; so must inf or nan for a
+    # number of seconds (a wait that never ends, a poll that never comes).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class InverterSettings(_Section):
@@ -104,7 +105,8 @@ class InverterSettings(_Section):
         default=None, min_length=1, description="A label for logs; unset: host:port."
     )
     timeout: float = Field(
-        default=5.0, gt=0, description="Seconds to wait for each answer from the inverter."
+        default=5.0, ge=0.01, le=3600,
+        description="Seconds to wait for each answer from the inverter.",
     )
     retries: int = Field(
         default=2, ge=0, description="How often a request that got no answer is sent again."

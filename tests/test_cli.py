@@ -320,6 +320,12 @@ def test_simulate_on_a_busy_port_is_one_line(inverter: tuple[int, Path]) -> None
     assert status == cli.Exit.ERROR
     assert err == f"sermatec-bridge: cannot listen on 127.0.0.1:{inverter[0]}: " \
         "Address already in use\n"
+    # the second of three simulators finds the port busy: that port, and nothing else
+    status, out, err = run_cli("simulate", "--port", str(inverter[0] - 1), "--count", "3")
+    assert status == cli.Exit.ERROR
+    assert err == f"sermatec-bridge: cannot listen on 127.0.0.1:{inverter[0]}: " \
+        "Address already in use\n"
+    assert "simulator started" not in out + err
 
 
 def test_health_needs_no_inverter(tmp_path: Path) -> None:

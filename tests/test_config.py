@@ -277,7 +277,16 @@ def test_tls_file_settings_are_not_secret_files(tmp_path: Path) -> None:
      "inverter.port (SERMATEC_INVERTER__PORT): Input should be less than or equal to 65535, "
      "got '65536'"),
     ("SERMATEC_INVERTER__TIMEOUT", "0",
-     "inverter.timeout (SERMATEC_INVERTER__TIMEOUT): Input should be greater than 0, got '0'"),
+     "inverter.timeout (SERMATEC_INVERTER__TIMEOUT): Input should be greater than or equal "
+     "to 0.01, got '0'"),
+    ("SERMATEC_INVERTER__TIMEOUT", "1e-9",
+     "inverter.timeout (SERMATEC_INVERTER__TIMEOUT): Input should be greater than or equal "
+     "to 0.01, got '1e-9'"),
+    ("SERMATEC_INVERTER__TIMEOUT", "inf",
+     "inverter.timeout (SERMATEC_INVERTER__TIMEOUT): Input should be a finite number, "
+     "got 'inf'"),
+    ("SERMATEC_POLL__LIVE", "nan",
+     "poll.live (SERMATEC_POLL__LIVE): Input should be a finite number, got 'nan'"),
     ("SERMATEC_INVERTER__RETRIES", "-1",
      "inverter.retries (SERMATEC_INVERTER__RETRIES): Input should be greater than or equal to 0, "
      "got '-1'"),

@@ -115,8 +115,6 @@ class Simulator:
         if self._server is not None:
             raise RuntimeError("the simulator is already running")
         self._server = await asyncio.start_server(self._client, host, port)
-        log.info("simulator started", host=host, port=self.port, pcu=self.model.pcu,
-                 model=self.model.model_name)
         return self.port or 0
 
     async def stop(self) -> None:
@@ -292,8 +290,16 @@ async def run_simulator(
                       clock=clock)
             for index, number in enumerate(numbered_serials(serial, count))]
     try:
-        bound = [await sim.start(host, port + index if port else 0)
-                 for index, sim in enumerate(sims)]
+        bound = []
+        for index, sim in enumerate(sims):
+            at = port + index if port else 0
+            try:
+                bound.append(await sim.start(host, at))
+            except OSError as exc:  # the port that failed, for the CLI's one-line error
+                raise OSError(exc.errno, exc.strerror, f"{host}:{at}") from None
+        for sim in sims:  # once all listen: a busy port leaves nothing but its error
+            log.info("simulator started", host=host, port=sim.port, pcu=sim.model.pcu,
+                     model=sim.model.model_name)
         where = f"{host}:{bound[0]}" if count == 1 else (
             f"{host}:{bound[0]}..{bound[-1]}" if port else
             f"{host} ports {', '.join(map(str, bound))}")
