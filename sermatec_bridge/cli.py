@@ -669,6 +669,9 @@ def _options(parser: argparse.ArgumentParser, *which: str, top: bool = False) ->
         return {"default": default if top else argparse.SUPPRESS,
                 "help": argparse.SUPPRESS if top else text}
 
+    if not top:  # what main() lets through when given before the command
+        parser.set_defaults(takes=(parser.get_default("takes") or frozenset()) | set(which))
+
     if "inverter" in which:
         parser.add_argument("-i", "--inverter", metavar="HOST", **kw(
             None, "inverter address (default: the configured one, else "
@@ -777,6 +780,7 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p = sub.add_parser("daemon", help="the community tool's daemon command: run, configured "
                        "by flags (-i/-p before 'daemon' name the inverter)")
     _options(p, "debug")
+    p.set_defaults(takes=p.get_default("takes") | {"inverter", "timeout"})  # before 'daemon'
     p.add_argument("-m", "--host", dest="mqtt_host", required=True, help="MQTT broker host")
     p.add_argument("-t", "--port", dest="mqtt_port", type=_port, default=1883,
                    help="MQTT broker port (default 1883)")
@@ -806,12 +810,28 @@ COMMANDS: dict[str, Action] = {
 }
 
 
+_SHARED_FLAGS = {"inverter": {"inverter": "-i/--inverter", "port": "-p/--port"},
+                 "timeout": {"timeout": "--timeout"}, "config": {"config": "-c/--config"},
+                 "debug": {"debug": "-d/--debug"}}
+
+
+def _misplaced(args: argparse.Namespace) -> list[str]:
+    """Shared options given before a command that does not take them."""
+    takes: frozenset[str] = getattr(args, "takes", frozenset())
+    return [flag for group, flags in _SHARED_FLAGS.items() if group not in takes
+            for dest, flag in flags.items() if getattr(args, dest, None)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     prog = "sermatec-ess" if sys.argv[0].endswith("sermatec-ess") else "sermatec-bridge"
     args = parser(prog).parse_args(argv)
     args.prog = prog
     if args.action is None:
         parser(prog).print_help()
+        return Exit.USAGE
+    if misplaced := _misplaced(args):
+        print(f"{prog}: {', '.join(misplaced)} does not apply to {args.action} "
+              f"(see {prog} {args.action} --help)", file=sys.stderr)
         return Exit.USAGE
     if args.action in ("get", "simulate") or getattr(args, "from_inverter", False):
         from . import log

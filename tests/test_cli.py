@@ -364,3 +364,18 @@ def test_simulate_refuses_a_bad_sun_or_time_scale() -> None:
                           (["--time-scale", "1e6"], "more than 86400")):
         code, _, err = run_cli("simulate", *args)
         assert code == 2 and message in err, err
+
+
+@pytest.mark.parametrize(("args", "flag", "action"), [
+    (["-i", "127.0.0.1", "decode", "fe5564149800004cae"], "-i/--inverter", "decode"),
+    (["--timeout", "5", "health"], "--timeout", "health"),
+    (["-c", "/nonexistent.yaml", "decode", "fe5564149800004cae"], "-c/--config", "decode"),
+    (["-p", "8899", "simulate", "--count", "0"], "-p/--port", "simulate"),
+])
+def test_shared_options_before_a_command_that_ignores_them_are_refused(
+        args: list[str], flag: str, action: str) -> None:
+    status, out, err = run_cli(*args)
+    assert status == cli.Exit.USAGE
+    assert err == (f"sermatec-bridge: {flag} does not apply to {action} "
+                   f"(see sermatec-bridge {action} --help)\n")
+    assert out == ""
