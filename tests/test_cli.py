@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from sermatec_bridge import cli
 from sermatec_bridge.protocol import tables
 from sermatec_bridge.protocol.frame import checksum, reply
 from sermatec_bridge.protocol.model import Kind
+from sermatec_bridge.simulator import InverterModel
 
 
 def test_list_shows_how_to_send_the_register_query(capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,3 +381,28 @@ def test_shared_options_before_a_command_that_ignores_them_are_refused(
     assert err == (f"sermatec-bridge: {flag} does not apply to {action} "
                    f"(see sermatec-bridge {action} --help)\n")
     assert out == ""
+
+
+def test_a_query_the_inverter_never_answers_is_named() -> None:
+    """The identity query answered, the one asked for not: the error names the latter."""
+    identity = reply(0x98, InverterModel(pcu=609).payload(0x98))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(30)
+
+        def serve() -> None:  # answers every 0x98 request, nothing else
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = server.accept()
+                    with conn:
+                        while request := conn.recv(64):
+                            if request[4:5] == b"\x98":
+                                conn.sendall(identity)
+
+        threading.Thread(target=serve, daemon=True).start()
+        status, _, err = run_cli("-i", "127.0.0.1", "-p", str(server.getsockname()[1]),
+                                 "--timeout", "0.5", "get", "0a")
+    assert status == cli.Exit.TIMEOUT
+    assert "no reply 0x0a" in err and "(asked: 0x0a Battery information" in err, err
+    assert len(err.splitlines()) == 1, err

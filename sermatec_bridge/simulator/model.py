@@ -431,6 +431,9 @@ class InverterModel:
         self.settings = default_settings(self.model_code, self.rated, self.battery_make)
         self.registers = dict(DEFAULT_REGISTERS)
         self.live = Live()
+        # Raised alarms, as 0x1e / 0x1f carry them: alarm field key -> codes of its block
+        # (e.g. {"battery_alarm_bits": [3]}); empty: all clear.
+        self.alarms: dict[str, list[int]] = {}
         self.pending_registers: int | None = None  # the count of an acknowledged part 1
         self.blocked = False
         self._cloud = 1.0
@@ -626,9 +629,11 @@ class InverterModel:
             0x9A: lambda: self._counter("grid_export", "grid_export", history=True),
             0x9B: lambda: self._counter("load_energy", "load", history=True),
             0x9C: self._battery_energy,
+            0x1E: lambda: dict(self.alarms),
+            0x1F: lambda: dict(self.alarms),
         }
         view = views.get(code)
-        return view() if view is not None else {}  # alarms, DRM: all clear
+        return view() if view is not None else {}  # DRM: all clear
 
     def _system_info(self) -> dict[str, Value]:
         return {"pcu_version": self.pcu, "battery_make": self.battery_make,

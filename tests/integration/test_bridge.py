@@ -186,6 +186,17 @@ async def test_states_match_the_simulator(ha: HomeAssistant, start_bridge: Bridg
     alarms = await ha.wait_json(topic("alarms"))
     assert (alarms["problem"], alarms["count"], alarms["alarms"]) == (False, 0, [])
 
+    # An alarm raised on the inverter: battery codes are read in the block of the battery
+    # make that 0x98 reports (Pylontech high voltage here), system codes as they are.
+    model.alarms = {"battery_alarm_bits": [3], "fault_word_0": [1]}
+    mark = ha.mark()
+    alarms = await ha.wait_json(topic("alarms"), lambda a: a["count"] == 2, after=mark,
+                                within=3 * 3.0 + 5)
+    assert alarms["problem"] is True
+    assert [(a["code"], a["source"]) for a in alarms["alarms"]] == [
+        (1, "Inverter"), (83, "Pylontech HV battery")]
+    model.alarms = {}
+
     # A change on the inverter (made with the app, say) shows at the next slow poll.
     model.settings["grid_soc_min"] = 35
     mark = ha.mark()
