@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -77,7 +78,19 @@ async def until(seen: Seen, topic: str, text: str | None = None, after: int = 0,
         await asyncio.sleep(0.05)
 
 
-async def storm(latency: float, writes: int, seconds: float) -> None:
+@dataclass
+class Rig:
+    sim: Simulator
+    client: aiomqtt.Client  # subscribed to everything of the inverter, recorded in seen
+    process: asyncio.subprocess.Process  # the daemon
+    base: str  # the inverter's topic prefix
+    broker: str
+    seen: Seen
+
+
+@asynccontextmanager
+async def rig(latency: float = 0.0) -> AsyncIterator[Rig]:
+    """The simulator, a broker, a client recording the inverter's topics, the daemon."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         async with Simulator(pcu=609, latency=latency) as sim, broker(port, Path(tmp)) as name:
@@ -87,36 +100,42 @@ async def storm(latency: float, writes: int, seconds: float) -> None:
             async with aiomqtt.Client("127.0.0.1", port, identifier="bench") as client:
                 await client.subscribe(f"{base}/#")
                 reader = asyncio.create_task(record(client, seen))
-                async with daemon(sim, port, protocol, Path(tmp)):
-                    await until(seen, f"{base}/live")
-                    mark = len(seen)
-                    start = time.monotonic()
-                    for i in range(writes):
-                        await client.publish(f"{base}/set/grid_soc_min", str(20 + i % 40),
-                                             qos=1)
-                        await asyncio.sleep(max(0.0, start + (i + 1) * seconds / writes
-                                                - time.monotonic()))
-                    deadline = time.monotonic() + 60
-                    while True:  # every write answered, or a minute passed
-                        answered = sum(t == f"{base}/set/result" for _, t, _ in seen[mark:])
-                        if answered >= writes or time.monotonic() > deadline:
-                            break
-                        await asyncio.sleep(0.05)
-                    end = time.monotonic()
-                reader.cancel()
-            results = [json.loads(p) for _, t, p in seen[mark:] if t == f"{base}/set/result"]
-            live = [at for at, t, _ in seen[mark:] if t == f"{base}/live" and at <= end]
-            gaps = sorted(b - a for a, b in itertools.pairwise(live))
-            p95 = gaps[min(len(gaps) - 1, int(0.95 * len(gaps)))] if gaps else float("nan")
-            print(f"storm: {writes} writes in {seconds:g} s, inverter latency {latency:g} s "
-                  f"({name})")
-            print(f"  live interval 1 s; gaps during the storm: median "
-                  f"{statistics.median(gaps) if gaps else float('nan'):.2f} s, p95 {p95:.2f} s,"
-                  f" worst {max(gaps, default=float('nan')):.2f} s ({len(live)} states)")
-            print(f"  results: {len(results)} of {writes} "
-                  f"(applied {sum(r['ok'] for r in results)}, superseded "
-                  f"{sum('superseded' in r.get('error', '') for r in results)}), last one "
-                  f"{end - start:.1f} s after the first write")
+                try:
+                    async with daemon(sim, port, protocol, Path(tmp)) as process:
+                        yield Rig(sim, client, process, base, name, seen)
+                finally:
+                    reader.cancel()
+
+
+async def storm(latency: float, writes: int, seconds: float) -> None:
+    async with rig(latency) as r:
+        base, seen = r.base, r.seen
+        await until(seen, f"{base}/live")
+        mark = len(seen)
+        start = time.monotonic()
+        for i in range(writes):
+            await r.client.publish(f"{base}/set/grid_soc_min", str(20 + i % 40), qos=1)
+            await asyncio.sleep(max(0.0, start + (i + 1) * seconds / writes - time.monotonic()))
+        deadline = time.monotonic() + 60
+        while True:  # every write answered, or a minute passed
+            answered = sum(t == f"{base}/set/result" for _, t, _ in seen[mark:])
+            if answered >= writes or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        end = time.monotonic()
+    results = [json.loads(p) for _, t, p in seen[mark:] if t == f"{base}/set/result"]
+    live = [at for at, t, _ in seen[mark:] if t == f"{base}/live" and at <= end]
+    gaps = sorted(b - a for a, b in itertools.pairwise(live))
+    p95 = gaps[min(len(gaps) - 1, int(0.95 * len(gaps)))] if gaps else float("nan")
+    print(f"storm: {writes} writes in {seconds:g} s, inverter latency {latency:g} s "
+          f"({r.broker})")
+    print(f"  live interval 1 s; gaps during the storm: median "
+          f"{statistics.median(gaps) if gaps else float('nan'):.2f} s, p95 {p95:.2f} s,"
+          f" worst {max(gaps, default=float('nan')):.2f} s ({len(live)} states)")
+    print(f"  results: {len(results)} of {writes} "
+          f"(applied {sum(result['ok'] for result in results)}, superseded "
+          f"{sum('superseded' in result.get('error', '') for result in results)}), last one "
+          f"{end - start:.1f} s after the first write")
 
 
 async def shutdown() -> None:
@@ -126,37 +145,28 @@ async def shutdown() -> None:
                 ("set", json.dumps({"grid_soc_min": 23, "off_grid_soc_min": 24})),
                 ("set", json.dumps({"grid_soc_min": 25, "grid_export_limit": 2300})),
                 ("set", json.dumps({"off_grid_soc_min": 26, "grid_export_limit": 2400}))]
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        async with Simulator(pcu=609) as sim, broker(port, Path(tmp)) as name:
-            protocol = "5" if name.startswith("Mosquitto") else "3.1.1"
-            base = f"sermatec/{sim.model.serial}"
-            seen: Seen = []
-            async with aiomqtt.Client("127.0.0.1", port, identifier="bench") as client:
-                await client.subscribe(f"{base}/#")
-                reader = asyncio.create_task(record(client, seen))
-                async with daemon(sim, port, protocol, Path(tmp)) as process:
-                    await until(seen, f"{base}/availability", "online")
-                    await until(seen, f"{base}/alarms")
-                    sim.latency = 0.5
-                    mark = len(seen)
-                    for leaf, payload in requests:
-                        await client.publish(f"{base}/{leaf}", payload, qos=1)
-                    await asyncio.sleep(0.5)
-                    start = time.monotonic()
-                    process.send_signal(signal.SIGTERM)
-                    await process.wait()
-                    took = time.monotonic() - start
-                    await until(seen, f"{base}/availability", "offline", after=mark, within=5)
-                reader.cancel()
-            after = seen[mark:]
-            offline = next(i for i, (_, t, p) in enumerate(after)
-                           if t == f"{base}/availability" and p == "offline")
-            results = [i for i, (_, t, _) in enumerate(after) if t == f"{base}/set/result"]
-            print("SIGTERM with 8 writes queued behind a 0.5 s inverter:")
-            print(f"  exit after {took:.2f} s (status {process.returncode}); results "
-                  f"{len(results)} of {len(requests)}, all before offline: "
-                  f"{all(i < offline for i in results)}")
+    async with rig() as r:
+        base, seen = r.base, r.seen
+        await until(seen, f"{base}/availability", "online")
+        await until(seen, f"{base}/alarms")
+        r.sim.latency = 0.5
+        mark = len(seen)
+        for leaf, payload in requests:
+            await r.client.publish(f"{base}/{leaf}", payload, qos=1)
+        await asyncio.sleep(0.5)
+        start = time.monotonic()
+        r.process.send_signal(signal.SIGTERM)
+        await r.process.wait()
+        took = time.monotonic() - start
+        await until(seen, f"{base}/availability", "offline", after=mark, within=5)
+    after = seen[mark:]
+    offline = next(i for i, (_, t, p) in enumerate(after)
+                   if t == f"{base}/availability" and p == "offline")
+    results = [i for i, (_, t, _) in enumerate(after) if t == f"{base}/set/result"]
+    print("SIGTERM with 8 writes queued behind a 0.5 s inverter:")
+    print(f"  exit after {took:.2f} s (status {r.process.returncode}); results "
+          f"{len(results)} of {len(requests)}, all before offline: "
+          f"{all(i < offline for i in results)}")
 
 
 def main() -> None:
