@@ -19,6 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sermatec_bridge.bridge.discovery import MIGRATE
+from sermatec_bridge.config import Settings
 from sermatec_bridge.simulator import Simulator
 
 from .conftest import (
@@ -288,30 +289,28 @@ async def test_a_serial_with_topic_characters_gets_safe_topics(
 # --------------------------------------------------------------------------------------
 
 
-async def test_an_unreachable_inverter_is_reported_at_once(
-        broker: Mosquitto, tmp_path: Path) -> None:
+async def first_log_event(settings: Settings, event: str, within: float) -> dict[str, Any]:
+    """Run a bridge until it logs ``event``; that log entry."""
     from .conftest import RunningBridge
 
     with structlog.testing.capture_logs() as logs:
-        running = RunningBridge(make_settings(broker.port, free_port(), tmp_path)).start()
+        running = RunningBridge(settings).start()
         try:
-            await eventually(lambda: any(e["event"] == "inverter not reachable yet"
-                                         for e in logs), within=3, what="a warning")
+            await eventually(lambda: any(e["event"] == event for e in logs), within=within,
+                             what=event)
         finally:
             await running.stop()
-    warning = next(e for e in logs if e["event"] == "inverter not reachable yet")
+    return dict(next(e for e in logs if e["event"] == event))
+
+
+async def test_an_unreachable_inverter_is_reported_at_once(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    warning = await first_log_event(make_settings(broker.port, free_port(), tmp_path),
+                                    "inverter not reachable yet", within=3)
     assert warning["log_level"] == "warning" and "cannot reach" in warning["reason"]
 
 
 async def test_mqtt_failure_log_has_no_empty_hint(tmp_path: Path, sim: Simulator) -> None:
-    from .conftest import RunningBridge
-
-    with structlog.testing.capture_logs() as logs:
-        running = RunningBridge(make_settings(free_port(), sim_port(sim), tmp_path)).start()
-        try:
-            await eventually(lambda: any(e["event"] == "mqtt connection failed, retrying"
-                                         for e in logs), within=5, what="a warning")
-        finally:
-            await running.stop()
-    failure = next(e for e in logs if e["event"] == "mqtt connection failed, retrying")
+    failure = await first_log_event(make_settings(free_port(), sim_port(sim), tmp_path),
+                                    "mqtt connection failed, retrying", within=5)
     assert failure.get("hint", "absent") is not None
