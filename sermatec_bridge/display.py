@@ -38,7 +38,8 @@ def lines(reading: Reading) -> list[str]:
     """The shown fields; a record group as the records its count says are in use; the
     alarm words of 0x1e / 0x1f as the alarms they raise."""
     out = []
-    in_use = records.in_use(layout_of(reading.command, reading.version), reading.values)
+    layout = layout_of(reading.command, reading.version)
+    in_use = records.in_use(layout, reading.values)
     for f, value in reading.items():
         if f.wire is Wire.RESERVED:
             continue
@@ -49,7 +50,7 @@ def lines(reading: Reading) -> list[str]:
             continue
         text = MASK if f.secret else format_value(f, value)
         out.append(f"{f.name}: {text}" + (f" {f.unit}" if f.unit and value is not None else ""))
-    if any(f.wire is Wire.ALARMS for f, _ in reading.items(include_hidden=True)):
+    if any(f.wire is Wire.ALARMS for f in layout):
         raised = active_alarms(reading.values)
         out.append("Active alarms: " + ("; ".join(map(str, raised)) or "none"))
     if reading.extra:
