@@ -167,7 +167,7 @@ async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None =
     if asked and all(c.kind is Kind.QUERY and c is not tables.SYSTEM_INFO
                      and tables.same_at_every_version(c) for c in asked):
         known = identity_cache.load(host, port)
-        if known is not None and not all(c.layout(known.version) for c in asked):
+        if known is not None and any(c.layout(known.version) is None for c in asked):
             known = None  # asking again may show a firmware that offers them
     if sys.stderr.isatty():  # as the community's tool did, for the reader, not for scripts
         print(f"asking the inverter at {_where(host, port)}", file=sys.stderr)
