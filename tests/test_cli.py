@@ -446,12 +446,12 @@ def test_the_seed_forms_of_get(inverter: tuple[int, Path]) -> None:
         "# 0x98 System information", "# 0x99 Energy totals"]
     assert err == ""  # which inverter is asked is said on a terminal only (below)
 
-    status, out, err = run_cli("get", "95", "9d", "-e", "0a", "-i", f"127.0.0.1:{port}",
+    status, out, err = run_cli("get", "9d", "95", "-e", "0a", "-i", f"127.0.0.1:{port}",
                                "-p", str(port), env=env)  # one port, given twice
     assert status == cli.Exit.OK, err
     assert [x for x in out.splitlines() if x.startswith("# ")] == [
-        "# 0x0a Battery information", "# 0x95 Working parameters",
-        "# 0x9d Working parameters 2"]
+        "# 0x0a Battery information", "# 0x9d Working parameters 2",
+        "# 0x95 Working parameters"]  # and not 0x9d again, which 0x95 brings too
 
 
 @pytest.mark.parametrize(("address", "shown"), [
@@ -585,6 +585,13 @@ async def test_a_one_shot_read_asks_who_the_inverter_is_once_in_ten_minutes() ->
             cache_entry(sim).write_text(json.dumps(entry))
             assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
         assert (await asked(sim, "98"))[0] == [0x98]  # asked once, not twice
+
+
+async def test_get_all_asks_each_query_once() -> None:
+    async with Simulator() as sim:
+        sent, replies = await asked(sim, "all")
+    assert sorted(sent) == sorted(set(sent)), sent  # 0x98 too: the identity is its reply
+    assert 0x9D not in sent and "0x9d" in replies  # it came with 0x95
 
 
 async def test_a_cached_identity_never_decodes_with_the_wrong_tables() -> None:
