@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 NEWEST_PCU = 609
 DEFAULT_INVERTER = "10.10.100.254"
+DEFAULT_PORT = 8899
 ENV_PREFIX = "SERMATEC_"  # config.ENV_PREFIX, without importing the configuration code
 
 
@@ -138,9 +139,9 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
     is then not even imported.
     """
     if not _configured(args):
-        given = {"port": args.port, "timeout": args.timeout}
-        return {"host": args.inverter or DEFAULT_INVERTER,
-                **{key: value for key, value in given.items() if value is not None}}
+        timeout = {"timeout": args.timeout} if args.timeout else {}
+        return {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or DEFAULT_PORT,
+                **timeout}
     chosen = _settings(args, any_inverter=True).all_inverters()[0]
     return {"host": chosen.host, "port": chosen.port, "name": chosen.name,
             "timeout": args.timeout or chosen.timeout, "retries": chosen.retries}
@@ -162,7 +163,7 @@ async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None =
     from .protocol.model import Kind
 
     target = _target(args)
-    host, port = target["host"], target.get("port", 8899)
+    host, port = target["host"], target["port"]
     known = None
     if asked and all(c.kind is Kind.QUERY and c is not tables.SYSTEM_INFO
                      and tables.same_at_every_version(c) for c in asked):
@@ -548,7 +549,7 @@ def _daemon(args: argparse.Namespace) -> Exit:
     from . import log
 
     overrides: dict[str, Any] = {
-        "inverter": {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or 8899,
+        "inverter": {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or DEFAULT_PORT,
                      "timeout": args.timeout},
         "mqtt": {"host": args.mqtt_host, "port": args.mqtt_port},
     }
@@ -908,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"ports; give one (see {prog} {args.action} --help)", file=sys.stderr)
             return Exit.USAGE
         args.port = port or args.port
-    logging: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    quiet: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     asks = args.action == "get" or getattr(args, "from_inverter", False)
     if args.action == "simulate" or asks:
         from . import log
@@ -916,9 +917,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action == "simulate" or args.debug:
             log.configure("debug" if args.debug else "info")
         else:  # problems end in one line on stderr: no log line comes before it
-            logging = log.on_demand("error")
+            quiet = log.on_demand("error")
     try:
-        with logging:
+        with quiet:
             result = COMMANDS[args.action](args)
             if isinstance(result, Coroutine):
                 import asyncio

@@ -667,6 +667,7 @@ def test_the_flags_alone_mean_the_configurations_defaults() -> None:
     from sermatec_bridge.inverter.client import InverterClient
 
     client = inspect.signature(InverterClient).parameters
-    for key in ("port", "timeout", "retries", "name"):
+    for key in ("timeout", "retries", "name"):
         assert client[key].default == InverterSettings.model_fields[key].default, key
+    assert InverterSettings.model_fields["port"].default == cli.DEFAULT_PORT
     assert cli.ENV_PREFIX == ENV_PREFIX
