@@ -98,6 +98,10 @@ def simulator(env: Mapping[str, str], latency: float) -> Iterator[int]:
         process.wait(10)
 
 
+def get_battery(port: int) -> list[str]:
+    return ["-i", "127.0.0.1", "-p", str(port), "get", "battery"]  # as older versions take it
+
+
 def spread(times: list[float]) -> str:
     deciles = statistics.quantiles(times, n=10)
     return f"{statistics.median(times):8.1f} {deciles[0]:8.1f} {deciles[-1]:8.1f}"
@@ -122,8 +126,8 @@ def against_the_peer(port: int, pairs: int, latency: float, env: dict[str, str],
     no_cache = workdir / "no-cache"
     no_cache.write_text("")  # a file: no cache directory can be made under it
     commands = {
-        "ours": ([*script(), "-i", f"127.0.0.1:{port}", "get", "battery"], env),
-        "ours, no cache": ([*script(), "-i", f"127.0.0.1:{port}", "get", "battery"],
+        "ours": ([*script(), *get_battery(port)], env),
+        "ours, no cache": ([*script(), *get_battery(port)],
                            {**env, "XDG_CACHE_HOME": str(no_cache)}),
         "peer": ([sys.executable, "-m", "sermatec_inverter", "127.0.0.1", "--port", str(port),
                   "-g", "battery"], env),
@@ -162,7 +166,7 @@ def main() -> None:
         startup(options.runs, env)
         with simulator(env, options.latency) as port:
             against_the_peer(port, options.pairs, options.latency, env, workdir)
-            get = ["-i", f"127.0.0.1:{port}", "get", "battery"]
+            get = get_battery(port)
             print("\n3. Slowest top-level imports of 'get battery' (cumulative ms, "
                   "python -X importtime):")
             for ms, name in import_costs(get, env, 10):
