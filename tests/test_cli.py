@@ -492,7 +492,9 @@ def test_which_inverter_is_asked_is_said_on_a_terminal(inverter: tuple[int, Path
         done = subprocess.run([sys.executable, "-m", "sermatec_bridge", "get", "0a", "0c",
                                "--json", "-i", f"127.0.0.1:{port}"],
                               stdout=subprocess.PIPE, stderr=terminal, text=True,
-                              timeout=60, check=False, env={"PATH": "/usr/bin:/bin"})
+                              timeout=60, check=False, env={
+                                  "PATH": "/usr/bin:/bin",
+                                  "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
         os.close(terminal)
         said = os.read(reader, 4096).decode()
     finally:
