@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import math
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import InverterSettings, Settings
+    from .config import Settings
     from .inverter.client import InverterClient
     from .protocol.codec import Reading
     from .protocol.frame import Frame
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 NEWEST_PCU = 609
 DEFAULT_INVERTER = "10.10.100.254"
+DEFAULT_PORT = 8899
+ENV_PREFIX = "SERMATEC_"  # config.ENV_PREFIX, without importing the configuration code
 
 
 class Exit(IntEnum):
@@ -121,31 +124,77 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
                       Exit.CONFIG) from None
 
 
-def _inverter(args: argparse.Namespace) -> InverterSettings:
-    """The inverter that ``get`` and ``list --from-inverter`` talk to: the first configured."""
+def _configured(args: argparse.Namespace) -> bool:
+    """Whether a YAML file or an environment variable may say anything."""
+    return bool(getattr(args, "config", None)) or any(
+        name.upper().startswith(ENV_PREFIX) and value for name, value in os.environ.items())
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    """How to reach the inverter that ``get`` and ``list --from-inverter`` ask: the first
+    configured one, as keyword arguments of InverterClient.
+
+    With nothing configured the flags say it all, on the client's defaults (the same as
+    the configuration's, which a test holds): the configuration code, 130 ms of start-up,
+    is then not even imported.
+    """
+    if not _configured(args):
+        timeout = {"timeout": args.timeout} if args.timeout else {}
+        return {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or DEFAULT_PORT,
+                **timeout}
     chosen = _settings(args, any_inverter=True).all_inverters()[0]
-    if args.timeout is not None:
-        chosen = chosen.model_copy(update={"timeout": args.timeout})
-    return chosen
+    return {"host": chosen.host, "port": chosen.port, "name": chosen.name,
+            "timeout": args.timeout or chosen.timeout, "retries": chosen.retries}
 
 
-def _client(args: argparse.Namespace) -> InverterClient:
-    from .inverter.client import InverterClient
+@contextlib.asynccontextmanager
+async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None = None,
+                     ) -> AsyncIterator[InverterClient]:
+    """A client of the inverter, connected, for the queries ``asked`` (None: every one).
 
-    inverter = _inverter(args)
-    return InverterClient(inverter.host, inverter.port, timeout=inverter.timeout,
-                          retries=inverter.retries, name=inverter.name)
+    The inverter's identity (0x98) tells which tables decode its replies. Where no reply
+    asked depends on the PCU version, the identity it gave lately will do (see
+    inverter/identity_cache.py), which saves a round trip to the inverter; otherwise it is
+    asked, and remembered. An identity query that goes unanswered is named as such.
+    """
+    from .inverter import identity_cache
+    from .inverter.client import InverterClient, InverterTimeout
+    from .protocol import tables
+    from .protocol.model import Kind
 
-
-async def _connect(client: InverterClient, asked: str) -> None:
-    """Read the inverter's identity (0x98), saying so if that is what goes unanswered."""
-    from .inverter.client import InverterTimeout
-
+    target = _target(args)
+    host, port = target["host"], target["port"]
+    known = None
+    if asked and all(c.kind is Kind.QUERY and c is not tables.SYSTEM_INFO
+                     and tables.same_at_every_version(c) for c in asked):
+        known = identity_cache.load(host, port)
+        if known is not None and any(c.layout(known.version) is None for c in asked):
+            known = None  # asking again may show a firmware that offers them
+    if sys.stderr.isatty():  # as the community's tool did, for the reader, not for scripts
+        print(f"asking the inverter at {_where(host, port)}", file=sys.stderr)
+    client = InverterClient(**target, identity=known)
     try:
-        await client.connect()
-    except InverterTimeout as exc:
-        raise _timeout_failure(client, exc, f"0x98 is the identity query, sent before {asked}"
-                               if asked != "0x98" else "the identity query") from None
+        try:
+            await client.connect()
+        except InverterTimeout as exc:
+            labels = " ".join(c.label for c in asked) if asked else "the other queries"
+            raise _timeout_failure(client, exc, "the identity query" if labels == "0x98" else
+                                   f"0x98 is the identity query, sent before {labels}"
+                                   ) from None
+        if known is None:
+            assert client.identity is not None
+            identity_cache.store(host, port, client.identity)
+        yield client
+    except Exception:
+        if known is not None:  # perhaps it was wrong: the next run asks
+            identity_cache.forget(host, port)
+        raise
+    finally:
+        await client.close()
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _timeout_failure(client: InverterClient, exc: Exception, context: str) -> Failure:
@@ -193,13 +242,11 @@ def _list(args: argparse.Namespace) -> Exit | Coroutine[Any, Any, Exit]:
 
 
 async def _list_from_inverter(args: argparse.Namespace) -> Exit:
-    client = _client(args)
-    try:
-        await _connect(client, "0x98")
+    from .protocol.tables import SYSTEM_INFO
+
+    async with _connected(args, [SYSTEM_INFO]) as client:
         assert client.identity is not None
         version = client.identity.reported_version
-    finally:
-        await client.close()
     for line in _listing(version, args.prog):
         print(line)
     return Exit.OK
@@ -245,7 +292,7 @@ def _queries(targets: Sequence[str]) -> list[Command] | None:
 
 
 async def _get(args: argparse.Namespace) -> Exit:
-    targets = ([args.el] if args.el else []) + list(args.commands)
+    targets = args.el + args.commands
     if not targets:
         raise Failure("get needs a command: get CODE|NAME [...], get all, or get --el CODE",
                       Exit.USAGE)
@@ -256,22 +303,23 @@ async def _get(args: argparse.Namespace) -> Exit:
     from .protocol import tables
     from .protocol.model import Kind
 
-    client = _client(args)
-    try:
-        await _connect(client, " ".join(c.label for c in commands) if commands else "the "
-                       "other queries")
+    async with _connected(args, commands) as client:
+        assert client.identity is not None
         if commands is None:
             commands = [c for c in tables.available(client.version) if c.kind is Kind.QUERY]
+        shown: set[int] = set()  # each reply once: 0x95 brings 0x9d, asked or not
         async with client.session() as session:
             for command in commands:
-                try:
-                    readings = await session.query(command)
+                if set(tables.replies(command, client.version)) <= shown:
+                    continue
+                try:  # the identity was asked just now if 0x98 is asked
+                    readings = ([client.identity.reading] if command is tables.SYSTEM_INFO
+                                else await session.query(command))
                 except InverterTimeout as exc:
                     raise _timeout_failure(client, exc, f"asked: {command.label} "
                                            f"{command.name}") from None
-                _print(readings, args.json)
-    finally:
-        await client.close()
+                _print([r for r in readings if r.command.code not in shown], args.json)
+                shown.update(r.command.code for r in readings)
     return Exit.OK
 
 
@@ -284,12 +332,10 @@ async def _get_registers(args: argparse.Namespace) -> Exit:
     if not args.registers:
         raise Failure("0xbb needs --registers ADDR[,ADDR...] (at most 10)", Exit.USAGE)
     addresses = _parse_addresses(args.registers)
-    client = _client(args)
-    try:
-        await _connect(client, "0xbb")
+    from .protocol.tables import REGISTER_QUERY
+
+    async with _connected(args, [REGISTER_QUERY]) as client:
         values = await client.read_registers(addresses)
-    finally:
-        await client.close()
     if args.json:
         import json
 
@@ -503,7 +549,8 @@ def _daemon(args: argparse.Namespace) -> Exit:
     from . import log
 
     overrides: dict[str, Any] = {
-        "inverter": {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or 8899},
+        "inverter": {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or DEFAULT_PORT,
+                     "timeout": args.timeout},
         "mqtt": {"host": args.mqtt_host, "port": args.mqtt_port},
     }
     if args.wait is not None:
@@ -592,6 +639,24 @@ def _port(text: str) -> int:
     return port
 
 
+def _address(text: str) -> tuple[str, int | None]:
+    """``-i``: HOST, HOST:PORT, [IPV6] or [IPV6]:PORT (a bare IPv6 address has no port)."""
+    host, port = text, None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or rest[:1] not in ("", ":"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not HOST, HOST:PORT or [IPV6]:PORT")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if not host.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} names no host")
+    try:
+        return host, None if port is None else _port(port)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -673,7 +738,7 @@ def _options(parser: argparse.ArgumentParser, *which: str, top: bool = False) ->
         parser.set_defaults(takes=(parser.get_default("takes") or frozenset()) | set(which))
 
     if "inverter" in which:
-        parser.add_argument("-i", "--inverter", metavar="HOST", **kw(
+        parser.add_argument("-i", "--inverter", type=_address, metavar="HOST[:PORT]", **kw(
             None, "inverter address (default: the configured one, else "
             f"{DEFAULT_INVERTER}, the inverter's own access point)"))
         parser.add_argument("-p", "--port", type=_port, **kw(
@@ -716,8 +781,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                        f"{DEFAULT_INVERTER}.")
     p.add_argument("commands", nargs="*", metavar="CODE|NAME",
                    help="hex codes or names (see list), or 'all' for every query")
-    p.add_argument("-e", "--el", metavar="CODE",
-                   help="one hex code (the community tool's form of the same)")
+    p.add_argument("-e", "--el", metavar="CODE", action="append", default=[],
+                   help="a hex code (the community tool's form of the same); repeatable")
     p.add_argument("--json", action="store_true", help="one JSON object per reply")
     p.add_argument("--registers", metavar="ADDR,...", help="registers for 0xbb")
     p.add_argument("--risk-inverter-lockup", action="store_true",
@@ -778,15 +843,19 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     _options(p, "config")
 
     p = sub.add_parser("daemon", help="the community tool's daemon command: run, configured "
-                       "by flags (-i/-p before 'daemon' name the inverter)")
+                       "by flags")
     _options(p, "debug")
     p.set_defaults(takes=p.get_default("takes") | {"inverter", "timeout"})  # before 'daemon'
+    p.add_argument("-i", "--inverter", type=_address, default=argparse.SUPPRESS,
+                   metavar="HOST[:PORT]", help=f"inverter address (default {DEFAULT_INVERTER})")
+    p.add_argument("-p", dest="port", type=_port, default=argparse.SUPPRESS,
+                   help="inverter TCP port (default 8899; --port is the MQTT broker's)")
     p.add_argument("-m", "--host", dest="mqtt_host", required=True, help="MQTT broker host")
     p.add_argument("-t", "--port", dest="mqtt_port", type=_port, default=1883,
                    help="MQTT broker port (default 1883)")
     p.add_argument("-w", "--wait", type=_positive, default=None, metavar="SECONDS",
                    help="interval between live-data updates")
-    p.add_argument("-f", "--fork", action="store_true",
+    p.add_argument("-f", "-k", "--fork", action="store_true",
                    help="detach: run in the background, log to --log-file, print the PID")
     p.add_argument("--pid-file", default=str(_runtime_dir() / "sermatec-bridge.pid"),
                    metavar="PATH", help="with -f: where the PID goes (default: %(default)s)")
@@ -833,18 +902,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {', '.join(misplaced)} does not apply to {args.action} "
               f"(see {prog} {args.action} --help)", file=sys.stderr)
         return Exit.USAGE
-    if args.action in ("get", "simulate") or getattr(args, "from_inverter", False):
+    if getattr(args, "inverter", None) is not None:
+        args.inverter, port = args.inverter
+        if port is not None and args.port not in (None, port):
+            print(f"{prog}: -i {_where(args.inverter, port)} and -p {args.port} name two "
+                  f"ports; give one (see {prog} {args.action} --help)", file=sys.stderr)
+            return Exit.USAGE
+        args.port = port or args.port
+    quiet: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    asks = args.action == "get" or getattr(args, "from_inverter", False)
+    if args.action == "simulate" or asks:
         from . import log
 
-        # Problems end in one line on stderr: no log line comes before it unless asked for.
-        log.configure("debug" if args.debug else "info" if args.action == "simulate"
-                      else "error")
+        if args.action == "simulate" or args.debug:
+            log.configure("debug" if args.debug else "info")
+        else:  # problems end in one line on stderr: no log line comes before it
+            quiet = log.on_demand("error")
     try:
-        result = COMMANDS[args.action](args)
-        if isinstance(result, Coroutine):
-            import asyncio
+        with quiet:
+            result = COMMANDS[args.action](args)
+            if isinstance(result, Coroutine):
+                import asyncio
 
-            result = asyncio.run(result)
+                result = asyncio.run(result)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
     except BrokenPipeError:  # `... | head`: the reader has seen enough

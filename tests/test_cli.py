@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
@@ -13,14 +15,25 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sermatec_bridge import cli
+from sermatec_bridge.inverter import identity_cache
 from sermatec_bridge.protocol import tables
 from sermatec_bridge.protocol.frame import checksum, reply
 from sermatec_bridge.protocol.model import Kind
-from sermatec_bridge.simulator import InverterModel
+from sermatec_bridge.simulator import InverterModel, Simulator
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory,
+               monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own cache directory (``get`` remembers identities), never the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
 
 
 def test_list_shows_how_to_send_the_register_query(capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,6 +73,8 @@ CAPTURED_0x98 = (  # its checksum is genuinely wrong: the publisher masked the s
 
 def run_cli(*args: str, stdin: str = "",
             env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    if env is not None:
+        env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], **env}
     done = subprocess.run([sys.executable, "-m", "sermatec_bridge", *args], input=stdin,
                           capture_output=True, text=True, timeout=60, check=False, env=env)
     assert "Traceback" not in done.stderr, done.stderr
@@ -95,6 +110,13 @@ def run_cli(*args: str, stdin: str = "",
     (["-p", "70000", "get", "0a"], cli.Exit.USAGE, "70000 is not a TCP port"),
     (["--timeout", "0", "get", "0a"], cli.Exit.USAGE, "must be greater than 0"),
     (["decode", "--pcu", "-5", "00"], cli.Exit.USAGE, "is not a PCU version"),
+    (["get", "0a", "-i", "127.0.0.1:0"], cli.Exit.USAGE, "127.0.0.1:0: 0 is not a TCP port"),
+    (["get", "0a", "-i", "[::1"], cli.Exit.USAGE, "is not HOST, HOST:PORT or [IPV6]:PORT"),
+    (["-i", ":8899", "get", "0a"], cli.Exit.USAGE, "':8899' names no host"),
+    (["-i", "127.0.0.1:51449", "get", "0a", "-p", "8899"], cli.Exit.USAGE,
+     "-i 127.0.0.1:51449 and -p 8899 name two ports; give one"),
+    (["daemon", "-m", "127.0.0.1", "-i", "[::1]:8899", "-p", "1883"], cli.Exit.USAGE,
+     "-i [::1]:8899 and -p 1883 name two ports"),
 ])
 def test_bad_input_gets_its_error(args: list[str], code: int, message: str) -> None:
     status, _, err = run_cli(*args)
@@ -284,9 +306,10 @@ def test_get_all_sends_every_query_of_the_inverters_version(
     before = connections(log_file)
     status, out, err = run_cli("get", "all", "--json", env=inverter_env(port))
     assert status == cli.Exit.OK, err
-    sent = {json.loads(line)["command"] for line in out.splitlines()}
+    sent = [json.loads(line)["command"] for line in out.splitlines()]
     queries = {c.label for c in tables.available(609) if c.kind is Kind.QUERY}
-    assert queries <= sent
+    assert queries <= set(sent)
+    assert len(sent) == len(set(sent)), sent  # 0x9d once, though 0x95 brings it too
     assert connections(log_file) == before + 1
 
 
@@ -406,3 +429,247 @@ def test_a_query_the_inverter_never_answers_is_named() -> None:
     assert status == cli.Exit.TIMEOUT
     assert "no reply 0x0a" in err and "(asked: 0x0a Battery information" in err, err
     assert len(err.splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------------------
+# The community tool's forms, as its README types them
+# --------------------------------------------------------------------------------------
+
+
+def test_the_seed_forms_of_get(inverter: tuple[int, Path]) -> None:
+    port, _ = inverter
+    env = {"PATH": "/usr/bin:/bin"}  # nothing configured: the flags say it all
+    status, out, err = run_cli("--inverter", f"127.0.0.1:{port}", "get", "--el", "98",
+                               "--el", "99", env=env)
+    assert status == cli.Exit.OK, err
+    assert [x for x in out.splitlines() if x.startswith("# ")] == [
+        "# 0x98 System information", "# 0x99 Energy totals"]
+    assert err == ""  # which inverter is asked is said on a terminal only (below)
+
+    status, out, err = run_cli("get", "9d", "95", "-e", "0a", "-i", f"127.0.0.1:{port}",
+                               "-p", str(port), env=env)  # one port, given twice
+    assert status == cli.Exit.OK, err
+    assert [x for x in out.splitlines() if x.startswith("# ")] == [
+        "# 0x0a Battery information", "# 0x9d Working parameters 2",
+        "# 0x95 Working parameters"]  # and not 0x9d again, which 0x95 brings too
+
+
+@pytest.mark.parametrize(("address", "shown"), [
+    ("127.0.0.1:51449", "host: 127.0.0.1\n  port: 51449"),
+    ("inverter.lan", "host: inverter.lan\n  port: 8899"),
+    ("[::1]:8898", "host: ::1\n  port: 8898"),
+    ("[::1]", "host: ::1\n  port: 8899"),
+    ("fe80::1", "host: fe80::1\n  port: 8899"),
+])
+def test_an_inverter_address_may_carry_its_port(
+        address: str, shown: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for name in [n for n in os.environ if n.startswith("SERMATEC_")]:
+        monkeypatch.delenv(name)
+    assert cli.main(["-i", address, "config"]) == cli.Exit.OK
+    assert shown in capsys.readouterr().out
+
+
+async def test_get_over_ipv6_with_a_bracketed_address() -> None:
+    sim = Simulator()
+    try:
+        await sim.start(host="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        status, out, err = await cli_async("get", "battery", "-i", f"[::1]:{sim.port}")
+    finally:
+        await sim.stop()
+    assert status == cli.Exit.OK, err
+    assert "Battery state of charge:" in out
+
+
+def test_which_inverter_is_asked_is_said_on_a_terminal(inverter: tuple[int, Path]) -> None:
+    """As the community's tool did, on stderr: --json output stays pure JSON."""
+    port, _ = inverter
+    reader, terminal = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "sermatec_bridge", "get", "0a", "0c",
+                               "--json", "-i", f"127.0.0.1:{port}"],
+                              stdout=subprocess.PIPE, stderr=terminal, text=True,
+                              timeout=60, check=False, env={
+                                  "PATH": "/usr/bin:/bin",
+                                  "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
+        os.close(terminal)
+        said = os.read(reader, 4096).decode()
+    finally:
+        os.close(reader)
+    assert done.returncode == cli.Exit.OK, said
+    assert said.splitlines() == [f"asking the inverter at 127.0.0.1:{port}"]
+    assert [json.loads(line)["command"] for line in done.stdout.splitlines()] == [
+        "0x0a", "0x0c"]
+
+
+def daemon_settings(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> object:
+    """The settings ``daemon`` runs the bridge with (the bridge itself is not started)."""
+    from sermatec_bridge.bridge import service
+
+    ran: list[object] = []
+    monkeypatch.setattr(service, "run", lambda settings: ran.append(settings) or 0)
+    for name in [n for n in os.environ if n.startswith("SERMATEC_")]:
+        monkeypatch.delenv(name)
+    assert cli.main(argv) == cli.Exit.OK
+    return ran[0]
+
+
+@pytest.mark.parametrize(("argv", "host", "port", "timeout"), [
+    (["daemon", "--host", "127.0.0.1", "--port", "1884", "-i", "192.0.2.7"],
+     "192.0.2.7", 8899, 5.0),
+    (["daemon", "-m", "127.0.0.1", "-t", "1884", "-i", "192.0.2.7:8898"],
+     "192.0.2.7", 8898, 5.0),
+    (["daemon", "-m", "127.0.0.1", "-t", "1884", "-i", "192.0.2.7", "-p", "8897"],
+     "192.0.2.7", 8897, 5.0),
+    (["-i", "192.0.2.7", "--timeout", "2.5", "daemon", "-m", "127.0.0.1", "-t", "1884"],
+     "192.0.2.7", 8899, 2.5),
+])
+def test_daemon_takes_the_inverter_before_or_after_the_command(
+        argv: list[str], host: str, port: int, timeout: float,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Any = daemon_settings(argv, monkeypatch)
+    assert (settings.inverter.host, settings.inverter.port) == (host, port)
+    assert settings.inverter.timeout == timeout
+    assert (settings.mqtt.host, settings.mqtt.port) == ("127.0.0.1", 1884)
+
+
+def test_daemon_k_is_f() -> None:
+    for flag in ("-k", "-f", "--fork"):
+        assert cli.parser().parse_args(["daemon", "-m", "broker", flag]).fork is True
+    assert cli.parser().parse_args(["daemon", "-m", "broker"]).fork is False
+
+
+# --------------------------------------------------------------------------------------
+# One-shot reads: the identity cache, and what start-up loads
+# --------------------------------------------------------------------------------------
+
+
+async def cli_async(*args: str) -> tuple[int, str, str]:
+    """The CLI in a subprocess, awaited: the simulator keeps serving in this event loop."""
+    env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sermatec_bridge", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert b"Traceback" not in err, err.decode()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def asked(sim: Simulator, *args: str) -> tuple[list[int], dict[str, Any]]:
+    """The request codes ``get ... --json`` sent, and its replies by command."""
+    sim.received.clear()
+    status, out, err = await cli_async("-i", f"127.0.0.1:{sim.port}", "get", "--json", *args)
+    assert status == cli.Exit.OK, err
+    return list(sim.received), {r["command"]: r for r in map(json.loads, out.splitlines())}
+
+
+def cache_entry(sim: Simulator) -> Path:
+    assert sim.port is not None
+    return identity_cache.directory() / f"identity-127.0.0.1-{sim.port}.json"
+
+
+async def test_a_one_shot_read_asks_who_the_inverter_is_once_in_ten_minutes() -> None:
+    async with Simulator() as sim:
+        first, replies = await asked(sim, "battery")
+        assert first == [0x98, 0x0A]
+        again, replies_again = await asked(sim, "battery")
+        assert again == [0x0A]  # the identity it gave a moment ago
+        assert replies_again["0x0a"].keys() == replies["0x0a"].keys()
+        assert replies_again["0x0a"]["fields"].keys() == replies["0x0a"]["fields"].keys()
+
+        for answered in (time.time() - identity_cache.LIFETIME, time.time() + 60):
+            entry = json.loads(cache_entry(sim).read_text())
+            entry["answered"] = answered  # too old, or from a clock set back since
+            cache_entry(sim).write_text(json.dumps(entry))
+            assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
+        assert (await asked(sim, "98"))[0] == [0x98]  # asked once, not twice
+
+
+async def test_get_all_asks_each_query_once() -> None:
+    async with Simulator() as sim:
+        sent, replies = await asked(sim, "all")
+    assert sorted(sent) == sorted(set(sent)), sent  # 0x98 too: the identity is its reply
+    assert 0x9D not in sent and "0x9d" in replies  # it came with 0x95
+
+
+async def test_a_cached_identity_never_decodes_with_the_wrong_tables() -> None:
+    async with Simulator(pcu=609) as sim:
+        await asked(sim, "battery")  # remembered: PCU 609
+        sim.model = InverterModel(pcu=411, serial="ST10OTHERINVERTER1")  # another inverter
+
+        sent, replies = await asked(sim, "0b")  # its layout changed at PCU 500
+        assert sent == [0x98, 0x0B]
+        assert replies["0x0b"]["pcu_version"] == 411
+        assert "extra" not in replies["0x0b"]  # every byte read by the 411 tables
+        sent, replies = await asked(sim, "95")  # one frame before PCU 259, two after
+        assert sent == [0x98, 0x95] and replies["0x95"]["pcu_version"] == 411
+        sent, _ = await asked(sim, "battery")  # one layout at every version: no need
+        assert sent == [0x0A]
+
+        sim.model = InverterModel(pcu=258)  # remembered now: 411, without the 0xa2 query
+        await asked(sim, "0b")
+        sim.model = InverterModel(pcu=609)
+        sent, _ = await asked(sim, "a2")  # not refused on the word of the cache
+        assert sent == [0x98, 0xA2]
+
+
+async def test_a_run_that_fails_on_a_cached_identity_forgets_it() -> None:
+    async with Simulator() as sim:
+        await asked(sim, "battery")
+        entry, port = cache_entry(sim), sim.port
+        assert entry.exists()
+        await sim.stop()
+        status, _, err = await cli_async("-i", f"127.0.0.1:{port}", "get", "battery")
+        assert status == cli.Exit.UNREACHABLE, err
+        assert not entry.exists()  # whatever went wrong, the next run asks
+        await sim.start(port=port)
+        assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
+
+
+async def test_a_cache_that_cannot_be_used_is_no_cache(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with Simulator() as sim:
+        await asked(sim, "battery")
+        cache_entry(sim).write_text("{not json")
+        assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
+        assert json.loads(cache_entry(sim).read_text())["values"]["pcu_version"] == 609
+
+        not_a_directory = tmp_path / "file"
+        not_a_directory.write_text("")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_directory))
+        for _ in range(2):
+            assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
+
+
+def test_a_one_shot_read_loads_neither_configuration_nor_structlog(
+        inverter: tuple[int, Path]) -> None:
+    """With nothing configured; the start-up figures are in benchmarks/cli_startup.py."""
+    program = ("import sys; from sermatec_bridge import cli; "
+               f"code = cli.main(['-i', '127.0.0.1:{inverter[0]}', 'get', 'battery']); "
+               "print(sorted({m.split('.')[0] for m in sys.modules} & "
+               "{'pydantic', 'pydantic_settings', 'yaml', 'structlog'}), "
+               "'sermatec_bridge.config' in sys.modules, code, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60, check=False, env={
+                              "PATH": "/usr/bin:/bin",
+                              "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
+    assert done.stderr == "[] False 0\n"
+    assert "Battery state of charge:" in done.stdout
+
+
+def test_the_flags_alone_mean_the_configurations_defaults() -> None:
+    """What get uses with nothing configured is what the configuration would say."""
+    import inspect
+
+    from sermatec_bridge.config import ENV_PREFIX, InverterSettings
+    from sermatec_bridge.inverter.client import InverterClient
+
+    client = inspect.signature(InverterClient).parameters
+    for key in ("timeout", "retries", "name"):
+        assert client[key].default == InverterSettings.model_fields[key].default, key
+    assert InverterSettings.model_fields["port"].default == cli.DEFAULT_PORT
+    assert cli.ENV_PREFIX == ENV_PREFIX

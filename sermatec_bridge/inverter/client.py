@@ -17,14 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-import structlog
-
+from ..log import get_logger
 from ..protocol import codec, frame, tables
 from ..protocol.codec import Reading
 from ..protocol.model import Command, Kind
 from ..protocol.tables import COMMANDS, SYSTEM_INFO
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -116,13 +115,17 @@ class InverterClient:
         backoff_max: float = 60.0,
         connect_attempts: int | None = 1,
         name: str | None = None,
+        identity: Identity | None = None,
     ) -> None:
+        """``identity``: who the inverter is, if known (the CLI caches it); the first
+        connection then skips the identity query."""
         self.host, self.port = host, port
         self.timeout = timeout
         self.retries = retries
         self.backoff, self.backoff_max = backoff, backoff_max
         self.connect_attempts = connect_attempts
         self.identity: Identity | None = None
+        self._known = identity
         self.log = log.bind(inverter=name or f"{host}:{port}")
         self._lock = asyncio.Lock()
         self._writer: asyncio.StreamWriter | None = None
@@ -172,7 +175,8 @@ class InverterClient:
             await self._drop_connection()
             try:
                 await self._open()
-                self.identity = await self._identify()
+                self.identity = self._known or await self._identify()
+                self._known = None  # a reconnection asks again
                 self.log.info("connected", serial=self.identity.serial,
                               pcu=self.identity.reported_version, model=self.identity.model)
                 return

@@ -868,6 +868,11 @@ def replies(command: Command, version: int) -> tuple[int, ...]:
     return by_version[max(usable)] if usable else command.replies
 
 
+def same_at_every_version(command: Command) -> bool:
+    """Whether the replies to ``command`` read alike at every PCU version that offers it."""
+    return len(command.layouts) == 1 and command.code not in REPLIES_FROM
+
+
 def available(version: int) -> Iterator[Command]:
     """The commands an inverter of this PCU version offers, by code."""
     for code in sorted(COMMANDS):

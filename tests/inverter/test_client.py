@@ -301,3 +301,16 @@ async def test_an_echoed_request_is_never_taken_for_the_reply() -> None:
         assert client.identity is not None and client.identity.version == 609
         (reading,) = await client.query(0x0C)
         assert reading.values["inverter_on"] is True
+
+
+async def test_a_known_identity_saves_the_identity_query_until_a_reconnection() -> None:
+    async with Simulator() as sim:
+        async with InverterClient("127.0.0.1", sim.port or 0) as first:
+            known = first.identity
+        sim.received.clear()
+        sim.inject(Fault.SILENCE)  # the first 0x0a goes unanswered: a new connection
+        async with InverterClient("127.0.0.1", sim.port or 0, identity=known, timeout=0.5,
+                                  backoff=0.01) as client:
+            assert client.identity is known
+            await client.query(tables.BATTERY)
+        assert list(sim.received) == [0x0A, 0x98, 0x0A]  # who is it, after the break?

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -434,3 +435,11 @@ def test_fields_match_the_vendor_table_one_by_one(version: int) -> None:
                 if str(v.get("unitType", "")).lower() in ("kw", "kvar"):
                     scale *= 1000  # the project publishes W / var / VA
                 assert f.scale == pytest.approx(scale), where
+
+
+def test_which_replies_read_alike_at_every_pcu_version() -> None:
+    assert tables.same_at_every_version(tables.BATTERY)
+    assert not tables.same_at_every_version(tables.MEASUREMENTS)  # PCU 252 and 500 differ
+    one_layout = dataclasses.replace(tables.WORKING_PARAMETERS, layouts={
+        252: tables.WORKING_PARAMETERS.layouts[252]})
+    assert not tables.same_at_every_version(one_layout)  # from PCU 259 0x9d comes too
