@@ -286,9 +286,11 @@ class LogSettings(_Section):
 class HealthSettings(_Section):
     """Liveness for Docker's health check and Prometheus."""
 
-    file: Path = Field(
-        default=Path("/tmp/sermatec-bridge/health.json"),
-        description="Heartbeat file the bridge writes and `sermatec-bridge health` reads.",
+    file: Path | None = Field(
+        default=None,
+        description="Heartbeat file the bridge writes and `sermatec-bridge health` reads; "
+        "unset: one per bridge, `<mqtt.client_id>.health.json` in $XDG_RUNTIME_DIR/"
+        "sermatec-bridge, else in ~/.local/state/sermatec-bridge.",
     )
     max_age: float = Field(
         default=120.0, gt=0, description="Seconds after which a heartbeat counts as stale."
@@ -379,6 +381,23 @@ class Settings(BaseSettings):
     def all_inverters(self) -> list[InverterSettings]:
         """The single ``inverter`` (if set) followed by the ``inverters`` list."""
         return ([self.inverter] if self.inverter is not None else []) + list(self.inverters)
+
+    @property
+    def heartbeat_file(self) -> Path:
+        """``health.file``, else this bridge's own: the user's, named by its MQTT client id
+        (two bridges on one broker cannot share a client id), never one for the machine."""
+        if self.health.file is not None:
+            return self.health.file
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.mqtt.client_id)
+        return runtime_dir() / f"{name.lstrip('.')}.health.json"
+
+
+def runtime_dir() -> Path:
+    """Where a bridge keeps its heartbeat (and ``daemon -f`` its PID and log): the user's
+    runtime directory, else the user's state directory; never a directory all users share."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("XDG_STATE_HOME") or \
+        os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "sermatec-bridge"
 
 
 # --------------------------------------------------------------------------------------
