@@ -45,6 +45,7 @@ from pydantic_settings import (
 ENV_PREFIX = "SERMATEC_"
 ENV_DELIMITER = "__"
 CONFIG_ENV = "SERMATEC_CONFIG"
+APP_OPTIONS_ENV = "SERMATEC_APP_OPTIONS"  # the Home Assistant app's options file
 FILE_SUFFIX = "_FILE"
 SECRET_MASK = "********"
 
@@ -543,7 +544,7 @@ def _read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], set[s
         if raw.upper().startswith(ENV_PREFIX) and value != ""
     }
     for name, (raw, value) in given.items():
-        if name == CONFIG_ENV:
+        if name in (CONFIG_ENV, APP_OPTIONS_ENV):  # files to read, not settings
             continue
         option = options.get(name)
         if option is None and name.endswith(FILE_SUFFIX):

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings
+from .config import APP_OPTIONS_ENV, ConfigError, Settings, load_settings
 from .homezone import HomeZone, ZoneError, named
 
 TOKEN_ENV = "SUPERVISOR_TOKEN"
 URL_ENV = "SUPERVISOR_URL"
-OPTIONS_ENV = "SERMATEC_APP_OPTIONS"
 DEFAULT_URL = "http://supervisor"
 DEFAULT_OPTIONS = "/data/options.json"
 TIMEOUT = 10.0  # seconds for each request to the Supervisor
@@ -130,7 +129,7 @@ def read_options(path: Path) -> dict[str, Any]:
     try:
         options = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError([f"no options file at {path} ({OPTIONS_ENV})"]) from None
+        raise ConfigError([f"no options file at {path} ({APP_OPTIONS_ENV})"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read the options file {path}: {exc}"]) from None
     except ValueError as exc:
@@ -158,7 +157,7 @@ def _section(options: Mapping[str, Any], name: str) -> dict[str, Any]:
 def start(environ: Mapping[str, str]) -> AppStart:
     """The app's settings and zone. Raises ConfigError for the options, SupervisorError
     for the Supervisor; both say what to do."""
-    path = Path(environ.get(OPTIONS_ENV) or DEFAULT_OPTIONS)
+    path = Path(environ.get(APP_OPTIONS_ENV) or DEFAULT_OPTIONS)
     options = read_options(path)
     if not _section(options, "inverter").get("host") and "inverters" not in options:
         raise ConfigError(["no inverter address: enter it under inverter → host in the "
