@@ -3,6 +3,8 @@ compose), else UTC; a zone that cannot be used is an error that says what to set
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zoneinfo
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,3 +87,16 @@ def test_home_zone_now_is_the_zones_local_time() -> None:
     zone: HomeZone = named("Asia/Kolkata", "test")
     assert zone.now().utcoffset() == zone.tz.utcoffset(datetime.now())
     assert zone.label(JULY) == "Asia/Kolkata (IST, UTC+05:30)"
+
+
+def test_the_bridge_does_not_start_in_an_unknown_zone() -> None:
+    """A typo in TZ would set the inverter's clock wrong: one line, a configuration exit."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sermatec_bridge", "run"], capture_output=True, text=True,
+        timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "TZ": "Europe/Berlinn",
+             "SERMATEC_INVERTER__HOST": "127.0.0.1", "SERMATEC_MQTT__HOST": "127.0.0.1"})
+    assert done.returncode == 11, done.stderr
+    assert done.stderr == "sermatec-bridge: time zone: TZ=Europe/Berlinn: 'Europe/Berlinn' " \
+        "is not a time zone of the tz database; use a name such as Europe/Berlin or " \
+        "America/New_York\n"

@@ -73,9 +73,12 @@ def test_a_broker_in_the_options_wins(fake: FakeSupervisor, tmp_path: Path) -> N
 
 
 def test_cleared_fields_count_as_unset(fake: FakeSupervisor, tmp_path: Path) -> None:
-    options = {**OPTIONS, "mqtt": {"host": "", "username": ""}}
-    assert supervisor.start(app_env(fake, tmp_path, options)).settings.mqtt.host == \
-        "core-mosquitto"
+    """A text box emptied in the Configuration tab is saved as "": not a user called ""."""
+    fake.routes["/services/mqtt"] = (200, json.dumps({"result": "ok", "data": {
+        "host": "core-mosquitto", "port": 1883}}).encode())  # an anonymous broker
+    options = {**OPTIONS, "mqtt": {"host": "", "username": "", "password": ""}}
+    mqtt = supervisor.start(app_env(fake, tmp_path, options)).settings.mqtt
+    assert (mqtt.host, mqtt.username, mqtt.password) == ("core-mosquitto", None, None)
 
 
 def closed_port() -> int:
