@@ -37,6 +37,7 @@ from .conftest import (
     Mosquitto,
     clean_env,
     retained,
+    running_process,
     sim_port,
     topic,
 )
@@ -254,20 +255,8 @@ async def container(broker: Mosquitto, sim: Simulator,
     })
     argv = resolve(image.entrypoint + image.cmd, env["PATH"])
     log = tmp_path / "bridge.log"
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL)
-    running = Container(env, image, process, log)
-    try:
-        yield running
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    async with running_process(argv, env, log) as process:
+        yield Container(env, image, process, log)
 
 
 async def test_container_command_publishes_and_reports_health(

@@ -9,11 +9,7 @@ local time taken just before the press and just after the result.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -33,6 +29,8 @@ from .conftest import (
     Mosquitto,
     clean_env,
     eventually,
+    password_file,
+    running_process,
     sim_port,
     wait_ready,
 )
@@ -43,20 +41,9 @@ USER, PASSWORD = "addons", "Supervisor-made-Pa55word"
 @asynccontextmanager
 async def bridge_process(env: dict[str, str], log: Path) -> AsyncIterator[Path]:
     """``sermatec-bridge run`` with ``env``; stopped with SIGTERM, which it must obey."""
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sermatec_bridge", "run", env=env, stdout=sink,
-            stderr=sink, stdin=asyncio.subprocess.DEVNULL)
-    try:
+    argv = [sys.executable, "-m", "sermatec_bridge", "run"]
+    async with running_process(argv, env, log) as process:
         yield log
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
     assert process.returncode == 0, text(log)
 
 
@@ -105,12 +92,7 @@ async def test_the_clock_is_set_to_the_local_time_of_tz(
 @pytest.fixture
 def password_broker(mosquitto_bin: str, tmp_path: Path) -> Iterator[Mosquitto]:
     """A Mosquitto that lets in only the user the Supervisor hands out, as the app's."""
-    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not Path(passwd).exists():
-        pytest.skip("mosquitto_passwd is missing: sudo apt-get install mosquitto")
-    passwords = tmp_path / "passwords"
-    subprocess.run([passwd, "-b", "-c", str(passwords), USER, PASSWORD], check=True,
-                   capture_output=True, timeout=30)
+    passwords = password_file(tmp_path, USER, PASSWORD)
     mosquitto = Mosquitto(mosquitto_bin, tmp_path / "mosquitto",
                           extra=f"password_file {passwords}", anonymous=False)
     mosquitto.start()
