@@ -13,8 +13,8 @@ RUN pip install --no-cache-dir --no-warn-script-location --prefix=/install .
 # It runs as root by default because the Home Assistant Supervisor starts an app as the
 # image's user and hands it its options in a file only root may read; docker-compose.yml
 # runs it as the user made here (10001) on a read-only root filesystem.
-# /run/sermatec-bridge (the heartbeat) is writable for any user, like /tmp: a tmpfs mounted
-# over it (compose) takes this mode, but is owned by root.
+# /run/sermatec-bridge (the heartbeat) is writable for any user, like /tmp, as the volume
+# or a tmpfs mounted over it (owned by root; compose gives it this mode) must be.
 # No /etc/localtime of its own: the zone is TZ, the host's /etc/localtime mounted by
 # compose, or UTC (the Home Assistant app asks the Supervisor).
 FROM python:3.12-slim
