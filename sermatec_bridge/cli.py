@@ -14,7 +14,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .homezone import HomeZone
     from .inverter.client import InverterClient
     from .protocol.codec import Reading
     from .protocol.frame import Frame
@@ -536,17 +536,56 @@ def _assignment(text: str) -> tuple[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> Exit:
-    from . import log
+    from . import supervisor
+
+    if supervisor.active(os.environ):  # a Home Assistant app: the Supervisor configures it
+        return _app(args)
+    settings = _settings(args)
+    return _bridge(settings, _home_zone(), args.debug)
+
+
+def _app(args: argparse.Namespace) -> Exit:
+    from . import supervisor
+    from .config import ConfigError
+
+    try:
+        app = supervisor.start(os.environ)
+    except ConfigError as exc:
+        raise Failure("invalid app options: " + "; ".join(exc.problems), Exit.CONFIG) from None
+    except supervisor.SupervisorError as exc:
+        raise Failure(str(exc), Exit.ERROR) from None
+    mqtt = app.settings.mqtt
+    return _bridge(app.settings, app.zone, args.debug, options=str(app.options_file),
+                   broker=f"{mqtt.host}:{mqtt.port} (from {app.broker_from})")
+
+
+def _home_zone() -> HomeZone:
+    from . import homezone
+
+    try:
+        return homezone.current()
+    except homezone.ZoneError as exc:
+        raise Failure(f"time zone: {exc}", Exit.CONFIG) from None
+
+
+def _bridge(settings: Settings, zone: HomeZone, debug: int, **facts: str) -> Exit:
+    """Run the bridge in the home's time zone; the log says which zone that is."""
+    import structlog
+
+    from . import homezone, log
     from .bridge import service
 
-    settings = _settings(args)
-    log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
+    homezone.use(zone)
+    log.configure(settings.log.level if not debug else "debug", settings.log.format)
+    structlog.get_logger("sermatec_bridge").info(
+        "starting", time_zone=zone.label(), zone_from=zone.source,
+        local_time=zone.now().isoformat(timespec="seconds"), **facts)
     return Exit.OK if service.run(settings) == 0 else Exit.ERROR
 
 
 def _daemon(args: argparse.Namespace) -> Exit:
     """The community tool's ``daemon`` command, mapped onto ``run``."""
-    from . import log
+    from .config import runtime_dir
 
     overrides: dict[str, Any] = {
         "inverter": {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or DEFAULT_PORT,
@@ -556,16 +595,11 @@ def _daemon(args: argparse.Namespace) -> Exit:
     if args.wait is not None:
         overrides["poll"] = {"live": args.wait}
     settings = _settings(args, overrides)
+    zone = _home_zone()
     if args.fork:
-        _detach(Path(args.pid_file), Path(args.log_file), args.prog)
-    log.configure(settings.log.level if not args.debug else "debug", settings.log.format)
-    from .bridge import service
-
-    return Exit.OK if service.run(settings) == 0 else Exit.ERROR
-
-
-def _runtime_dir() -> Path:
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+        _detach(Path(args.pid_file or runtime_dir() / "sermatec-bridge.pid"),
+                Path(args.log_file or runtime_dir() / "sermatec-bridge.log"), args.prog)
+    return _bridge(settings, zone, args.debug)
 
 
 def _detach(pid_file: Path, log_file: Path, prog: str) -> None:
@@ -581,6 +615,8 @@ def _detach(pid_file: Path, log_file: Path, prog: str) -> None:
     else:
         raise Failure(f"already running as PID {running} ({pid_file})", Exit.ERROR)
     try:
+        for parent in {pid_file.parent, log_file.parent}:
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         pid_file.write_text("")
     except OSError as exc:
@@ -620,10 +656,10 @@ def _health(args: argparse.Namespace) -> Exit:
     from .bridge.health import check
 
     settings = _settings(args, any_inverter=True)  # only the heartbeat is read
-    problems = check(settings.health.file, settings.health.max_age)
-    if problems:
-        raise Failure("unhealthy: " + "; ".join(problems), Exit.UNHEALTHY)
-    print("healthy")
+    verdict = check(settings.heartbeat_file, settings.health.max_age)
+    if verdict.problems:
+        raise Failure(f"unhealthy: {verdict}", Exit.UNHEALTHY)
+    print(f"healthy: {verdict}")
     return Exit.OK
 
 
@@ -857,10 +893,11 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    help="interval between live-data updates")
     p.add_argument("-f", "-k", "--fork", action="store_true",
                    help="detach: run in the background, log to --log-file, print the PID")
-    p.add_argument("--pid-file", default=str(_runtime_dir() / "sermatec-bridge.pid"),
-                   metavar="PATH", help="with -f: where the PID goes (default: %(default)s)")
-    p.add_argument("--log-file", default=str(_runtime_dir() / "sermatec-bridge.log"),
-                   metavar="PATH", help="with -f: where the logs go (default: %(default)s)")
+    where = "in $XDG_RUNTIME_DIR/sermatec-bridge, else ~/.local/state/sermatec-bridge"
+    p.add_argument("--pid-file", metavar="PATH",
+                   help=f"with -f: where the PID goes (default: sermatec-bridge.pid {where})")
+    p.add_argument("--log-file", metavar="PATH",
+                   help=f"with -f: where the logs go (default: sermatec-bridge.log {where})")
     _options(p, "config")
     return top
 

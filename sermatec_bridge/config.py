@@ -45,6 +45,7 @@ from pydantic_settings import (
 ENV_PREFIX = "SERMATEC_"
 ENV_DELIMITER = "__"
 CONFIG_ENV = "SERMATEC_CONFIG"
+APP_OPTIONS_ENV = "SERMATEC_APP_OPTIONS"  # the Home Assistant app's options file
 FILE_SUFFIX = "_FILE"
 SECRET_MASK = "********"
 
@@ -286,9 +287,11 @@ class LogSettings(_Section):
 class HealthSettings(_Section):
     """Liveness for Docker's health check and Prometheus."""
 
-    file: Path = Field(
-        default=Path("/tmp/sermatec-bridge/health.json"),
-        description="Heartbeat file the bridge writes and `sermatec-bridge health` reads.",
+    file: Path | None = Field(
+        default=None,
+        description="Heartbeat file the bridge writes and `sermatec-bridge health` reads; "
+        "unset: one per bridge, `<mqtt.client_id>.health.json` in $XDG_RUNTIME_DIR/"
+        "sermatec-bridge, else in ~/.local/state/sermatec-bridge.",
     )
     max_age: float = Field(
         default=120.0, gt=0, description="Seconds after which a heartbeat counts as stale."
@@ -379,6 +382,23 @@ class Settings(BaseSettings):
     def all_inverters(self) -> list[InverterSettings]:
         """The single ``inverter`` (if set) followed by the ``inverters`` list."""
         return ([self.inverter] if self.inverter is not None else []) + list(self.inverters)
+
+    @property
+    def heartbeat_file(self) -> Path:
+        """``health.file``, else this bridge's own: the user's, named by its MQTT client id
+        (two bridges on one broker cannot share a client id), never one for the machine."""
+        if self.health.file is not None:
+            return self.health.file
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.mqtt.client_id)
+        return runtime_dir() / f"{name.lstrip('.')}.health.json"
+
+
+def runtime_dir() -> Path:
+    """Where a bridge keeps its heartbeat (and ``daemon -f`` its PID and log): the user's
+    runtime directory, else the user's state directory; never a directory all users share."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("XDG_STATE_HOME") or \
+        os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "sermatec-bridge"
 
 
 # --------------------------------------------------------------------------------------
@@ -524,7 +544,7 @@ def _read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], set[s
         if raw.upper().startswith(ENV_PREFIX) and value != ""
     }
     for name, (raw, value) in given.items():
-        if name == CONFIG_ENV:
+        if name in (CONFIG_ENV, APP_OPTIONS_ENV):  # files to read, not settings
             continue
         option = options.get(name)
         if option is None and name.endswith(FILE_SUFFIX):

@@ -355,12 +355,12 @@ def test_simulate_on_a_busy_port_is_one_line(inverter: tuple[int, Path]) -> None
 
 def test_health_needs_no_inverter(tmp_path: Path) -> None:
     beat = tmp_path / "health.json"
-    beat.write_text(json.dumps({"updated": time.time(), "mqtt_connected": True,
+    beat.write_text(json.dumps({"updated": time.time() - 42, "mqtt_connected": True,
                                 "inverters": []}))
     status, out, err = run_cli("health", env={"PATH": "/usr/bin:/bin",
                                               "SERMATEC_HEALTH__FILE": str(beat)})
     assert status == cli.Exit.OK, err
-    assert out == "healthy\n"
+    assert re.fullmatch(rf"healthy: heartbeat 4[23] s old in {re.escape(str(beat))}\n", out)
 
 
 @pytest.mark.parametrize(("sun", "daylight"), [("12:00", True), ("00:30", False)])
@@ -673,3 +673,18 @@ def test_the_flags_alone_mean_the_configurations_defaults() -> None:
         assert client[key].default == InverterSettings.model_fields[key].default, key
     assert InverterSettings.model_fields["port"].default == cli.DEFAULT_PORT
     assert cli.ENV_PREFIX == ENV_PREFIX
+
+
+def test_no_command_needs_a_temporary_directory_to_parse_its_arguments(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only container has no /tmp: the simulator and the bridge must start there."""
+    def no_temporary_directory() -> str:
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "gettempdir", no_temporary_directory)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    for command in ("simulate", "run", "daemon", "health", "get", "list", "decode", "config"):
+        with pytest.raises(SystemExit) as done:
+            cli.main([command, "--help"])
+        assert done.value.code == 0, command
+    assert "--pid-file" in capsys.readouterr().out

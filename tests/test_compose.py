@@ -1,7 +1,8 @@
-"""Docker Compose as rendered by ``docker-compose config`` (no Docker engine needed).
+"""Docker Compose as ``docker compose config`` renders it (Compose v2, no Docker engine needed).
 
-Each test copies the compose files into a temporary project with a ``.env`` made from
-``.env.example``, renders the configuration and checks what the containers would get.
+Each test copies the compose files into a temporary project, with or without a ``.env``,
+renders the configuration with the Compose version the README asks for, and checks what
+the containers would get.
 """
 
 from __future__ import annotations
@@ -21,43 +22,68 @@ COMPOSE = ROOT / ".venv-tools" / "bin" / "docker-compose"
 FILES = ("docker-compose.yml", "docker-compose.config.yml", ".env.example")
 
 pytestmark = pytest.mark.skipif(not COMPOSE.exists(),
-                                reason="docker-compose is not installed (make test builds it)")
+                                reason="docker compose is not installed (make test installs it)")
 
 
-def render(project: Path, env: str | None = None, *args: str) -> dict[str, Any]:
-    """``docker-compose config`` of a copy of the project with this .env."""
+def render(project: Path, env: str | None, *args: str) -> dict[str, Any]:
+    """``docker compose config`` of a copy of the project; ``env``: the .env (None: none)."""
     for name in FILES:
         shutil.copy(ROOT / name, project / name)
-    example = (ROOT / ".env.example").read_text()
-    (project / ".env").write_text(example + (env or ""))
+    if env is not None:
+        (project / ".env").write_text(env)
     done = subprocess.run([str(COMPOSE), *args, "config"], cwd=project, capture_output=True,
-                          text=True, check=False, env={"PATH": "/usr/bin:/bin"})
+                          text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(project)})
     assert done.returncode == 0, done.stderr
     config: dict[str, Any] = yaml.safe_load(done.stdout)
     return config
+
+
+def example(extra: str = "") -> str:
+    """A .env as a user has it: .env.example copied, lines added."""
+    return (ROOT / ".env.example").read_text() + extra
 
 
 def bridge_env(config: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in config["services"]["bridge"]["environment"].items()}
 
 
-def test_env_example_as_is_runs_the_demo_stack(tmp_path: Path) -> None:
-    config = render(tmp_path, None, "--profile", "demo")
-    env = bridge_env(config)
-    assert env["SERMATEC_INVERTER__HOST"] == "simulator"  # the demo profile's inverter
-    assert env["SERMATEC_MQTT__HOST"] == "mosquitto"
-    assert env["SERMATEC_WRITES__ENABLED"] == "false"
+@pytest.mark.parametrize("env", [None, example()], ids=["no .env", ".env.example"])
+def test_the_demo_stack_runs_with_or_without_env(tmp_path: Path, env: str | None) -> None:
+    config = render(tmp_path, env, "--profile", "demo")
+    bridge_vars = bridge_env(config)
+    assert bridge_vars["SERMATEC_INVERTER__HOST"] == "simulator"  # the demo's inverter
+    assert bridge_vars["SERMATEC_MQTT__HOST"] == "mosquitto"
+    assert "TZ" not in bridge_vars, "no zone is hard-coded: the host's /etc/localtime counts"
     assert config["services"]["simulator"]["profiles"] == ["demo"]
-    settings = load_settings(env=env)  # what the bridge makes of it: valid, as intended
+    settings = load_settings(env=bridge_vars)  # what the bridge makes of it: valid
     assert [i.host for i in settings.all_inverters()] == ["simulator"]
     assert (settings.mqtt.host, settings.writes.enabled) == ("mosquitto", False)
+
+
+def test_the_bridge_has_the_hosts_time_zone_and_tz_overrides_it(tmp_path: Path) -> None:
+    bridge = render(tmp_path, None)["services"]["bridge"]
+    [zone] = [v for v in bridge["volumes"] if v["target"] == "/etc/localtime"]
+    assert (zone["source"], zone["read_only"]) == ("/etc/localtime", True)
+    assert bridge_env(render(tmp_path, example("TZ=Pacific/Auckland\n")))["TZ"] == \
+        "Pacific/Auckland"
+
+
+def test_one_build_serves_both_services(tmp_path: Path) -> None:
+    services = render(tmp_path, None, "--profile", "demo")["services"]
+    bridge, simulator = services["bridge"], services["simulator"]
+    assert Path(bridge["build"]["context"]) == tmp_path
+    assert bridge["pull_policy"] == "build"  # never looked for on Docker Hub
+    assert "build" not in simulator, "a second build of the same image"
+    assert (simulator["image"], simulator["pull_policy"]) == (bridge["image"], "never")
+    assert simulator["healthcheck"] == {"disable": True}  # it writes no heartbeat
 
 
 def test_every_sermatec_variable_of_env_reaches_the_bridge(tmp_path: Path) -> None:
     extra = ("SERMATEC_HOMEASSISTANT__DEVICE_DISCOVERY=false\n"
              "SERMATEC_INVERTER__TIMEOUT=9\nSERMATEC_INVERTER__HOST=192.168.1.50\n"
              "SERMATEC_MQTT__TLS__ENABLED=false\nSERMATEC_POLL__ENERGY=120\n")
-    env = bridge_env(render(tmp_path, extra))
+    env = bridge_env(render(tmp_path, example(extra)))
     for line in extra.splitlines():
         key, value = line.split("=", 1)
         assert env[key] == value, key
@@ -67,8 +93,8 @@ def test_every_sermatec_variable_of_env_reaches_the_bridge(tmp_path: Path) -> No
 
 
 def test_the_bridge_runs_alone_with_home_assistants_broker(tmp_path: Path) -> None:
-    config = render(tmp_path, "SERMATEC_MQTT__HOST=192.168.1.10\n"
-                              "SERMATEC_MQTT__USERNAME=sermatec\n")
+    config = render(tmp_path, example("SERMATEC_MQTT__HOST=192.168.1.10\n"
+                                      "SERMATEC_MQTT__USERNAME=sermatec\n"))
     bridge = config["services"]["bridge"]
     assert "depends_on" not in bridge  # `docker compose up -d bridge` starts it alone
     assert bridge_env(config)["SERMATEC_MQTT__HOST"] == "192.168.1.10"
@@ -77,22 +103,22 @@ def test_the_bridge_runs_alone_with_home_assistants_broker(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("how", ["flags", "COMPOSE_FILE"])
 def test_a_yaml_config_for_several_inverters(tmp_path: Path, how: str) -> None:
-    (tmp_path / "config.yaml").write_text(
+    (tmp_path / "sermatec-bridge.yaml").write_text(
         "inverters:\n  - host: 192.168.1.51\n    name: garage\n"
         "  - host: 192.168.1.52\n    name: roof\n")
     if how == "flags":
         config = render(tmp_path, None, "-f", "docker-compose.yml",
                         "-f", "docker-compose.config.yml")
     else:
-        config = render(tmp_path, "COMPOSE_FILE=docker-compose.yml:docker-compose.config.yml\n")
+        config = render(tmp_path,
+                        example("COMPOSE_FILE=docker-compose.yml:docker-compose.config.yml\n"))
     bridge = config["services"]["bridge"]
-    [mount] = [v for v in bridge["volumes"] if "config.yaml" in str(v)]
-    source, target = (mount["source"], mount["target"]) if isinstance(mount, dict) else \
-        mount.split(":")[:2]
-    assert Path(source) == tmp_path / "config.yaml"
+    [mount] = [v for v in bridge["volumes"] if v["target"] != "/etc/localtime"]
+    assert Path(mount["source"]) == tmp_path / "sermatec-bridge.yaml"
+    assert mount["read_only"] is True
     env = bridge_env(config)
-    assert env["SERMATEC_CONFIG"] == target
+    assert env["SERMATEC_CONFIG"] == mount["target"]
     # The bridge reads the file at that path: both inverters, and no simulator.
-    env["SERMATEC_CONFIG"] = source
+    env["SERMATEC_CONFIG"] = mount["source"]
     settings = load_settings(env=env)
     assert [i.name for i in settings.all_inverters()] == ["garage", "roof"]

@@ -60,7 +60,7 @@ def test_defaults() -> None:
     assert not settings.writes.enabled
     assert (settings.writes.min_interval, settings.writes.confirm_timeout) == (10.0, 10.0)
     assert (settings.log.level, settings.log.format) == ("info", "auto")
-    assert settings.health.file == Path("/tmp/sermatec-bridge/health.json")
+    assert settings.health.file is None  # one per bridge: see test_heartbeat_file_*
     assert (settings.health.max_age, settings.health.metrics_port) == (120, None)
 
 
@@ -594,3 +594,25 @@ def test_an_unquoted_protocol_version_in_yaml_is_accepted(tmp_path: Path) -> Non
     refused = write_yaml(tmp_path, "inverter:\n  host: 192.168.1.50\nmqtt:\n  protocol: 4\n")
     with pytest.raises(ConfigError, match=r"mqtt\.protocol"):
         load_settings(refused, env={})
+
+
+@pytest.mark.parametrize(("runtime", "state", "home", "where"), [
+    ("/run/user/1000", "", "/home/ann", "/run/user/1000/sermatec-bridge"),
+    ("", "/var/state", "/home/ann", "/var/state/sermatec-bridge"),
+    ("", "", "/home/ann", "/home/ann/.local/state/sermatec-bridge"),
+])
+def test_heartbeat_file_belongs_to_one_bridge_of_one_user(
+        monkeypatch: pytest.MonkeyPatch, runtime: str, state: str, home: str,
+        where: str) -> None:
+    """Not one file for the machine: another user's (or another bridge's) heartbeat must
+    never make this bridge look healthy."""
+    for name, value in (("XDG_RUNTIME_DIR", runtime), ("XDG_STATE_HOME", state),
+                        ("HOME", home)):
+        monkeypatch.setenv(name, value)
+    inverter = {"SERMATEC_INVERTER__HOST": "192.168.1.50"}
+    first = load_settings(env=inverter).heartbeat_file
+    assert first == Path(where) / "sermatec-bridge.health.json"
+    other = load_settings(env={**inverter, "SERMATEC_MQTT__CLIENT_ID": "../garage/bridge"})
+    assert other.heartbeat_file == Path(where) / "_garage_bridge.health.json"
+    given = load_settings(env={**inverter, "SERMATEC_HEALTH__FILE": "/srv/beat.json"})
+    assert given.heartbeat_file == Path("/srv/beat.json")

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,24 +40,47 @@ def write(path: Path, bridge: Bridge) -> None:
     """Replace the heartbeat file atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(snapshot(bridge), tmp)
-    os.replace(tmp.name, path)
+        try:
+            json.dump(snapshot(bridge), tmp)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    try:
+        os.replace(tmp.name, path)
+    except OSError:
+        os.unlink(tmp.name)
+        raise
 
 
-def check(path: Path, max_age: float, now: float | None = None) -> list[str]:
-    """The reasons the daemon is not healthy; an empty list means healthy."""
+@dataclass
+class Verdict:
+    """What ``health`` found in the heartbeat file."""
+
+    file: Path
+    problems: list[str]  # empty: healthy
+    age: float | None = None  # seconds since the bridge wrote it; None: no readable file
+
+    def __str__(self) -> str:
+        if self.age is None:
+            return "; ".join(self.problems)
+        where = f"heartbeat {self.age:.0f} s old in {self.file}"
+        return f"{'; '.join(self.problems)} ({where})" if self.problems else where
+
+
+def check(path: Path, max_age: float, now: float | None = None) -> Verdict:
+    """Judge the heartbeat file: healthy when it has no problems."""
     now = time.time() if now is None else now
     try:
         beat = json.loads(path.read_text())
+        age = now - float(beat.get("updated", 0))
     except FileNotFoundError:
-        return [f"no heartbeat file at {path}: is the daemon running?"]
-    except (OSError, ValueError) as exc:
-        return [f"unreadable heartbeat file {path}: {exc}"]
+        return Verdict(path, [f"no heartbeat file at {path}: is the bridge running?"])
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        return Verdict(path, [f"unreadable heartbeat file {path}: {exc}"])
     problems = []
-    age = now - float(beat.get("updated", 0))
     if age > max_age:
         problems.append(f"heartbeat is {age:.0f} s old (limit {max_age:.0f} s): "
-                        "the daemon is stuck or stopped")
+                        "the bridge is stuck or stopped")
     if not beat.get("mqtt_connected"):
         problems.append("not connected to the MQTT broker")
     for inverter in beat.get("inverters", []):
@@ -67,4 +91,4 @@ def check(path: Path, max_age: float, now: float | None = None) -> list[str]:
             elif now - last > max_age:
                 problems.append(f"inverter {inverter['name']}: last successful {what} "
                                 f"{now - last:.0f} s ago (limit {max_age:.0f} s)")
-    return problems
+    return Verdict(path, problems, age)

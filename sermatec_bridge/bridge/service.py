@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import signal
 import time
@@ -32,6 +33,8 @@ from .runtime import COMMAND_DEADLINE, STOP_GRACE, InverterRuntime, WriteCommand
 from .writes import WriteRefused, WriteResult, parse_request
 
 log = structlog.get_logger(__name__)
+
+HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
 
 
 class Bridge:
@@ -290,8 +293,29 @@ class Bridge:
                 log.exception("re-sending discovery failed")
 
     async def _heartbeat(self) -> None:
+        """Rewrite the heartbeat file every few seconds. A file that cannot be written is
+        logged (once, then every ``HEARTBEAT_LOG_EVERY`` s while it lasts) and tried again:
+        the health check then says unhealthy, but the bridge goes on bridging."""
+        path = self.settings.heartbeat_file
+        failing_since: float | None = None
+        logged = -math.inf
         while True:
-            health.write(self.settings.health.file, self)
+            try:
+                health.write(path, self)
+            except OSError as exc:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - logged >= HEARTBEAT_LOG_EVERY:
+                    logged = now
+                    log.warning("cannot write the heartbeat file; retrying", file=str(path),
+                                error=f"{type(exc).__name__}: {exc.strerror or exc}",
+                                failing_for=round(now - failing_since),
+                                hint="`sermatec-bridge health` reports unhealthy until "
+                                "it is writable (health.file / SERMATEC_HEALTH__FILE)")
+            else:
+                if failing_since is not None:
+                    log.info("heartbeat file written again", file=str(path))
+                failing_since, logged = None, -math.inf
             await asyncio.sleep(min(5.0, self.settings.poll.live))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from .. import homezone
 from ..protocol import alarms
 from ..protocol.codec import Reading, layout_of
 from ..protocol.model import Field, Value, Wire, watts
@@ -170,8 +171,8 @@ class EnergyGuard:
       late: if the counter still carried a non-zero total past midnight (the inverter
       had not reset yet), the first decrease of that day is accepted as the reset.
 
-    The local date is the date of ``now`` in the system's time zone, where the inverter
-    lives too. State is per inverter and in memory only.
+    The local date is the date of ``now`` in the home's time zone (:mod:`..homezone`),
+    where the inverter lives too. State is per inverter and in memory only.
     """
 
     def __init__(self) -> None:
@@ -183,7 +184,7 @@ class EnergyGuard:
 
     def check(self, key: str, value: Value, now: datetime) -> float | None:
         """The value to publish for a counter reading (None: unknown)."""
-        day = now.astimezone().date()
+        day = now.astimezone(homezone.current().tz).date()
         counter = self._counters.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             # No usable reading: repeat the last value, unless it is yesterday's.

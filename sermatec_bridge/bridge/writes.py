@@ -22,12 +22,12 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import structlog
 
+from .. import homezone
 from ..inverter.client import InverterClient, InverterError, Session
 from ..protocol import codec, records, tables
 from ..protocol.codec import quote
@@ -485,7 +485,8 @@ class Writer:
     async def _set_clock(self, result: WriteResult) -> WriteResult:
         async with self.client.session() as session:  # the rate limit inside the slot
             self._rate_limit([CLOCK_KEY])
-            now = datetime.now().astimezone()
+            zone = homezone.current()  # the inverter keeps the home's local time
+            now = zone.now()
             values = {"year": now.year, "month": now.month, "day": now.day,
                       "hour": now.hour, "minute": now.minute, "second": now.second}
             await session.write(tables.CLOCK, values)
@@ -493,6 +494,7 @@ class Writer:
         result.sent = True
         result.changed[CLOCK_KEY] = now.isoformat(timespec="seconds")
         result.unconfirmed = "sent; the inverter has no query that shows its clock"
+        result.notes.append(f"local time of {zone.label(now)}")
         return result
 
 

@@ -428,6 +428,7 @@ class InverterModel:
         self.rng = random.Random(seed)
         self.clock: Clock = clock or datetime.now
         self.clock_offset = timedelta()
+        self.clock_set: datetime | None = None  # the local time the last 0x68 write carried
         self.settings = default_settings(self.model_code, self.rated, self.battery_make)
         self.registers = dict(DEFAULT_REGISTERS)
         self.live = Live()
@@ -889,6 +890,8 @@ class InverterModel:
         wanted = datetime(year, month, day, hour, minute, second)
         self.update()  # integrate up to the change on the old time
         self.clock_offset = wanted - self.clock()
+        self.clock_set = wanted
+        log.info("clock set", local_time=wanted.isoformat())
 
     def _set_registers(self, values: Mapping[str, Value]) -> None:
         for record in values["registers"]:

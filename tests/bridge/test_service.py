@@ -1,4 +1,5 @@
-"""The daemon's own supervision: a part that dies stops the bridge with a failure."""
+"""The daemon's own supervision: a part that dies stops the bridge with a failure; the
+heartbeat file is no such part."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import asyncio
 import itertools
 import socket
 from pathlib import Path
+from typing import Any
 
+import pytest
+from structlog.testing import capture_logs
+
+from sermatec_bridge.bridge import health
+from sermatec_bridge.bridge.health import check
 from sermatec_bridge.bridge.service import Bridge
 from sermatec_bridge.config import load_settings
 from sermatec_bridge.simulator import Simulator
@@ -43,3 +50,56 @@ async def test_the_inverters_of_one_bridge_start_their_rounds_apart() -> None:
     firsts = [w.scheduler.next_due() for w in Bridge(settings).workers]
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(firsts)]
     assert gaps == [2.0, 2.0, 2.0], "spread evenly over one live interval"
+
+
+async def eventually(condition: Any, what: str, within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{what} within {within} s"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_heartbeat_that_cannot_be_written_is_logged_retried_and_never_fatal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose's tmpfs, owned by root, once stopped the whole bridge (61 restarts in 45 s)."""
+    blocker = tmp_path / "run"
+    blocker.write_text("a file where the heartbeat's directory should be")
+    beat = blocker / "health.json"
+    attempts = []
+    real_write = health.write
+    monkeypatch.setattr(health, "write", lambda *a: (attempts.append(1), real_write(*a)))
+    async with Simulator(pcu=609) as sim:
+        settings = load_settings(overrides={
+            "inverter": {"host": "127.0.0.1", "port": sim.port},
+            "poll": {"live": 0.05},  # a heartbeat every 50 ms
+            "mqtt": {"host": "127.0.0.1", "port": free_port()},  # nobody there: retried
+            "health": {"file": str(beat)},
+        }, env={})
+        bridge = Bridge(settings)
+        with capture_logs() as logs:
+            running = asyncio.create_task(bridge.run())
+            await eventually(lambda: len(attempts) >= 10, "ten heartbeat attempts")
+            failures = [e for e in logs if e["event"].startswith("cannot write the heartbeat")]
+            assert len(failures) == 1, "one warning, not one per beat"
+            assert failures[0]["file"] == str(beat) and failures[0]["log_level"] == "warning"
+            assert failures[0]["error"] == "FileExistsError: File exists"
+            await eventually(lambda: bridge.workers[0].last_poll is not None,
+                             "the inverter polled")
+            assert not running.done(), "the bridge goes on"
+
+            blocker.unlink()  # the directory can be made now: the next beat succeeds
+            await eventually(beat.exists, "the heartbeat written")
+            assert [e["event"] for e in logs].count("heartbeat file written again") == 1
+            assert check(beat, 60).age is not None
+
+            beat.unlink()  # fails again (a directory in the file's place): said again at
+            beat.mkdir()   # once, not 5 minutes later
+            await eventually(lambda: sum(e["event"].startswith("cannot write the heartbeat")
+                                         for e in logs) == 2, "the second failure logged")
+            bridge.stopping.set()
+            assert await asyncio.wait_for(running, 10) is True  # a clean stop, no failure
+    assert not leftovers(tmp_path), "no temporary file left behind"
+
+
+def leftovers(path: Path) -> list[Path]:
+    return list(path.glob("**/*.tmp"))

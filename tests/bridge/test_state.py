@@ -232,3 +232,25 @@ def test_alarm_of_a_battery_make_without_a_block_keeps_its_bit() -> None:
     assert alarm["bit"] == 2
     assert alarm["severity"] == "unknown"
     assert "bit 2" in alarm["text"]
+
+
+@pytest.fixture
+def home_in_auckland() -> Any:
+    from sermatec_bridge import homezone
+
+    homezone.use(homezone.named("Pacific/Auckland", "test"))
+    yield
+    homezone.use(None)
+
+
+@pytest.mark.usefixtures("home_in_auckland")
+def test_the_daily_counters_start_over_at_the_homes_midnight_not_the_hosts() -> None:
+    """Auckland's midnight in December is 11:00 UTC; the host's (UTC) midnight is not one."""
+    guard = EnergyGuard()
+    utc = UTC
+    assert guard.check("pv_energy_today", 12.5, datetime(2026, 12, 4, 23, 50, tzinfo=utc))
+    # 00:10 UTC: a new day for the host, still the afternoon of the 5th in Auckland
+    assert guard.check("pv_energy_today", 0.0, datetime(2026, 12, 5, 0, 10, tzinfo=utc)) == 12.5
+    assert guard.check("pv_energy_today", 12.6, datetime(2026, 12, 5, 0, 20, tzinfo=utc)) == 12.6
+    # 11:05 UTC is 00:05 on the 6th in Auckland: the inverter's reset is taken
+    assert guard.check("pv_energy_today", 0.0, datetime(2026, 12, 5, 11, 5, tzinfo=utc)) == 0.0

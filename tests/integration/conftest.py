@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,17 @@ class Mosquitto:
             return self.logfile.read_text(errors="replace")[-4000:]
         except FileNotFoundError:
             return ""
+
+
+def password_file(directory: Path, user: str, password: str) -> Path:
+    """A Mosquitto password file with one user (``password_file`` in ``extra``)."""
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(passwd).exists():
+        pytest.skip("mosquitto_passwd is missing: sudo apt-get install mosquitto")
+    path = directory / "passwords"
+    subprocess.run([passwd, "-b", "-c", str(path), user, password], check=True,
+                   capture_output=True, timeout=30)
+    return path
 
 
 @pytest.fixture
@@ -532,3 +544,22 @@ async def subprocess_output(process: asyncio.subprocess.Process) -> str:
     assert process.stderr is not None
     data = await process.stderr.read()
     return data.decode(errors="replace")
+
+
+@asynccontextmanager
+async def running_process(argv: Sequence[str], env: Mapping[str, str],
+                          log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``argv`` with its output in ``log``; SIGTERM at the end, SIGKILL after 15 s."""
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=dict(env), stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

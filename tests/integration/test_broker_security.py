@@ -30,6 +30,7 @@ from .conftest import (
     eventually,
     free_port,
     make_settings,
+    password_file,
     sim_port,
     topic,
 )
@@ -87,12 +88,7 @@ class SecureBroker:
 @pytest.fixture
 def secure_broker(mosquitto_bin: str, tmp_path: Path,
                   certificates: Certificates) -> Iterator[SecureBroker]:
-    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not Path(passwd).exists():
-        pytest.skip("mosquitto_passwd is missing: sudo apt-get install mosquitto")
-    passwords = tmp_path / "passwords"
-    subprocess.run([passwd, "-b", "-c", str(passwords), USER, PASSWORD], check=True,
-                   capture_output=True, timeout=30)
+    passwords = password_file(tmp_path, USER, PASSWORD)
     plain_port = free_port()
     extra = "\n".join([
         f"cafile {certificates.ca}",

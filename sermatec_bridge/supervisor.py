@@ -1,0 +1,175 @@
+"""The bridge as a Home Assistant app ("add-on"): its configuration from the Supervisor.
+
+The Supervisor starts the app's container with ``SUPERVISOR_TOKEN`` set and writes the
+options the user saved in the app's Configuration tab to ``/data/options.json``. They use
+the keys of the YAML configuration (``inverter: {host, port}``, ``writes: {enabled}``, ...),
+so the same models validate them. When they name no MQTT broker, the broker, its port,
+credentials and TLS come from the Supervisor (the Mosquitto app provides them), and the
+time zone is always Home Assistant's.
+
+Every way this can fail (no Supervisor, a refusal, no MQTT service, options that are not
+valid) ends the start with one line naming the cause, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import APP_OPTIONS_ENV, ConfigError, Settings, load_settings
+from .homezone import HomeZone, ZoneError, named
+
+TOKEN_ENV = "SUPERVISOR_TOKEN"
+URL_ENV = "SUPERVISOR_URL"
+DEFAULT_URL = "http://supervisor"
+DEFAULT_OPTIONS = "/data/options.json"
+TIMEOUT = 10.0  # seconds for each request to the Supervisor
+MAX_REPLY = 1 << 20  # bytes; the Supervisor's answers are far smaller
+
+# The Supervisor is on the app's own network: never through an HTTP proxy, which would
+# also see the token.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class SupervisorError(Exception):
+    """The Supervisor cannot be asked, or its answer cannot be used."""
+
+
+def active(environ: Mapping[str, str]) -> bool:
+    """Running as a Home Assistant app: the Supervisor gave the container its token."""
+    return bool(environ.get(TOKEN_ENV))
+
+
+@dataclass(frozen=True)
+class AppStart:
+    """What the app runs with, and where each part came from (for the start-up log)."""
+
+    settings: Settings
+    zone: HomeZone
+    options_file: Path
+    broker_from: str  # "the Supervisor" or "the options"
+
+
+class Supervisor:
+    """The few requests the bridge makes to the Supervisor's API."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def get(self, path: str) -> dict[str, Any]:
+        """The ``data`` of a GET, or a SupervisorError with the Supervisor's own reason."""
+        where = f"{self.url}{path}"
+        request = urllib.request.Request(
+            where, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with _OPENER.open(request, timeout=TIMEOUT) as reply:
+                body = reply.read(MAX_REPLY)
+        except urllib.error.HTTPError as exc:
+            raise SupervisorError(f"the Supervisor answered GET {path} with HTTP {exc.code}"
+                                  f"{_reason(exc)}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SupervisorError(f"cannot reach the Supervisor at {where}: "
+                                  f"{getattr(reason, 'strerror', None) or reason}") from None
+        try:
+            answer = json.loads(body)
+            data = answer["data"]
+        except (ValueError, TypeError, KeyError):
+            data = None
+        if not isinstance(data, dict):
+            raise SupervisorError(f"the Supervisor's answer to GET {path} has no data object")
+        return data
+
+    def broker(self) -> dict[str, Any]:
+        """The MQTT broker the Supervisor provides, as ``mqtt`` settings."""
+        try:
+            service = self.get("/services/mqtt")
+        except SupervisorError as exc:
+            raise SupervisorError(
+                f"no MQTT broker from the Supervisor ({exc}): install and start the Mosquitto "
+                "broker app, or set mqtt.host in this app's options") from None
+        host, port = service.get("host"), service.get("port")
+        if not isinstance(host, str) or not host or not isinstance(port, int):
+            raise SupervisorError("the Supervisor's MQTT service names no broker host and port")
+        broker: dict[str, Any] = {"host": host, "port": port,
+                                  "tls": {"enabled": bool(service.get("ssl"))}}
+        for key in ("username", "password"):  # never logged: the settings mask the password
+            if service.get(key):
+                broker[key] = str(service[key])
+        return broker
+
+    def zone(self) -> HomeZone:
+        """Home Assistant's time zone."""
+        name = self.get("/info").get("timezone")
+        if not isinstance(name, str) or not name:
+            raise SupervisorError("the Supervisor's /info names no time zone")
+        try:
+            return named(name, "Home Assistant's time zone")
+        except ZoneError as exc:
+            raise SupervisorError(str(exc)) from None
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
+    """The Supervisor's ``message`` of an error answer, if it gave one."""
+    try:
+        message = json.loads(exc.read(MAX_REPLY)).get("message")
+    except (OSError, ValueError, AttributeError):
+        message = None
+    return f": {message}" if isinstance(message, str) and message else ""
+
+
+def read_options(path: Path) -> dict[str, Any]:
+    """The app's options, with empty fields (a cleared text box) taken as unset."""
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"no options file at {path} ({APP_OPTIONS_ENV})"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read the options file {path}: {exc}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"the options file {path} is not JSON: {exc}"]) from None
+    if not isinstance(options, dict):
+        raise ConfigError([f"the options file {path} holds no mapping of options"])
+    return _without_empty(options)
+
+
+def _without_empty(options: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            value = _without_empty(value)
+        if value not in ("", None, {}):
+            out[key] = value
+    return out
+
+
+def _section(options: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = options.get(name)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def start(environ: Mapping[str, str]) -> AppStart:
+    """The app's settings and zone. Raises ConfigError for the options, SupervisorError
+    for the Supervisor; both say what to do."""
+    path = Path(environ.get(APP_OPTIONS_ENV) or DEFAULT_OPTIONS)
+    options = read_options(path)
+    if not _section(options, "inverter").get("host") and "inverters" not in options:
+        raise ConfigError(["no inverter address: enter it under inverter → host in the "
+                           "app's Configuration tab"])
+    supervisor = Supervisor(environ.get(URL_ENV) or DEFAULT_URL, environ[TOKEN_ENV])
+    zone = supervisor.zone()
+    # Readable lines in the app's log, unless the options ask for JSON.
+    layer = {**options, "log": {"format": "console", **_section(options, "log")}}
+    broker_from = "the options"
+    if not _section(options, "mqtt").get("host"):
+        layer["mqtt"] = {**_section(options, "mqtt"), **supervisor.broker()}
+        broker_from = "the Supervisor"
+    # The options are the user's configuration: they win over the image's environment.
+    settings = load_settings(overrides=layer, env=environ)
+    return AppStart(settings, zone, path, broker_from)
