@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import reduce
-
-from construct import Bytes, Const, ConstructError, Int8ub, Struct, this
+from operator import xor
 
 from .rc4 import crypt, key_byte
 
@@ -23,18 +22,6 @@ FOOTER = 0xAE
 OVERHEAD = 9  # header 2, addresses 2, command 2, length 1, checksum 1, footer 1
 MAX_FRAME = OVERHEAD + 255
 RC4_HEADER = crypt(HEADER)  # every RC4 frame starts with these two bytes: 75 9a
-
-FRAME = Struct(
-    "header" / Const(HEADER),
-    "source" / Int8ub,
-    "destination" / Int8ub,
-    "command" / Int8ub,
-    "pad" / Const(b"\x00"),
-    "length" / Int8ub,
-    "payload" / Bytes(this.length),
-    "checksum" / Int8ub,
-    "footer" / Const(bytes([FOOTER])),
-)
 
 
 class FrameError(ValueError):
@@ -61,7 +48,7 @@ class MalformedFrame(FrameError):
 
 
 def checksum(data: bytes) -> int:
-    return reduce(lambda acc, byte: acc ^ byte, data, 0x0F)
+    return reduce(xor, data, 0x0F)
 
 
 @dataclass(frozen=True)
@@ -125,31 +112,22 @@ def parse_frame(data: bytes, verify: bool = True) -> Frame:
         raise TruncatedFrame(OVERHEAD + data[6], len(data))
     if len(data) < OVERHEAD:
         raise TruncatedFrame(OVERHEAD, len(data))
-    if data[:2] == HEADER and data[5] != 0:
+    if data[:2] != HEADER:
+        raise MalformedFrame(f"malformed frame {data[:16].hex()}…: it starts with "
+                             f"{data[:2].hex(' ')}, not {HEADER.hex(' ')}")
+    if data[5] != 0:
         raise MalformedFrame(f"malformed frame {data[:16].hex()}…: byte 6 is 0x{data[5]:02x}, "
                              "not the 0x00 that follows the command")
-    if data[:2] == HEADER and len(data) >= OVERHEAD + data[6]:
-        end = data[OVERHEAD + data[6] - 1]
-        if end != FOOTER:
-            raise MalformedFrame(f"malformed frame for command 0x{data[4]:02x}: its footer is "
-                                 f"0x{end:02x}, not 0x{FOOTER:02x}")
-    try:
-        parsed = FRAME.parse(data)
-    except ConstructError as exc:
-        raise MalformedFrame(f"malformed frame {data[:16].hex()}…: {_reason(exc)}") from exc
-    size = OVERHEAD + parsed.length
+    size = OVERHEAD + data[6]
+    if data[size - 1] != FOOTER:
+        raise MalformedFrame(f"malformed frame for command 0x{data[4]:02x}: its footer is "
+                             f"0x{data[size - 1]:02x}, not 0x{FOOTER:02x}")
     if len(data) != size:
         raise MalformedFrame(f"{len(data) - size} bytes after the end of the frame")
-    computed = checksum(data[: size - 2])
-    if verify and parsed.checksum != computed:
-        raise BadChecksum(parsed.checksum, computed, bytes(data))
-    return Frame(parsed.command, bytes(parsed.payload), parsed.source, parsed.destination,
-                 parsed.checksum)
-
-
-def _reason(exc: ConstructError) -> str:
-    text = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
-    return text.split(") ", 1)[-1]
+    carried, computed = data[-2], checksum(data[:-2])
+    if verify and carried != computed:
+        raise BadChecksum(carried, computed, bytes(data))
+    return Frame(data[4], bytes(data[7:-2]), data[2], data[3], carried)
 
 
 class FrameReader:
