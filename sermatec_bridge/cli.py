@@ -455,6 +455,12 @@ async def _simulate(args: argparse.Namespace) -> None:
 
     if args.count < 1:
         raise Failure("--count must be at least 1", Exit.USAGE)
+    if args.rc4 and args.cloud is None:
+        raise Failure("--rc4 is the cloud link's encryption: it needs --cloud HOST:PORT",
+                      Exit.USAGE)
+    if args.cloud is not None and (given := sorted(
+            {"cloud_server", "cloud_port"} & {key for key, _ in args.settings})):
+        raise Failure(f"--cloud sets the cloud server; leave out --set {given[0]}", Exit.USAGE)
     if args.listen_port + args.count - 1 > 65535:
         raise Failure(f"--count {args.count} from port {args.listen_port} goes past port 65535",
                       Exit.USAGE)
@@ -466,6 +472,7 @@ async def _simulate(args: argparse.Namespace) -> None:
             garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
             drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
             settings=dict(args.settings), clock=simulated_clock(args.sun, args.time_scale),
+            cloud=args.cloud, rc4=args.rc4,
         )
     except SettingsError as exc:
         raise Failure(f"--set: {exc}", Exit.USAGE) from None
@@ -590,6 +597,15 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1 to 65535)")
     return port
+
+
+def _server(text: str) -> tuple[str, int]:
+    """HOST:PORT ([ADDRESS]:PORT for IPv6)."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, _port(port)
 
 
 def _positive(text: str) -> float:
@@ -742,7 +758,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--port", dest="listen_port", type=_port, default=8899,
                    help="TCP port to listen on (default 8899)")
     p.add_argument("--count", type=int, default=1, metavar="N",
-                   help="serve N inverters on ports PORT..PORT+N-1, serials counting up")
+                   help="serve N inverters on ports PORT..PORT+N-1, serials counting up "
+                   "(with --cloud, each one dials in)")
     p.add_argument("--pcu", type=_version, default=NEWEST_PCU, help="PCU version to report")
     p.add_argument("--model", default="5kw", choices=["3kw", "5kw", "6kw", "10kw"])
     p.add_argument("--serial", default="ST5K0SIMULATOR0001", help="serial number")
@@ -763,7 +780,15 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    metavar="KEY=VALUE",
                    help="start with this setting, in the keys and units of the MQTT state "
                         "and raw codes for coded values (repeatable), e.g. "
-                        "--set operating_mode=6 --set grid_soc_min=5")
+                        "--set operating_mode=6 --set grid_soc_min=5; the network state "
+                        "too: wifi_mode, router_ssid, router_password, cloud_server, "
+                        "cloud_port")
+    p.add_argument("--cloud", type=_server, metavar="HOST:PORT",
+                   help="station mode: also dial this cloud server every second, like the "
+                   "inverter, and answer the requests it sends (only addresses of this host "
+                   "or a private network are dialled)")
+    p.add_argument("--rc4", action="store_true",
+                   help="speak RC4-encrypted frames on the cloud link (default: plain)")
     p.add_argument("--sun", type=_time_of_day, default=None, metavar="HH:MM",
                    help="start the simulated day at this time of day (default: now)")
     p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="FACTOR",
