@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .capture import Chunk
     from .config import InverterSettings, Settings
     from .inverter.client import InverterClient
     from .protocol.codec import Reading
-    from .protocol.frame import Frame
+    from .protocol.frame import Frame, FrameError
     from .protocol.model import Command
 
 NEWEST_PCU = 609
@@ -311,8 +312,14 @@ def _print(readings: Iterable[Reading], as_json: bool) -> None:
             print(json.dumps(display.as_json(reading), ensure_ascii=False))
         else:
             print(f"# {reading.command.label} {reading.command.name}")
-            for line in display.lines(reading):
-                print(line)
+            _print_lines(reading)
+
+
+def _print_lines(reading: Reading) -> None:
+    from . import display
+
+    for line in display.lines(reading):
+        print(line)
 
 
 # --------------------------------------------------------------------------------------
@@ -322,12 +329,35 @@ def _print(readings: Iterable[Reading], as_json: bool) -> None:
 _SEPARATORS = re.compile(r"[\s:,]+|0x", re.IGNORECASE)
 
 
-def _hex_input(items: Sequence[str]) -> bytes:
+def _decode_input(items: Sequence[str]) -> Iterable[Chunk]:
+    """What ``decode`` reads: a capture file (or one on stdin), or hex as one stream."""
+    from .capture import Chunk, kind, read
+
     if not items:
-        raise Failure("decode needs hex bytes, or - to read them from stdin", Exit.USAGE)
+        raise Failure("decode needs hex bytes, a capture file, or - to read either from "
+                      "stdin", Exit.USAGE)
     if list(items) == ["-"]:
-        items = sys.stdin.read().splitlines()
-    text = _SEPARATORS.sub("", "".join(items))
+        data = sys.stdin.buffer.read()
+    elif len(items) == 1 and Path(items[0]).is_file():
+        try:
+            data = Path(items[0]).read_bytes()
+        except OSError as exc:
+            raise Failure(f"cannot read {items[0]}: {exc.strerror}", Exit.ERROR) from None
+    else:
+        if len(items) == 1 and re.search(r"[^\s0-9a-fA-Fx:,]", items[0]) and (
+                "." in items[0] or "/" in items[0]):
+            raise Failure(f"{items[0]}: no such file, and not hex either", Exit.USAGE)
+        return [Chunk(None, _hex(" ".join(items)))]
+    if kind(data) is not None:
+        return read(data)
+    if re.search(rb"[^\x20-\x7e\s]", data):
+        raise Failure(f"{'stdin' if items == ['-'] else items[0]} is neither a capture (pcap, "
+                      "pcapng, netcat -o hex dump) nor hex text", Exit.MALFORMED)
+    return [Chunk(None, _hex(data.decode("latin-1")))]
+
+
+def _hex(text: str) -> bytes:
+    text = _SEPARATORS.sub("", text)
     if not text:
         raise Failure("decode got no hex bytes", Exit.USAGE)
     bad = re.search(r"[^0-9a-fA-F]", text)
@@ -356,58 +386,160 @@ class _Skips:
             self.runs.append((at, bytearray(data), reason))
 
 
+class _Stream:
+    """One byte stream being decoded: the hex input, or one side of a captured connection.
+
+    Frames are read plain or RC4; after a hole in a capture the reader starts afresh (a
+    frame the hole cut is reported as truncated), offsets counting the missing bytes too.
+    """
+
+    def __init__(self, name: str | None, verify: bool) -> None:
+        self.name, self.verify = name, verify
+        self.skips = _Skips()
+        self.length = 0  # bytes of the stream so far, with those missing from the capture
+        self.items = 0  # frames and frame errors found
+        self.time: float | None = None
+        self._start_reader()
+
+    def _start_reader(self) -> None:
+        from .protocol.frame import FrameReader
+
+        base = self.length
+        self.reader = FrameReader(verify=self.verify, rc4=True,
+                                  on_skip=lambda at, data, why: self.skips(base + at, data, why))
+
+    def feed(self, chunk: Chunk) -> list[Frame | FrameError]:
+        out = []
+        if chunk.missing:
+            out += self.reader.finish()
+            print(f"warning: {self.name}: {chunk.missing} bytes at offset {self.length} are "
+                  "not in the capture", file=sys.stderr)
+            self.length += chunk.missing
+            self._start_reader()
+        self.time = self.time if chunk.time is None else chunk.time
+        out += self.reader.feed(chunk.data)
+        self.length += len(chunk.data)
+        self.items += len(out)
+        return out
+
+    def finish(self) -> list[Frame | FrameError]:
+        out = self.reader.finish()
+        self.items += len(out)
+        return out
+
+
 def _decode(args: argparse.Namespace) -> Exit:
+    from .capture import CaptureError, TruncatedCapture, timestamp
     from .protocol import frame
 
-    data = _hex_input(args.hex)
-    skips = _Skips()
-    reader = frame.FrameReader(verify=not args.ignore_checksum, on_skip=skips)
-    items = reader.feed(data)
-    items += reader.finish()
+    streams: dict[str | None, _Stream] = {}
     errors: list[Failure] = []
+    decoded = 0
 
-    def error(failure: Failure) -> None:
-        print(f"error: {failure}", file=sys.stderr)
+    def error(failure: Failure, stream: _Stream) -> None:
+        where = f"{stream.name}: " if stream.name else ""
+        print(f"error: {where}{failure}", file=sys.stderr)
         errors.append(failure)
 
-    decoded = 0
-    for item in items:
+    def show(item: Frame | FrameError, stream: _Stream) -> None:
+        nonlocal decoded
         try:
             if isinstance(item, frame.FrameError):
                 raise item
             if not item.checksum_ok:
                 print(f"warning: checksum carried 0x{item.checksum:02x}, computes to "
                       f"0x{item.computed_checksum:02x}; decoded anyway", file=sys.stderr)
-            _decode_frame(item, args)
+            context: dict[str, Any] = {"rc4": True} if item.rc4 else {}
+            if stream.name is not None:
+                context |= {"time": None if stream.time is None else timestamp(stream.time),
+                            "stream": stream.name,
+                            "direction": "requester → inverter" if item.is_request
+                            else "inverter → requester" if item.is_reply else None}
+            _decode_frame(item, args, context)
             decoded += 1
+        except BrokenPipeError:  # `decode ... | head`: main() ends quietly
+            raise
         except Exception as exc:
             failure = _failure_of(exc)
             if isinstance(exc, frame.BadChecksum):
                 failure = Failure(f"{exc} (--ignore-checksum decodes it anyway)",
                                   Exit.BAD_CHECKSUM)
-            error(failure)
-    last_frame_end = len(data) - sum(len(run) for at, run, _ in skips.runs
-                                     if at + len(run) == len(data))
-    for at, run, reason in skips.runs:
-        if reason is not None:  # it began like a frame
-            error(Failure(f"skipped {len(run)} bytes at offset {at} ({_preview(run)}): "
-                          f"{reason}", Exit.MALFORMED))
-        elif decoded or errors:
-            where = "after the last frame" if at == last_frame_end and at else f"at offset {at}"
-            print(f"warning: skipped {len(run)} bytes {where}, not part of any frame: "
-                  f"{_preview(run)}", file=sys.stderr)
+            error(failure, stream)
+
+    damage: CaptureError | None = None
+    try:
+        for chunk in _decode_input(args.hex):
+            stream = streams.get(chunk.stream)
+            if stream is None:
+                stream = streams[chunk.stream] = _Stream(chunk.stream, not args.ignore_checksum)
+            for item in stream.feed(chunk):
+                show(item, stream)
+    except CaptureError as exc:
+        damage = exc
+    for stream in streams.values():
+        for item in stream.finish():
+            show(item, stream)
+    for stream in streams.values():
+        if stream.name is None or stream.items:  # captures: only streams with frames
+            _report_skips(stream, decoded or errors, error)
+    silent = sum(1 for s in streams.values() if s.name is not None and not s.items)
+    if silent and (decoded or errors):
+        print(f"note: {silent} other TCP stream directions of the capture carry no frames",
+              file=sys.stderr)
+    if damage is not None:  # said last, and what the exit code tells
+        errors.insert(0, Failure(f"damaged capture: {damage}; everything before it is shown "
+                                 "above", Exit.TRUNCATED if isinstance(damage, TruncatedCapture)
+                                 else Exit.MALFORMED))
+        print(f"error: {errors[0]}", file=sys.stderr)
     if not decoded and not errors:
-        raise Failure("no frame found in the input (frames start with fe 55)", Exit.MALFORMED)
+        raise Failure("no frame found in the input (frames start with fe 55, or 75 9a "
+                      "when RC4-encrypted)", Exit.MALFORMED)
     return errors[0].code if errors else Exit.OK
 
 
-def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
-    """A reply decoded with the tables; a request named, with its payload if it has one."""
+def _report_skips(stream: _Stream, found_any: object,
+                  error: Callable[[Failure, _Stream], None]) -> None:
+    """Everything a stream's reader skipped: an error where it looked like a frame."""
+    runs = stream.skips.runs
+    last_frame_end = stream.length - sum(len(run) for at, run, _ in runs
+                                         if at + len(run) == stream.length)
+    where_ = f"{stream.name}: " if stream.name else ""
+    for at, run, reason in runs:
+        if reason is not None:  # it began like a frame
+            error(Failure(f"skipped {len(run)} bytes at offset {at} ({_preview(run)}): "
+                          f"{reason}", Exit.MALFORMED), stream)
+        elif found_any:
+            where = "after the last frame" if at == last_frame_end and at else f"at offset {at}"
+            print(f"warning: {where_}skipped {len(run)} bytes {where}, not part of any frame: "
+                  f"{_preview(run)}", file=sys.stderr)
+
+
+def _decode_frame(item: Frame, args: argparse.Namespace, context: dict[str, Any]) -> None:
+    """A reply decoded with the tables; a request named, with its payload if it has one.
+
+    ``context`` says where a frame of a capture came from (time, stream, direction) and
+    whether it was RC4-encrypted: JSON carries it as keys, text as a line before the frame
+    and a mark in its heading.
+    """
     from .protocol import codec, frame, tables
 
     version = tables.effective_version(args.pcu)
+    if not args.json and "stream" in context:
+        print("  ".join(str(context[key]) for key in ("time", "stream", "direction")
+                        if context[key] is not None))
+    rc4 = ", RC4" if item.rc4 else ""
     if item.is_reply:
-        _print([codec.decode_payload(item.command, version, item.payload)], args.json)
+        answer = codec.decode_payload(item.command, version, item.payload)
+        if args.json:
+            import json
+
+            from . import display
+
+            print(json.dumps(display.as_json(answer) | context, ensure_ascii=False))
+        else:
+            print(f"# {answer.command.label} {answer.command.name}"
+                  + (" (RC4)" if item.rc4 else ""))
+            _print_lines(answer)
         return
     if not item.is_request:
         raise frame.MalformedFrame(
@@ -427,14 +559,14 @@ def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
         import json
 
         out: dict[str, Any] = {"command": command.label, "name": command.name,
-                               "request": summary, "payload": item.payload.hex()}
+                               "request": summary, "payload": item.payload.hex(), **context}
         if reading is not None:
             from . import display
 
             out["fields"] = display.as_json(reading)["fields"]
         print(json.dumps(out, ensure_ascii=False))
         return
-    print(f"# {command.label} {command.name} (request)")
+    print(f"# {command.label} {command.name} (request{rc4})")
     print(summary + ("" if reading is not None or not item.payload
                      else f": {item.payload.hex()}"))
     if reading is not None:
