@@ -558,8 +558,13 @@ def _decode_frame(item: Frame, args: argparse.Namespace, context: dict[str, Any]
     if args.json:
         import json
 
+        from .display import MASK
+
+        secret = reading is not None and any(f.secret for f in reading.command.layout(version)
+                                             or ())
         out: dict[str, Any] = {"command": command.label, "name": command.name,
-                               "request": summary, "payload": item.payload.hex(), **context}
+                               "request": summary, **context,
+                               "payload": MASK if secret else item.payload.hex()}
         if reading is not None:
             from . import display
 

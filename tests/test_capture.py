@@ -15,7 +15,7 @@ import dpkt
 import pytest
 
 from sermatec_bridge import capture, cli
-from sermatec_bridge.protocol import frame, rc4
+from sermatec_bridge.protocol import codec, frame, rc4, tables
 
 # Frames recorded on real inverters (captures.md) and the vendor cloud's RC4 query (issue 17)
 BATTERY = bytes.fromhex("fe5514640a002612ecffed016800150064002200b900b9151810fe"
@@ -397,3 +397,16 @@ def test_a_text_file_of_hex_decodes_as_hex(tmp_path: Path,
     status, out, _ = decode(tmp_path, b"fe55 1464 0c00 0465 930d bf98 ae\n", capsys=capsys)
     assert status == cli.Exit.OK
     assert "# 0x0c Equipment running status\n" in out
+
+
+def test_a_captured_router_write_never_shows_the_password(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    payload = codec.build(tables.ROUTER, 609, {"wifi_mode": "Station", "router_ssid": "Home",
+                                               "router_password": "hunter2"})
+    talk = Conversation(PHONE, INVERTER)
+    talk.send(PHONE, frame.request(0x9E, payload))
+    for args in ((), ("--json",)):
+        status, out, err = decode(tmp_path, pcap(talk.packets), *args, capsys=capsys)
+        assert status == cli.Exit.OK, err
+        assert "Home" in out and "hunter2" not in out and payload.hex() not in out
+        assert "********" in out
