@@ -628,6 +628,15 @@ def _assignment(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def _server(text: str) -> tuple[str, int]:
+    """``simulate --cloud``: HOST:PORT ([ADDRESS]:PORT for IPv6)."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, _port(port)
+
+
 # --------------------------------------------------------------------------------------
 # run / daemon / config / health
 # --------------------------------------------------------------------------------------
@@ -734,15 +743,6 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1 to 65535)")
     return port
-
-
-def _server(text: str) -> tuple[str, int]:
-    """HOST:PORT ([ADDRESS]:PORT for IPv6)."""
-    host, colon, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, _port(port)
 
 
 def _positive(text: str) -> float:
