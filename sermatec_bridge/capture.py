@@ -20,11 +20,9 @@ yielded: a cut-off file is the common case (the capturing app was stopped mid-wr
 from __future__ import annotations
 
 import io
-import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 PCAP_MAGICS = {bytes.fromhex(m) for m in ("a1b2c3d4", "d4c3b2a1", "a1b23c4d", "4d3cb2a1")}
@@ -83,6 +81,8 @@ def read(data: bytes) -> Iterator[Chunk]:
 
 def timestamp(time: float) -> str:
     """A capture's time as people read it: UTC, to the millisecond."""
+    from datetime import UTC, datetime
+
     moment = datetime.fromtimestamp(time, UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
 
@@ -201,6 +201,8 @@ def _app_name(trailer: bytes) -> str | None:
 
 
 def _endpoint(address: bytes, port: int) -> str:
+    import ipaddress
+
     text = str(ipaddress.ip_address(address))
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
