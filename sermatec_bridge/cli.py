@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .capture import Chunk
     from .config import Settings
     from .homezone import HomeZone
     from .inverter.client import InverterClient
     from .protocol.codec import Reading
-    from .protocol.frame import Frame
+    from .protocol.frame import Frame, FrameError
     from .protocol.model import Command
 
 NEWEST_PCU = 609
@@ -357,8 +358,14 @@ def _print(readings: Iterable[Reading], as_json: bool) -> None:
             print(json.dumps(display.as_json(reading), ensure_ascii=False))
         else:
             print(f"# {reading.command.label} {reading.command.name}")
-            for line in display.lines(reading):
-                print(line)
+            _print_lines(reading)
+
+
+def _print_lines(reading: Reading) -> None:
+    from . import display
+
+    for line in display.lines(reading):
+        print(line)
 
 
 # --------------------------------------------------------------------------------------
@@ -368,12 +375,35 @@ def _print(readings: Iterable[Reading], as_json: bool) -> None:
 _SEPARATORS = re.compile(r"[\s:,]+|0x", re.IGNORECASE)
 
 
-def _hex_input(items: Sequence[str]) -> bytes:
+def _decode_input(items: Sequence[str]) -> Iterable[Chunk]:
+    """What ``decode`` reads: a capture file (or one on stdin), or hex as one stream."""
+    from .capture import Chunk, kind, read
+
     if not items:
-        raise Failure("decode needs hex bytes, or - to read them from stdin", Exit.USAGE)
+        raise Failure("decode needs hex bytes, a capture file, or - to read either from "
+                      "stdin", Exit.USAGE)
     if list(items) == ["-"]:
-        items = sys.stdin.read().splitlines()
-    text = _SEPARATORS.sub("", "".join(items))
+        data = sys.stdin.buffer.read()
+    elif len(items) == 1 and Path(items[0]).is_file():
+        try:
+            data = Path(items[0]).read_bytes()
+        except OSError as exc:
+            raise Failure(f"cannot read {items[0]}: {exc.strerror}", Exit.ERROR) from None
+    else:
+        if len(items) == 1 and re.search(r"[^\s0-9a-fA-Fx:,]", items[0]) and (
+                "." in items[0] or "/" in items[0]):
+            raise Failure(f"{items[0]}: no such file, and not hex either", Exit.USAGE)
+        return [Chunk(None, _hex(" ".join(items)))]
+    if kind(data) is not None:
+        return read(data)
+    if re.search(rb"[^\x20-\x7e\s]", data):
+        raise Failure(f"{'stdin' if items == ['-'] else items[0]} is neither a capture (pcap, "
+                      "pcapng, netcat -o hex dump) nor hex text", Exit.MALFORMED)
+    return [Chunk(None, _hex(data.decode("latin-1")))]
+
+
+def _hex(text: str) -> bytes:
+    text = _SEPARATORS.sub("", text)
     if not text:
         raise Failure("decode got no hex bytes", Exit.USAGE)
     bad = re.search(r"[^0-9a-fA-F]", text)
@@ -402,58 +432,160 @@ class _Skips:
             self.runs.append((at, bytearray(data), reason))
 
 
+class _Stream:
+    """One byte stream being decoded: the hex input, or one side of a captured connection.
+
+    Frames are read plain or RC4; after a hole in a capture the reader starts afresh (a
+    frame the hole cut is reported as truncated), offsets counting the missing bytes too.
+    """
+
+    def __init__(self, name: str | None, verify: bool) -> None:
+        self.name, self.verify = name, verify
+        self.skips = _Skips()
+        self.length = 0  # bytes of the stream so far, with those missing from the capture
+        self.items = 0  # frames and frame errors found
+        self.time: float | None = None
+        self._start_reader()
+
+    def _start_reader(self) -> None:
+        from .protocol.frame import FrameReader
+
+        base = self.length
+        self.reader = FrameReader(verify=self.verify, rc4=True,
+                                  on_skip=lambda at, data, why: self.skips(base + at, data, why))
+
+    def feed(self, chunk: Chunk) -> list[Frame | FrameError]:
+        out = []
+        if chunk.missing:
+            out += self.reader.finish()
+            print(f"warning: {self.name}: {chunk.missing} bytes at offset {self.length} are "
+                  "not in the capture", file=sys.stderr)
+            self.length += chunk.missing
+            self._start_reader()
+        self.time = self.time if chunk.time is None else chunk.time
+        out += self.reader.feed(chunk.data)
+        self.length += len(chunk.data)
+        self.items += len(out)
+        return out
+
+    def finish(self) -> list[Frame | FrameError]:
+        out = self.reader.finish()
+        self.items += len(out)
+        return out
+
+
 def _decode(args: argparse.Namespace) -> Exit:
+    from .capture import CaptureError, TruncatedCapture, timestamp
     from .protocol import frame
 
-    data = _hex_input(args.hex)
-    skips = _Skips()
-    reader = frame.FrameReader(verify=not args.ignore_checksum, on_skip=skips)
-    items = reader.feed(data)
-    items += reader.finish()
+    streams: dict[str | None, _Stream] = {}
     errors: list[Failure] = []
+    decoded = 0
 
-    def error(failure: Failure) -> None:
-        print(f"error: {failure}", file=sys.stderr)
+    def error(failure: Failure, stream: _Stream) -> None:
+        where = f"{stream.name}: " if stream.name else ""
+        print(f"error: {where}{failure}", file=sys.stderr)
         errors.append(failure)
 
-    decoded = 0
-    for item in items:
+    def show(item: Frame | FrameError, stream: _Stream) -> None:
+        nonlocal decoded
         try:
             if isinstance(item, frame.FrameError):
                 raise item
             if not item.checksum_ok:
                 print(f"warning: checksum carried 0x{item.checksum:02x}, computes to "
                       f"0x{item.computed_checksum:02x}; decoded anyway", file=sys.stderr)
-            _decode_frame(item, args)
+            context: dict[str, Any] = {"rc4": True} if item.rc4 else {}
+            if stream.name is not None:
+                context |= {"time": None if stream.time is None else timestamp(stream.time),
+                            "stream": stream.name,
+                            "direction": "requester → inverter" if item.is_request
+                            else "inverter → requester" if item.is_reply else None}
+            _decode_frame(item, args, context)
             decoded += 1
+        except BrokenPipeError:  # `decode ... | head`: main() ends quietly
+            raise
         except Exception as exc:
             failure = _failure_of(exc)
             if isinstance(exc, frame.BadChecksum):
                 failure = Failure(f"{exc} (--ignore-checksum decodes it anyway)",
                                   Exit.BAD_CHECKSUM)
-            error(failure)
-    last_frame_end = len(data) - sum(len(run) for at, run, _ in skips.runs
-                                     if at + len(run) == len(data))
-    for at, run, reason in skips.runs:
-        if reason is not None:  # it began like a frame
-            error(Failure(f"skipped {len(run)} bytes at offset {at} ({_preview(run)}): "
-                          f"{reason}", Exit.MALFORMED))
-        elif decoded or errors:
-            where = "after the last frame" if at == last_frame_end and at else f"at offset {at}"
-            print(f"warning: skipped {len(run)} bytes {where}, not part of any frame: "
-                  f"{_preview(run)}", file=sys.stderr)
+            error(failure, stream)
+
+    damage: CaptureError | None = None
+    try:
+        for chunk in _decode_input(args.hex):
+            stream = streams.get(chunk.stream)
+            if stream is None:
+                stream = streams[chunk.stream] = _Stream(chunk.stream, not args.ignore_checksum)
+            for item in stream.feed(chunk):
+                show(item, stream)
+    except CaptureError as exc:
+        damage = exc
+    for stream in streams.values():
+        for item in stream.finish():
+            show(item, stream)
+    for stream in streams.values():
+        if stream.name is None or stream.items:  # captures: only streams with frames
+            _report_skips(stream, decoded or errors, error)
+    silent = sum(1 for s in streams.values() if s.name is not None and not s.items)
+    if silent and (decoded or errors):
+        print(f"note: {silent} other TCP stream directions of the capture carry no frames",
+              file=sys.stderr)
+    if damage is not None:  # said last, and what the exit code tells
+        errors.insert(0, Failure(f"damaged capture: {damage}; everything before it is shown "
+                                 "above", Exit.TRUNCATED if isinstance(damage, TruncatedCapture)
+                                 else Exit.MALFORMED))
+        print(f"error: {errors[0]}", file=sys.stderr)
     if not decoded and not errors:
-        raise Failure("no frame found in the input (frames start with fe 55)", Exit.MALFORMED)
+        raise Failure("no frame found in the input (frames start with fe 55, or 75 9a "
+                      "when RC4-encrypted)", Exit.MALFORMED)
     return errors[0].code if errors else Exit.OK
 
 
-def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
-    """A reply decoded with the tables; a request named, with its payload if it has one."""
+def _report_skips(stream: _Stream, found_any: object,
+                  error: Callable[[Failure, _Stream], None]) -> None:
+    """Everything a stream's reader skipped: an error where it looked like a frame."""
+    runs = stream.skips.runs
+    last_frame_end = stream.length - sum(len(run) for at, run, _ in runs
+                                         if at + len(run) == stream.length)
+    where_ = f"{stream.name}: " if stream.name else ""
+    for at, run, reason in runs:
+        if reason is not None:  # it began like a frame
+            error(Failure(f"skipped {len(run)} bytes at offset {at} ({_preview(run)}): "
+                          f"{reason}", Exit.MALFORMED), stream)
+        elif found_any:
+            where = "after the last frame" if at == last_frame_end and at else f"at offset {at}"
+            print(f"warning: {where_}skipped {len(run)} bytes {where}, not part of any frame: "
+                  f"{_preview(run)}", file=sys.stderr)
+
+
+def _decode_frame(item: Frame, args: argparse.Namespace, context: dict[str, Any]) -> None:
+    """A reply decoded with the tables; a request named, with its payload if it has one.
+
+    ``context`` says where a frame of a capture came from (time, stream, direction) and
+    whether it was RC4-encrypted: JSON carries it as keys, text as a line before the frame
+    and a mark in its heading.
+    """
     from .protocol import codec, frame, tables
 
     version = tables.effective_version(args.pcu)
+    if not args.json and "stream" in context:
+        print("  ".join(str(context[key]) for key in ("time", "stream", "direction")
+                        if context[key] is not None))
+    rc4 = ", RC4" if item.rc4 else ""
     if item.is_reply:
-        _print([codec.decode_payload(item.command, version, item.payload)], args.json)
+        answer = codec.decode_payload(item.command, version, item.payload)
+        if args.json:
+            import json
+
+            from . import display
+
+            print(json.dumps(display.as_json(answer) | context, ensure_ascii=False))
+        else:
+            print(f"# {answer.command.label} {answer.command.name}"
+                  + (" (RC4)" if item.rc4 else ""))
+            _print_lines(answer)
         return
     if not item.is_request:
         raise frame.MalformedFrame(
@@ -472,15 +604,20 @@ def _decode_frame(item: Frame, args: argparse.Namespace) -> None:
     if args.json:
         import json
 
+        from .display import MASK
+
+        secret = reading is not None and any(f.secret for f in reading.command.layout(version)
+                                             or ())
         out: dict[str, Any] = {"command": command.label, "name": command.name,
-                               "request": summary, "payload": item.payload.hex()}
+                               "request": summary, **context,
+                               "payload": MASK if secret else item.payload.hex()}
         if reading is not None:
             from . import display
 
             out["fields"] = display.as_json(reading)["fields"]
         print(json.dumps(out, ensure_ascii=False))
         return
-    print(f"# {command.label} {command.name} (request)")
+    print(f"# {command.label} {command.name} (request{rc4})")
     print(summary + ("" if reading is not None or not item.payload
                      else f": {item.payload.hex()}"))
     if reading is not None:
@@ -501,6 +638,12 @@ async def _simulate(args: argparse.Namespace) -> None:
 
     if args.count < 1:
         raise Failure("--count must be at least 1", Exit.USAGE)
+    if args.rc4 and args.cloud is None:
+        raise Failure("--rc4 is the cloud link's encryption: it needs --cloud HOST:PORT",
+                      Exit.USAGE)
+    if args.cloud is not None and (given := sorted(
+            {"cloud_server", "cloud_port"} & {key for key, _ in args.settings})):
+        raise Failure(f"--cloud sets the cloud server; leave out --set {given[0]}", Exit.USAGE)
     if args.listen_port + args.count - 1 > 65535:
         raise Failure(f"--count {args.count} from port {args.listen_port} goes past port 65535",
                       Exit.USAGE)
@@ -512,6 +655,7 @@ async def _simulate(args: argparse.Namespace) -> None:
             garbage_rate=args.garbage_rate, bad_checksum_rate=args.bad_checksum_rate,
             drop_rate=args.drop_rate, silence_rate=args.silence_rate, seed=args.seed,
             settings=dict(args.settings), clock=simulated_clock(args.sun, args.time_scale),
+            cloud=args.cloud, rc4=args.rc4,
         )
     except SettingsError as exc:
         raise Failure(f"--set: {exc}", Exit.USAGE) from None
@@ -528,6 +672,15 @@ def _assignment(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except ValueError:
         return key.strip(), value
+
+
+def _server(text: str) -> tuple[str, int]:
+    """``simulate --cloud``: HOST:PORT ([ADDRESS]:PORT for IPv6)."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, _port(port)
 
 
 # --------------------------------------------------------------------------------------
@@ -843,7 +996,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--port", dest="listen_port", type=_port, default=8899,
                    help="TCP port to listen on (default 8899)")
     p.add_argument("--count", type=int, default=1, metavar="N",
-                   help="serve N inverters on ports PORT..PORT+N-1, serials counting up")
+                   help="serve N inverters on ports PORT..PORT+N-1, serials counting up "
+                   "(with --cloud, each one dials in)")
     p.add_argument("--pcu", type=_version, default=NEWEST_PCU, help="PCU version to report")
     p.add_argument("--model", default="5kw", choices=["3kw", "5kw", "6kw", "10kw"])
     p.add_argument("--serial", default="ST5K0SIMULATOR0001", help="serial number")
@@ -864,7 +1018,15 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    metavar="KEY=VALUE",
                    help="start with this setting, in the keys and units of the MQTT state "
                         "and raw codes for coded values (repeatable), e.g. "
-                        "--set operating_mode=6 --set grid_soc_min=5")
+                        "--set operating_mode=6 --set grid_soc_min=5; the network state "
+                        "too: wifi_mode, router_ssid, router_password, cloud_server, "
+                        "cloud_port")
+    p.add_argument("--cloud", type=_server, metavar="HOST:PORT",
+                   help="station mode: also dial this cloud server every second, like the "
+                   "inverter, and answer the requests it sends (only addresses of this host "
+                   "or a private network are dialled)")
+    p.add_argument("--rc4", action="store_true",
+                   help="speak RC4-encrypted frames on the cloud link (default: plain)")
     p.add_argument("--sun", type=_time_of_day, default=None, metavar="HH:MM",
                    help="start the simulated day at this time of day (default: now)")
     p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="FACTOR",

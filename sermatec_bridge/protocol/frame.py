@@ -1,16 +1,18 @@
 """OSIM frames: ``fe 55 | source | destination | command | 00 | length | payload | xor | ae``.
 
 The checksum starts at 0x0f and XORs every byte from the header to the last payload
-byte. :class:`FrameReader` turns a byte stream cut anywhere into whole frames.
+byte. On the inverter's cloud link a whole frame may also be RC4-encrypted (see
+:mod:`.rc4`). :class:`FrameReader` turns a byte stream cut anywhere into whole frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
+from operator import xor
 
-from construct import Bytes, Const, ConstructError, Int8ub, Struct, this
+from .rc4 import crypt, key_byte
 
 APP = 0x64  # the address of the app (us)
 INVERTER = 0x14  # the address of the inverter
@@ -19,18 +21,7 @@ HEADER = b"\xfe\x55"
 FOOTER = 0xAE
 OVERHEAD = 9  # header 2, addresses 2, command 2, length 1, checksum 1, footer 1
 MAX_FRAME = OVERHEAD + 255
-
-FRAME = Struct(
-    "header" / Const(HEADER),
-    "source" / Int8ub,
-    "destination" / Int8ub,
-    "command" / Int8ub,
-    "pad" / Const(b"\x00"),
-    "length" / Int8ub,
-    "payload" / Bytes(this.length),
-    "checksum" / Int8ub,
-    "footer" / Const(bytes([FOOTER])),
-)
+RC4_HEADER = crypt(HEADER)  # every RC4 frame starts with these two bytes: 75 9a
 
 
 class FrameError(ValueError):
@@ -57,7 +48,7 @@ class MalformedFrame(FrameError):
 
 
 def checksum(data: bytes) -> int:
-    return reduce(lambda acc, byte: acc ^ byte, data, 0x0F)
+    return reduce(xor, data, 0x0F)
 
 
 @dataclass(frozen=True)
@@ -67,6 +58,7 @@ class Frame:
     source: int = APP
     destination: int = INVERTER
     checksum: int | None = None  # as carried; None means "compute it"
+    rc4: bool = False  # RC4-encrypted on the wire (the cloud link)
 
     def encode(self) -> bytes:
         if len(self.payload) > 255:
@@ -75,7 +67,8 @@ class Frame:
             [*HEADER, self.source, self.destination, self.command, 0, len(self.payload)]
         ) + self.payload
         carried = checksum(body) if self.checksum is None else self.checksum
-        return body + bytes([carried, FOOTER])
+        data = body + bytes([carried, FOOTER])
+        return crypt(data) if self.rc4 else data
 
     @property
     def computed_checksum(self) -> int:
@@ -99,14 +92,14 @@ class Frame:
         return f"0x{self.command:02x} ({len(self.payload)} bytes) {self.payload.hex()}"
 
 
-def request(command: int, payload: bytes = b"") -> bytes:
+def request(command: int, payload: bytes = b"", rc4: bool = False) -> bytes:
     """The bytes of a request from the app to the inverter."""
-    return Frame(command, payload).encode()
+    return Frame(command, payload, rc4=rc4).encode()
 
 
-def reply(command: int, payload: bytes = b"") -> bytes:
+def reply(command: int, payload: bytes = b"", rc4: bool = False) -> bytes:
     """The bytes of a reply from the inverter to the app."""
-    return Frame(command, payload, source=INVERTER, destination=APP).encode()
+    return Frame(command, payload, source=INVERTER, destination=APP, rc4=rc4).encode()
 
 
 def parse_frame(data: bytes, verify: bool = True) -> Frame:
@@ -119,31 +112,22 @@ def parse_frame(data: bytes, verify: bool = True) -> Frame:
         raise TruncatedFrame(OVERHEAD + data[6], len(data))
     if len(data) < OVERHEAD:
         raise TruncatedFrame(OVERHEAD, len(data))
-    if data[:2] == HEADER and data[5] != 0:
+    if data[:2] != HEADER:
+        raise MalformedFrame(f"malformed frame {data[:16].hex()}…: it starts with "
+                             f"{data[:2].hex(' ')}, not {HEADER.hex(' ')}")
+    if data[5] != 0:
         raise MalformedFrame(f"malformed frame {data[:16].hex()}…: byte 6 is 0x{data[5]:02x}, "
                              "not the 0x00 that follows the command")
-    if data[:2] == HEADER and len(data) >= OVERHEAD + data[6]:
-        end = data[OVERHEAD + data[6] - 1]
-        if end != FOOTER:
-            raise MalformedFrame(f"malformed frame for command 0x{data[4]:02x}: its footer is "
-                                 f"0x{end:02x}, not 0x{FOOTER:02x}")
-    try:
-        parsed = FRAME.parse(data)
-    except ConstructError as exc:
-        raise MalformedFrame(f"malformed frame {data[:16].hex()}…: {_reason(exc)}") from exc
-    size = OVERHEAD + parsed.length
+    size = OVERHEAD + data[6]
+    if data[size - 1] != FOOTER:
+        raise MalformedFrame(f"malformed frame for command 0x{data[4]:02x}: its footer is "
+                             f"0x{data[size - 1]:02x}, not 0x{FOOTER:02x}")
     if len(data) != size:
         raise MalformedFrame(f"{len(data) - size} bytes after the end of the frame")
-    computed = checksum(data[: size - 2])
-    if verify and parsed.checksum != computed:
-        raise BadChecksum(parsed.checksum, computed, bytes(data))
-    return Frame(parsed.command, bytes(parsed.payload), parsed.source, parsed.destination,
-                 parsed.checksum)
-
-
-def _reason(exc: ConstructError) -> str:
-    text = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
-    return text.split(") ", 1)[-1]
+    carried, computed = data[-2], checksum(data[:-2])
+    if verify and carried != computed:
+        raise BadChecksum(carried, computed, bytes(data))
+    return Frame(data[4], bytes(data[7:-2]), data[2], data[3], carried)
 
 
 class FrameReader:
@@ -153,13 +137,20 @@ class FrameReader:
     reported and skipped, and reading resumes at the next header. The buffer never
     holds more than ``limit`` bytes. ``on_skip`` (if set) hears of every run of skipped
     bytes, with the reason when they looked like a frame: ``decode`` reports them all.
+
+    With ``rc4``, RC4-encrypted frames are read too, in any mix with plain ones: every
+    encrypted frame starts with :data:`RC4_HEADER` and its length byte decrypts on its
+    own, so boundaries, resynchronisation and checks work as for plain frames. Such
+    frames come out decrypted, marked ``rc4``.
     """
 
     def __init__(self, verify: bool = True, limit: int = 4 * MAX_FRAME,
-                 on_skip: Callable[[int, bytes, str | None], None] | None = None) -> None:
+                 on_skip: Callable[[int, bytes, str | None], None] | None = None,
+                 rc4: bool = False) -> None:
         self.verify = verify
         self.limit = limit
         self.on_skip = on_skip
+        self.rc4 = rc4
         self.buffer = bytearray()
         self.skipped = 0  # garbage bytes dropped so far
         self.consumed = 0  # bytes of the stream taken out of the buffer so far
@@ -191,10 +182,10 @@ class FrameReader:
         """
         if not self.buffer:
             return []
-        buf = self.buffer
-        cut = TruncatedFrame(OVERHEAD + buf[6] if len(buf) >= 7 else OVERHEAD, len(buf))
-        self.consumed += len(buf)  # reported as truncated, not as skipped
-        buf.clear()
+        size = self._size(0)
+        cut = TruncatedFrame(OVERHEAD if size is None else size, len(self.buffer))
+        self.consumed += len(self.buffer)  # reported as truncated, not as skipped
+        self.buffer.clear()
         return [cut]
 
     def _drop(self, count: int, reason: str | None = None) -> None:
@@ -205,19 +196,45 @@ class FrameReader:
         self.skipped += count
         self.consumed += count
 
+    def _find(self, start: int) -> int:
+        """The position of the first header at or after ``start``, or -1."""
+        found = self.buffer.find(HEADER, start)
+        if self.rc4:
+            encrypted = self.buffer.find(RC4_HEADER, start)
+            if encrypted >= 0 and (found < 0 or encrypted < found):
+                found = encrypted
+        return found
+
+    def _encrypted(self, pos: int) -> bool:
+        return self.rc4 and self.buffer[pos : pos + 2] == RC4_HEADER
+
+    def _size(self, pos: int) -> int | None:
+        """The size that the header at ``pos`` announces; None before its length byte."""
+        if len(self.buffer) < pos + 7:
+            return None
+        length = self.buffer[pos + 6]
+        return OVERHEAD + (length ^ key_byte(6) if self._encrypted(pos) else length)
+
+    def _parse(self, pos: int, size: int, verify: bool) -> Frame:
+        data = bytes(self.buffer[pos : pos + size])
+        if not self._encrypted(pos):
+            return parse_frame(data, verify)
+        return replace(parse_frame(crypt(data), verify), rc4=True)
+
     def _next(self) -> Frame | FrameError | None:
         buf = self.buffer
         while True:
-            start = buf.find(HEADER)
+            start = self._find(0)
             if start < 0:
-                # keep a trailing 0xfe: it may be the first half of a header
-                self._drop(len(buf) - (1 if buf.endswith(HEADER[:1]) else 0))
+                # keep a last byte that may be the first half of a header
+                halves = (HEADER[0], RC4_HEADER[0]) if self.rc4 else (HEADER[0],)
+                self._drop(len(buf) - (1 if buf and buf[-1] in halves else 0))
                 return None
             if start:
                 self._drop(start)
-            if len(buf) < 7:
+            size = self._size(0)
+            if size is None:
                 return None
-            size = OVERHEAD + buf[6]
             if len(buf) < size:
                 later = self._complete_frame_after(1)
                 if later is None:
@@ -225,9 +242,8 @@ class FrameReader:
                 self._drop(later, f"a header announcing {size} bytes, but a whole frame "
                            f"starts {later} bytes after it")
                 continue
-            candidate = bytes(buf[:size])
             try:
-                frame = parse_frame(candidate, verify=self.verify)
+                frame = self._parse(0, size, self.verify)
             except BadChecksum as exc:
                 # Reported; a real frame may still hide inside it, so only its header goes.
                 self._reported_until = self.consumed + size
@@ -245,14 +261,14 @@ class FrameReader:
 
         Whole means well formed; its checksum may be wrong (it is then reported).
         """
-        buf = self.buffer
-        pos = buf.find(HEADER, offset)
+        pos = self._find(offset)
         while pos >= 0:
-            if len(buf) - pos >= 7 and len(buf) - pos >= OVERHEAD + buf[pos + 6]:
+            size = self._size(pos)
+            if size is not None and len(self.buffer) - pos >= size:
                 try:
-                    parse_frame(bytes(buf[pos : pos + OVERHEAD + buf[pos + 6]]), verify=False)
+                    self._parse(pos, size, verify=False)
                     return pos
                 except FrameError:
                     pass
-            pos = buf.find(HEADER, pos + 1)
+            pos = self._find(pos + 1)
         return None

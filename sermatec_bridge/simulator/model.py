@@ -277,11 +277,15 @@ class SettingsError(ValueError):
 SETTINGS_REPLIES = (0x95, 0x9D, 0xA2)  # the queries that show the settings
 
 
+NETWORK_LAYOUT = tables.ROUTER_AND_CLOUD_QUERY.layouts[500]
+"""The Wi-Fi module's state as 0xb1 shows it; the module keeps it at every PCU version."""
+
+
 def settings_fields(version: int) -> dict[str, tuple[tuple[Field, ...], Field]]:
     """The settings a simulated inverter of this version shows: key -> (layout, field).
 
     Keys are the MQTT state's (a record group by its name); ``inverter_on`` comes from
-    0x0c.
+    0x0c, the network state (Wi-Fi mode, router, cloud server) from 0xb1.
     """
     out: dict[str, tuple[tuple[Field, ...], Field]] = {}
     for code in (*SETTINGS_REPLIES, 0x0C):
@@ -289,7 +293,7 @@ def settings_fields(version: int) -> dict[str, tuple[tuple[Field, ...], Field]]:
         for f in layout:
             if f.wire is not Wire.RESERVED and (code != 0x0C or f.key == "inverter_on"):
                 out.setdefault(f.group or f.key, (layout, f))
-    return out
+    return out | {f.key: (NETWORK_LAYOUT, f) for f in NETWORK_LAYOUT}
 
 
 def setting_value(layout: tuple[Field, ...], name: str, value: Value) -> Value:
@@ -299,6 +303,8 @@ def setting_value(layout: tuple[Field, ...], name: str, value: Value) -> Value:
     try:
         if not members:
             f = next(f for f in layout if f.key == name)
+            if f.wire is Wire.TEXT and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # --set cloud_port=19042 arrives as a number
             return codec.to_value(f, codec.to_raw(f, value))  # a raw code: its label
         if not isinstance(value, list) or not all(isinstance(r, Mapping) for r in value):
             raise SettingsError(f"{name}: a list of records (JSON objects) is needed")
@@ -596,6 +602,15 @@ class InverterModel:
     # ----------------------------------------------------------------------------------
     # Values per reply frame
     # ----------------------------------------------------------------------------------
+
+    def cloud_server(self) -> tuple[str, int] | None:
+        """Where the inverter dials its cloud link: in station mode, the cloud server and
+        port of its network settings (None in access-point mode, or with no valid port)."""
+        s = self.settings
+        port = str(s.get("cloud_port", "")).strip()
+        if s.get("wifi_mode") != "Station" or not port.isdigit() or not 0 < int(port) < 65536:
+            return None
+        return str(s.get("cloud_server", "")), int(port)
 
     def offers(self, code: int) -> bool:
         command = tables.COMMANDS.get(code)

@@ -14,6 +14,16 @@ are built by :class:`~.model.InverterModel` (with the codec) and framed with
 * the writes that make the real inverter drop the connection (``closes_connection`` in
   the tables: 0x69, 0x70, 0x94, 0x9e, 0x9f) close it here too, after being applied.
 
+Station mode (``cloud``): like the inverter's Wi-Fi module in station mode, the simulator
+also dials its cloud server, every second while it is not connected, and answers the
+requests that come over that link, from the same model and at the same time as a client
+on its own port. The link speaks plain frames, or with ``rc4`` RC4 frames only (frames
+of the other kind are logged and left unanswered: how the real inverter treats them is
+not known). The server and port are the model's network settings, which 0x9f and 0xb0
+writes change and 0xb1 shows; a write that changes them (or the Wi-Fi mode) drops the
+link, and the simulator dials the new server. It dials only addresses of this host and
+of private networks, never the vendor's cloud.
+
 Faults, for testing clients: each one is decided once per answer (all the frames of one
 request), either by a rate given to the constructor or by :meth:`Simulator.inject` for
 the next N answers. ``silence`` sends nothing; ``drop`` closes the connection instead of
@@ -27,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
+import socket
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from enum import StrEnum
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -43,7 +55,9 @@ log = structlog.get_logger(__name__)
 
 PAIR_PAUSE = 0.02  # seconds between the two frames that answer 0x95
 CHUNK_PAUSE = 0.002  # seconds between the pieces of a chunked frame
-_GARBAGE_BYTES = bytes(b for b in range(256) if b != frame.HEADER[0])
+DIAL_INTERVAL = 1.0  # seconds between the cloud link's connection attempts
+CONNECT_TIMEOUT = 5.0  # seconds one attempt may take
+_GARBAGE_BYTES = bytes(b for b in range(256) if b not in (frame.HEADER[0], frame.RC4_HEADER[0]))
 
 
 class Fault(StrEnum):
@@ -76,10 +90,21 @@ class Simulator:
         pair_pause: float = PAIR_PAUSE,
         chunk_pause: float = CHUNK_PAUSE,
         settings: Mapping[str, Value] | None = None,
+        cloud: tuple[str, int] | None = None,
+        rc4: bool = False,
+        dial_interval: float = DIAL_INTERVAL,
+        first_dial: float = 0.0,
     ) -> None:
+        if cloud is not None:
+            host, port = cloud
+            settings = {**(settings or {}), "cloud_server": host, "cloud_port": str(port)}
         self.model = InverterModel(pcu=pcu, model=model, serial=serial,
                                    battery_make=battery_make, capacity_kwh=capacity_kwh,
                                    soc=soc, seed=seed, clock=clock, settings=settings)
+        self.station = cloud is not None  # dials the cloud server
+        self.rc4 = rc4
+        self.dial_interval = dial_interval
+        self.first_dial = first_dial  # seconds before the first attempt (spreads a fleet)
         self.latency = latency
         self.chunk = chunk
         self.pair_pause = pair_pause
@@ -98,6 +123,8 @@ class Simulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self.clients = 0  # connections served so far
         self.received: deque[int] = deque(maxlen=1000)  # request command codes, in order
+        self.cloud_links = 0  # cloud connections made so far
+        self._cloud: asyncio.StreamWriter | None = None  # the cloud link, while it is up
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -115,6 +142,8 @@ class Simulator:
         if self._server is not None:
             raise RuntimeError("the simulator is already running")
         self._server = await asyncio.start_server(self._client, host, port)
+        if self.station:
+            self._spawn(self._dial())
         return self.port or 0
 
     async def stop(self) -> None:
@@ -134,6 +163,10 @@ class Simulator:
         if self._server is None or not self._server.sockets:
             return None
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def cloud_connected(self) -> bool:
+        return self._cloud is not None
 
     @property
     def blocked(self) -> bool:
@@ -163,6 +196,11 @@ class Simulator:
     # Connections
     # ----------------------------------------------------------------------------------
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -186,27 +224,68 @@ class Simulator:
             log.info("client disconnected", peer=peer)
             self._tasks.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        frames = frame.FrameReader()
+    async def _dial(self) -> None:
+        """Station mode: connect to the cloud server, serve the link, and again, forever."""
+        await asyncio.sleep(self.first_dial)
+        trouble: str | None = None  # the last failure, logged once until it changes
+        while True:
+            server = self.model.cloud_server()
+            try:
+                if server is None:
+                    raise ConnectionError("not in station mode: the cloud is not dialled")
+                reader, writer = await _connect_locally(*server)
+            except OSError as exc:
+                if str(exc) != trouble:
+                    trouble = str(exc)
+                    log.info("cloud link: cannot connect, trying every "
+                             f"{self.dial_interval:g} s", server=_where(server), error=trouble)
+            else:
+                trouble = None
+                self.cloud_links += 1
+                self._cloud = writer
+                log.info("cloud link up", server=_where(server), rc4=self.rc4)
+                try:
+                    await self._serve(reader, writer, cloud=True)
+                except OSError as exc:
+                    log.info("cloud link lost", error=str(exc))
+                finally:
+                    self._cloud = None
+                    writer.close()
+                log.info("cloud link down", server=_where(server))
+            await asyncio.sleep(self.dial_interval)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     cloud: bool = False) -> None:
+        frames = frame.FrameReader(rc4=cloud)
         while data := await reader.read(4096):
             for item in frames.feed(data):
-                if not await self._on_item(item, writer):
+                if not await self._on_item(item, writer, cloud):
                     return
 
     async def _on_item(self, item: frame.Frame | frame.FrameError,
-                       writer: asyncio.StreamWriter) -> bool:
+                       writer: asyncio.StreamWriter, cloud: bool) -> bool:
         """Handle one request; False when the connection is to be closed."""
         if isinstance(item, frame.FrameError):
             log.warning("bad frame from the client", error=str(item))
             self.model.bad_frame(item)
             return True
+        if cloud and item.rc4 != self.rc4:
+            log.warning("cloud link: request not answered, this inverter speaks "
+                        + ("RC4" if self.rc4 else "plain frames"),
+                        command=f"0x{item.command:02x}", rc4=item.rc4)
+            return True
         self.received.append(item.command)
+        server = self.model.cloud_server()
         try:
             outcome = self.model.handle(item.command, item.payload)
         except Exception:  # the simulator must outlive any request
             log.exception("request failed", command=f"0x{item.command:02x}")
             return True
-        if outcome.replies and not await self._answer(writer, outcome.replies):
+        if self.model.cloud_server() != server and self._cloud is not None:
+            log.info("network settings changed: dropping the cloud link")
+            self._cloud.close()
+        if outcome.replies and not await self._answer(writer, outcome.replies,
+                                                      rc4=cloud and self.rc4):
             return False
         if outcome.close:
             log.info("hanging up after the write", command=f"0x{item.command:02x}")
@@ -214,7 +293,7 @@ class Simulator:
         return True
 
     async def _answer(self, writer: asyncio.StreamWriter,
-                      replies: list[tuple[int, bytes]]) -> bool:
+                      replies: list[tuple[int, bytes]], rc4: bool = False) -> bool:
         if self._take(Fault.SILENCE):
             log.info("fault: silence", command=f"0x{replies[0][0]:02x}")
             return True
@@ -227,7 +306,7 @@ class Simulator:
         for index, (code, payload) in enumerate(replies):
             if index:
                 await asyncio.sleep(self.pair_pause)
-            data = frame.reply(code, payload)
+            data = frame.reply(code, payload, rc4=rc4)
             if bad:
                 data = data[:-2] + bytes([data[-2] ^ 0xFF]) + data[-1:]
             if garbage:
@@ -246,6 +325,25 @@ class Simulator:
                 await asyncio.sleep(self.chunk_pause)
             writer.write(data[start : start + self.chunk])
             await writer.drain()
+
+
+def _where(server: tuple[str, int] | None) -> str | None:
+    return None if server is None else f"{server[0]}:{server[1]}"
+
+
+async def _connect_locally(host: str, port: int) -> tuple[asyncio.StreamReader,
+                                                            asyncio.StreamWriter]:
+    """Connect to ``host:port`` if it is this host or on a private network; OSError if not."""
+    async with asyncio.timeout(CONNECT_TIMEOUT):
+        found = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)
+        for *_, address in found:
+            numeric = str(address[0])
+            ip = ipaddress.ip_address(numeric.partition("%")[0])
+            if ip.is_loopback or ip.is_private:
+                return await asyncio.open_connection(numeric, port)
+    raise ConnectionRefusedError(f"{host} is not on this host or a private network: "
+                                 "a simulator does not dial it")
 
 
 def numbered_serials(first: str, count: int) -> list[str]:
@@ -273,11 +371,14 @@ async def run_simulator(
     seed: int | None = None,
     settings: Mapping[str, Value] | None = None,
     clock: Clock | None = None,
+    cloud: tuple[str, int] | None = None,
+    rc4: bool = False,
 ) -> None:
     """Run ``count`` simulators on ports ``port``.. until cancelled (the CLI's ``simulate``).
 
     Each one is its own inverter: its own serial number (counting up from ``serial``) and
-    its own random generator. Port 0 puts each on a free port.
+    its own random generator. Port 0 puts each on a free port. With ``cloud`` each also
+    dials that server, their first attempts spread over one dial interval.
     """
     if count < 1:
         raise ValueError("--count must be at least 1")
@@ -287,7 +388,8 @@ async def run_simulator(
                       seed=None if seed is None else seed + 2 * index,
                       garbage_rate=garbage_rate, bad_checksum_rate=bad_checksum_rate,
                       drop_rate=drop_rate, silence_rate=silence_rate, settings=settings,
-                      clock=clock)
+                      clock=clock, cloud=cloud, rc4=rc4,
+                      first_dial=index * DIAL_INTERVAL / count)
             for index, number in enumerate(numbered_serials(serial, count))]
     try:
         bound = []
@@ -306,8 +408,10 @@ async def run_simulator(
         what = "simulator" if count == 1 else f"{count} simulators"
         serials = "" if count == 1 else (
             f", serials {sims[0].model.serial}..{sims[-1].model.serial}")
-        print(f"{what} listening on {where} (PCU {pcu}, {sims[0].model.model_name}{serials})",
-              flush=True)
+        dialling = "" if cloud is None else (
+            f", dialling {cloud[0]}:{cloud[1]}" + (" with RC4" if rc4 else ""))
+        print(f"{what} listening on {where} (PCU {pcu}, {sims[0].model.model_name}{serials})"
+              f"{dialling}", flush=True)
         await asyncio.Event().wait()
     finally:
         for sim in sims:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -544,3 +546,60 @@ def test_a_register_count_that_is_no_count_is_said_so() -> None:
     with pytest.raises(codec.TruncatedPayload, match="shorter than the 10 bytes that its "
                        "register_count of 2 announces"):
         codec.decode(tables.REGISTER_QUERY, 609, bytes.fromhex("0002000100020003"))
+
+
+# --------------------------------------------------------------------------------------
+# The compiled decoder against construct's interpreter
+# --------------------------------------------------------------------------------------
+
+
+def outcome(decode: Any, command: Command, version: int, payload: bytes) -> Any:
+    """What a decoder makes of a payload: the reading, or the error's type and message."""
+    try:
+        return decode(command, version, payload)
+    except codec.CodecError as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize(("code", "version"), ALL_CASES, ids=ids(ALL_CASES))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_compiled_and_interpreted_decoding_agree(code: int, version: int, data: Any) -> None:
+    command = tables.COMMANDS[code]
+    payload = data.draw(st.one_of(
+        random_payloads(command, version),  # well formed, every value possible
+        st.binary(max_size=300),  # anything: short payloads, counts that are no counts
+    ))
+    payload = data.draw(st.sampled_from([
+        payload,
+        payload + data.draw(st.binary(min_size=1, max_size=20)),  # extra bytes
+        payload[: data.draw(st.integers(0, len(payload)))],  # cut anywhere
+    ]))
+    compiled = outcome(codec.decode, command, version, payload)
+    assert compiled == outcome(codec.interpret, command, version, payload)
+
+
+def test_scaled_values_are_the_interpreters_to_the_last_bit() -> None:
+    """Each scale of the tables, for every 16-bit raw value and 32-bit ones sampled: the
+    compiled expression (a division, not round()) gives the interpreter's float."""
+    fields = {(f.scale, f.wire, f.size): f for c in tables.COMMANDS.values()
+              for layout in c.layouts.values() for f in layout
+              if f.scale != 1 and f.is_numeric}
+    assert {scale for scale, _, _ in fields} >= {0.1, 0.01, 0.001, 10, 100}
+    raws = [*range(-(1 << 15), 1 << 16), *range(-(1 << 31), 1 << 32, 65521), (1 << 32) - 1]
+    for f in fields.values():
+        names = codec._Names()
+        compiled = eval(f"lambda x: {codec._value_source(f, 'x', names)}", names.objects)
+        assert [repr(compiled(raw)) for raw in raws] == [
+            repr(codec.to_value(f, raw)) for raw in raws], f.key
+
+
+def test_layouts_compile_on_first_use_only() -> None:
+    """Start-up stays cheap: importing compiles nothing, a decode compiles its layout."""
+    script = ("from sermatec_bridge.protocol import codec, tables\n"
+              "before = codec._decoder.cache_info().currsize\n"
+              "codec.decode(tables.COMMANDS[0x0C], 609, bytes(8))\n"
+              "print(before, codec._decoder.cache_info().currsize)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["0", "1"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sermatec_bridge.protocol import frame
+from sermatec_bridge.protocol import frame, rc4
 from sermatec_bridge.protocol.frame import BadChecksum, Frame, FrameError, FrameReader
 
 # Real replies (captures.md): battery 0x0a, running status 0x0c, links 0x0d.
@@ -291,3 +292,104 @@ def test_a_frame_cut_at_the_end_of_the_stream_is_truncated_not_skipped() -> None
     assert items[0] == EXPECTED[1]
     assert isinstance(items[1], frame.TruncatedFrame) and items[1].got == 10
     assert runs == []
+
+
+# --------------------------------------------------------------------------------------
+# RC4 frames (the cloud link)
+# --------------------------------------------------------------------------------------
+
+# The vendor cloud's capture: a plain 0x98 query, then the same query encrypted.
+CLOUD_PLAIN = bytes.fromhex("fe556414980000" "4cae")
+CLOUD_RC4 = bytes.fromhex("759ab0f98a066885fc")
+
+
+def rc4_reader() -> FrameReader:
+    return FrameReader(rc4=True)
+
+
+def test_the_captured_rc4_query_is_the_plain_one_encrypted() -> None:
+    assert rc4.crypt(CLOUD_PLAIN) == CLOUD_RC4
+    assert rc4.crypt(CLOUD_RC4) == CLOUD_PLAIN
+    assert frame.request(0x98, rc4=True) == CLOUD_RC4
+    assert CLOUD_RC4[:2] == frame.RC4_HEADER
+
+
+def test_the_keystream_is_rc4() -> None:
+    # RFC 6229's first test vector: key 0x0102030405, keystream from offset 0
+    assert rc4.keystream(bytes.fromhex("0102030405"), 16) == bytes.fromhex(
+        "b2396305f03dc027ccc3524a0a1118a8")
+
+
+def test_the_cloud_capture_reads_as_two_queries_one_of_them_rc4() -> None:
+    items = read([CLOUD_PLAIN + CLOUD_RC4], rc4_reader())
+    assert [(f.command, f.rc4, f.is_request) for f in frames_only(items)] == [
+        (0x98, False, True), (0x98, True, True)]
+    assert len(items) == 2
+
+
+def test_a_plain_reader_skips_rc4_frames() -> None:
+    assert read([CLOUD_RC4 + STATUS]) == [EXPECTED[1]]
+
+
+def test_an_rc4_frame_encodes_back_to_its_bytes() -> None:
+    encrypted = frame.reply(0x0A, BATTERY[7:-2], rc4=True)
+    (item,) = read([encrypted], rc4_reader())
+    assert isinstance(item, Frame) and item.rc4
+    assert item.encode() == encrypted
+    assert (item.command, item.payload) == (0x0A, BATTERY[7:-2])
+
+
+RC4_STREAM = b"".join(rc4.crypt(f) for f in (BATTERY, STATUS, LINKS))
+
+
+@settings(max_examples=200)
+@given(
+    encrypted=st.lists(st.booleans(), min_size=3, max_size=3),
+    pieces=st.lists(
+        st.one_of(
+            st.sampled_from([*GARBAGE, b"\x75", b"\x75\x9a", b"\x75\x9a\xb0\xf9\x8a\x06\xff",
+                             rc4.crypt(STATUS)[:-1] + b"\x00"]),
+            st.binary(max_size=20).filter(lambda b: b"\xfe" not in b and b"\x75" not in b),
+        ),
+        min_size=4,
+        max_size=4,
+    ),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+)
+def test_plain_and_rc4_frames_mixed_survive_any_garbage_and_chunking(
+        encrypted: list[bool], pieces: list[bytes], cuts: list[int]) -> None:
+    frames = [rc4.crypt(f) if e else f for f, e in zip((BATTERY, STATUS, LINKS), encrypted,
+                                                          strict=True)]
+    stream = pieces[0] + frames[0] + pieces[1] + frames[1] + pieces[2] + frames[2] + pieces[3]
+    items = read(split(stream, [c for c in cuts if c <= len(stream)]), rc4_reader())
+    got = frames_only(items)
+    assert [f.rc4 for f in got] == encrypted
+    assert [replace(f, rc4=False) for f in got] == EXPECTED
+
+
+def test_an_rc4_frame_with_a_bad_checksum_is_reported_and_reading_goes_on() -> None:
+    bad = rc4.crypt(SYSTEM_INFO_BAD)
+    stream = bad + rc4.crypt(STATUS)
+    for cut in range(len(stream) + 1):
+        items = read(split(stream, [cut]), rc4_reader())
+        assert len(items) == 2, cut
+        assert isinstance(items[0], BadChecksum)
+        assert (items[0].carried, items[0].computed) == (0x96, 0xE0)
+        assert isinstance(items[1], Frame) and items[1].rc4 and items[1].command == 0x0C
+
+
+def test_a_cut_rc4_frame_is_truncated_at_its_real_length() -> None:
+    reader = rc4_reader()
+    assert reader.feed(RC4_STREAM[:10]) == []
+    (cut,) = reader.finish()
+    assert isinstance(cut, frame.TruncatedFrame)
+    assert (cut.expected, cut.got) == (len(BATTERY), 10)
+
+
+def test_rc4_frames_one_byte_at_a_time() -> None:
+    reader = rc4_reader()
+    items: list[Item] = []
+    for byte in RC4_STREAM:
+        items += reader.feed(bytes([byte]))
+    assert [replace(f, rc4=False) for f in frames_only(items)] == EXPECTED
+    assert reader.pending == b""
