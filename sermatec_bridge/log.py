@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from collections.abc import MutableMapping
+import time
+from collections import Counter
+from collections.abc import Callable, MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -57,3 +60,39 @@ def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
+
+
+class Tally:
+    """Events that may come in floods, logged at most once per ``every`` seconds.
+
+    The first event is logged at once; the ones that follow within ``every`` seconds are
+    only counted, and their counts go out with the next event after that, or with
+    :meth:`flush` (when the source goes away). A garbage-streaming client or a chatty
+    peer thus costs one line a minute, and the line still says how much was dropped.
+    """
+
+    def __init__(self, logger: Any, event: str, *, every: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.event = event
+        self.every = every
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self._quiet_until = -math.inf
+
+    def add(self, what: str, count: int = 1, **fields: Any) -> None:
+        """Count ``count`` of ``what``; log the counts when the last line is old enough."""
+        self.counts[what] += count
+        now = self.clock()
+        if now >= self._quiet_until:
+            self._emit(now, fields)
+
+    def flush(self, **fields: Any) -> None:
+        """Log what was counted since the last line, if anything."""
+        if self.counts:
+            self._emit(self.clock(), fields)
+
+    def _emit(self, now: float, fields: dict[str, Any]) -> None:
+        self.logger.warning(self.event, counts=dict(self.counts), **fields)
+        self.counts.clear()
+        self._quiet_until = now + self.every
