@@ -226,6 +226,17 @@ class InverterRuntime:
         await self._refuse(self.intake.close())
         self._wake.set()
 
+    async def crashed(self) -> None:
+        """After :meth:`run` failed unexpectedly: the connection goes, the inverter is
+        offline until it answers again (the service starts :meth:`run` anew)."""
+        try:
+            await self.client.close()
+            self.availability.online = False
+            if self.publisher.online is not False:
+                await self.publisher.availability(False)
+        except Exception:
+            self.log.exception("cleaning up after a failed runtime failed")
+
     async def _connect(self) -> bool:
         """Connect and read the identity; on failure, try again after the live interval."""
         try:

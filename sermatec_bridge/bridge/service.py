@@ -33,6 +33,8 @@ from .writes import WriteRefused, WriteResult, parse_request
 
 log = structlog.get_logger(__name__)
 
+RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
+
 
 class Bridge:
     """The daemon: one MQTT connection, one runtime per inverter."""
@@ -66,7 +68,8 @@ class Bridge:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
-        workers = [self._supervised(w.run(), f"worker {w.config.label}") for w in self.workers]
+        workers = [asyncio.create_task(self._keep_running(w), name=f"inverter {w.config.label}")
+                   for w in self.workers]
         proxies = [self._supervised(proxy.ProxyServer(
             w, name=w.config.label, writes=w.config.proxy_writes, stats=w.stats.proxy,
         ).serve(w.config.proxy_host, w.config.proxy_port), f"proxy {w.config.label}")
@@ -102,6 +105,29 @@ class Bridge:
             if w.topic_id is not None:
                 await self.broker.publish(w.publisher.topic("availability"), OFFLINE)
         await self.broker.publish(self.broker.bridge_topic, OFFLINE)
+
+    async def _keep_running(self, worker: InverterRuntime) -> None:
+        """Run one inverter's runtime until the bridge stops.
+
+        A runtime that fails anyway is logged with its traceback, marked offline and
+        started again with backoff; the other inverters never notice.
+        """
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await worker.run()
+                return
+            except Exception:
+                if worker.stopping:
+                    return
+                failures = 1 if time.monotonic() - started > RESTART_RESET else failures + 1
+                delay = backoff(failures, 1.0, 60.0)
+                log.exception("inverter runtime failed: restarting it",
+                              inverter=worker.config.label, failures=failures,
+                              retry_in=round(delay, 1))
+            await worker.crashed()
+            await asyncio.sleep(delay)
 
     def _supervised(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task whose unexpected end stops the bridge (so that a supervisor restarts it)."""

@@ -532,3 +532,20 @@ async def subprocess_output(process: asyncio.subprocess.Process) -> str:
     assert process.stderr is not None
     data = await process.stderr.read()
     return data.decode(errors="replace")
+
+
+@pytest.fixture
+def bridge_log(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
+    """The bridge's log as JSON lines, from a stream of the test's own (never closed
+    under a task that still logs at teardown, unlike pytest's captured stderr)."""
+    from sermatec_bridge import log
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    log.configure("info", "json")
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()
+                if line.startswith("{")]
+
+    return lines
