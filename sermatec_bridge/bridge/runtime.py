@@ -60,6 +60,7 @@ class WriteCommand(Command):
 class ExchangeCommand(Command):
     """A job of another part of the bridge (the app proxy), run with a client session."""
 
+    lane = "exchanges"  # their own room in the intake: never the room of MQTT writes
     job: Callable[[Session], Awaitable[Any]]
     future: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())

@@ -27,6 +27,7 @@ from ..config import Settings
 from ..inverter.client import backoff
 from . import health, metrics, proxy
 from .intake import Intake, Refusal
+from .policy import Policy
 from .publisher import OFFLINE, Broker, publish_result, quote, refusal, valid_topic_name
 from .runtime import COMMAND_DEADLINE, STOP_GRACE, InverterRuntime, WriteCommand
 from .writes import WriteRefused, WriteResult, parse_request
@@ -53,11 +54,23 @@ class Bridge:
                         for i, c in enumerate(inverters)]
         for worker in self.workers:
             worker.on_identified = self._claim_held
+        self.proxies = self._proxies()
         # Writes to an inverter not identified yet wait here, with their deadline.
         self.held = Intake(limit=64)
         self.stopping = asyncio.Event()
         self.failed = False
         self._birth: asyncio.Task[None] | None = None
+
+    def _proxies(self) -> list[tuple[int, proxy.ProxyServer]]:
+        """The app proxies to serve, by port: one per inverter with a ``proxy_port``."""
+        config = self.settings.proxy
+        policy = Policy.of(config.allow, settings_writes=self.settings.writes.enabled)
+        served = [(port, w) for w in self.workers if (port := w.config.proxy_port) is not None]
+        limits = proxy.Limits(clients=proxy.client_cap(len(served), len(self.workers)))
+        return [(port, proxy.ProxyServer(w, name=w.config.label, policy=policy,
+                                         stats=w.stats.proxy, limits=limits,
+                                         networks=config.allowed_networks))
+                for port, w in served]
 
     def worker(self, topic_id: str) -> InverterRuntime | None:
         return next((w for w in self.workers if w.topic_id == topic_id), None)
@@ -70,10 +83,9 @@ class Bridge:
                 loop.add_signal_handler(sig, self.stopping.set)
         workers = [asyncio.create_task(self._keep_running(w), name=f"inverter {w.config.label}")
                    for w in self.workers]
-        proxies = [self._supervised(proxy.ProxyServer(
-            w, name=w.config.label, writes=w.config.proxy_writes, stats=w.stats.proxy,
-        ).serve(w.config.proxy_host, w.config.proxy_port), f"proxy {w.config.label}")
-            for w in self.workers if w.config.proxy_port is not None]
+        proxies = [self._supervised(server.serve(self.settings.proxy.host, port),
+                                    f"proxy {server.name}")
+                   for port, server in self.proxies]
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat"),
                   self._supervised(self._expire_held(), "held writes")]
