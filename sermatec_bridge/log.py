@@ -96,3 +96,24 @@ class Tally:
         self.logger.warning(self.event, counts=dict(self.counts), **fields)
         self.counts.clear()
         self._quiet_until = now + self.every
+
+
+def throttled_stdlib(name: str, event: str) -> logging.Logger:
+    """A stdlib logger for a library that may warn once per message (aiomqtt, when its
+    queue of incoming messages is full): its warnings go to structlog as ``event``, each
+    distinct message at most once a minute, with its count (:class:`Tally`)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(_ToTally(Tally(structlog.get_logger(name), event)))
+    return logger
+
+
+class _ToTally(logging.Handler):
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(logging.WARNING)
+        self.tally = tally
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.tally.add(record.getMessage())

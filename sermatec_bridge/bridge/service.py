@@ -25,6 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import Settings
 from ..inverter.client import backoff
+from ..log import Tally
 from . import health, metrics, proxy
 from .intake import Intake, Refusal
 from .policy import Policy
@@ -58,6 +59,7 @@ class Bridge:
         # Writes to an inverter not identified yet wait here, with their deadline.
         self.held = Intake(limit=64)
         self.stopping = asyncio.Event()
+        self.refused = Tally(log, "writes refused")
         self.failed = False
         self._birth: asyncio.Task[None] | None = None
 
@@ -113,6 +115,7 @@ class Bridge:
         if running:
             log.warning("stopping what still runs", tasks=len(running))
         await _cancel(workers)  # no poll may publish "online" after the goodbye
+        await self.broker.flush(STOP_GRACE)  # every result before the last "offline"
         for w in self.workers:
             if w.topic_id is not None:
                 await self.broker.publish(w.publisher.topic("availability"), OFFLINE)
@@ -173,6 +176,7 @@ class Bridge:
                     log.info("mqtt connected", broker=f"{mqtt.host}:{mqtt.port}")
                     async with asyncio.TaskGroup() as group:
                         reader = group.create_task(self._read(client))
+                        delivery = group.create_task(self.broker.deliver())
                         await self._subscribe(client)
                         await self.broker.learn()
                         self.broker.claim_availability()
@@ -181,6 +185,7 @@ class Bridge:
                             await w.publisher.reconcile()
                         await self.broker.sync()
                         await reader
+                        delivery.cancel()
             except* aiomqtt.MqttError as group_error:
                 exc = group_error.exceptions[0]
                 self.broker.disconnected()
@@ -283,13 +288,14 @@ class Bridge:
 
     async def _answer(self, command: WriteCommand, result: WriteResult,
                       worker: InverterRuntime | None) -> None:
-        if worker is not None:
-            await worker.answer(command, result)
-            return
+        """The result of a write refused before it was queued: published every time,
+        logged at most once a minute with the count (a flood on set/# costs one line)."""
         body = result.as_json()
         if command.key is not None:
             body["topic"] = f"set/{quote(command.key)}"
-        log.warning("write result", inverter=quote(command.topic_id), **body)
+        if worker is not None:
+            worker.stats.writes["refused"] += 1
+        self.refused.add("write refused", inverter=quote(command.topic_id), **body)
         await publish_result(self.broker, command.topic_id, body, command.properties)
 
     async def _answer_held(self, refused: list[Refusal]) -> None:
