@@ -102,7 +102,10 @@ class Policy:
                 values = codec.decode(command, session.version, request.payload).values
                 codec.validate(command, session.version, values)
             except codec.CodecError as exc:
-                raise Refused("malformed write", f"{command.label}: {exc}") from exc
+                secret = any(f.secret for f in codec.layout_of(command, session.version))
+                why = "does not fit the tables (not shown: it carries a password)" if secret \
+                    else str(exc)
+                raise Refused("malformed write", f"{command.label}: {why}") from exc
         return Forwarded(await session.relay(request))
 
 

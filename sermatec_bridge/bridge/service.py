@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -172,6 +173,7 @@ class Bridge:
             try:
                 async with self.broker.connect() as client:
                     attempt = 0
+                    _no_delay(client)
                     self.broker.connected(client)
                     log.info("mqtt connected", broker=f"{mqtt.host}:{mqtt.port}")
                     async with asyncio.TaskGroup() as group:
@@ -337,6 +339,15 @@ class Bridge:
         while True:
             health.write(self.settings.health.file, self)
             await asyncio.sleep(min(5.0, self.settings.poll.live))
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Send small packets at once. paho leaves Nagle's algorithm on: with messages going
+    both ways, a PUBACK or a result then waits for the broker's delayed ACK (40 ms), and
+    results of a burst of commands trickle out at a few hundred a second."""
+    sock = client._client.socket()  # aiomqtt does not expose it
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -40,8 +40,8 @@ async def test_the_clients_inbox_is_bounded_and_says_so_once(lines: io.StringIO)
     message = MQTTMessage(topic=b"sermatec/x/set/grid_soc_min")
     message.payload = b"20"
     for _ in range(publisher.INCOMING + 500):  # as paho hands them over, nobody reading
-        client._on_message(client._client, None, message)  # noqa: SLF001
-    assert client._queue.qsize() == publisher.INCOMING  # noqa: SLF001
+        client._on_message(client._client, None, message)
+    assert client._queue.qsize() == publisher.INCOMING
     said = [e for e in events(lines) if e["event"] == "mqtt client warnings"]
     assert len(said) == 1
     assert said[0]["counts"] == {"Message queue is full. Discarding message.": 1}

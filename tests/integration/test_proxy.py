@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from faultproxy import FaultProxy
 
 from sermatec_bridge.bridge import metrics
@@ -36,7 +39,10 @@ from .conftest import (
     SERIAL,
     BridgeFactory,
     HomeAssistant,
+    Mosquitto,
     RunningBridge,
+    bridge_overrides,
+    clean_env,
     deep_merge,
     eventually,
     free_port,
@@ -676,3 +682,68 @@ async def test_session_relay_returns_the_inverters_frames(sim: Simulator) -> Non
             assert isinstance(session, Session)
             replies = await session.relay(frame.parse_frame(frame.request(0x95)))
     assert b"".join(f.encode() for f in replies) == expected(sim, 0x95)
+
+
+async def test_a_crowd_and_a_garbage_streamer_never_exhaust_the_bridges_files(
+        broker: Mosquitto, sim: Simulator, ha: HomeAssistant, tmp_path: Path) -> None:
+    """The daemon with a file limit of 64 (its own files leave room for one client): a
+    crowd of 150 idle clients and one streaming garbage take none of the files it needs
+    to poll, publish and write its heartbeat."""
+    port = free_port()
+    settings = bridge_overrides(broker.port, sim.port or 0, tmp_path)
+    settings["inverter"]["proxy_port"] = port
+    settings["proxy"] = {"host": HOST}
+    settings["log"] = {"format": "json"}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    log = tmp_path / "bridge.log"
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    with log.open("wb") as out:
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sermatec_bridge", "run", "-c", str(config),
+            env=clean_env(), stdout=out, stderr=out, preexec_fn=few_files)
+    crowd: list[AppClient] = []
+    try:
+        await wait_ready(ha)
+        garbage = await AppClient.connect(port)
+        for _ in range(150):
+            with contextlib.suppress(OSError):
+                crowd.append(await AppClient.connect(port))
+        mark = ha.mark()
+        for _ in range(40):
+            await garbage.send(bytes(range(0x10, 0xF0)) * 256)
+        await ha.wait_for(lambda m: len(ha.on(topic("live"), mark)) >= 3, after=mark,
+                          within=30, what="three live states meanwhile")
+        check = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sermatec_bridge", "health", "-c", str(config),
+            env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await check.communicate()
+        assert check.returncode == 0, out.decode() + err.decode()
+    finally:
+        for app in crowd:
+            await app.close()
+        daemon.terminate()
+        await daemon.wait()
+    text = log.read_text()
+    assert "Too many open files" not in text and "Traceback" not in text
+    assert len(text) < 64 * 1024, len(text)  # no line per read, per refused connection
+    garbage_lines = [line for line in text.splitlines() if "garbage bytes" in line]
+    assert 1 <= len(garbage_lines) <= 2  # the first at once, the rest counted at the end
+
+
+async def test_a_refused_network_write_never_puts_its_password_in_the_log(
+        bridge_log: Callable[[], list[dict[str, Any]]],  # first: the bridge logs into it
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    bridge, port = await start_proxied(ha, start_bridge, sim, proxy={"allow": ["0x94"]})
+    secret = "hunter2-hunter2-hunter2"  # longer than an access-point password may be
+    app = await AppClient.connect(port)
+    try:
+        await app.send(frame.request(0x94, secret.encode()))
+        await eventually(lambda: proxy_stats(bridge).dropped["malformed write"] == 1)
+    finally:
+        await app.close()
+    assert 0x94 not in sim.received
+    assert secret not in str(bridge_log()) and secret.encode().hex() not in str(bridge_log())
