@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from simfaults import answer_instead
 
 from sermatec_bridge.simulator import Simulator
-from sermatec_bridge.simulator.model import Outcome
 
 from .conftest import (
     HOST,
@@ -52,15 +52,7 @@ async def live_states(ha: HomeAssistant, serial: str, count: int, after: int) ->
 async def test_an_identity_reply_of_two_bytes_stays_with_its_inverter(
         ha: HomeAssistant, start_bridge: BridgeFactory, other: Simulator,
         bridge_log: Log) -> None:
-    handle = other.model.handle
-
-    def short_identity(code: int, payload: bytes) -> Outcome:
-        outcome = handle(code, payload)
-        if code == 0x98:
-            outcome.replies[:] = [(0x98, b"\x02\x5d")]
-        return outcome
-
-    other.model.handle = short_identity  # type: ignore[method-assign]
+    answer_instead(other, 0x98, [(0x98, b"\x02\x5d")])  # two bytes: short of its layout
     bridge = start_bridge(second_inverter(other))
     await wait_ready(ha)
     mark = ha.mark()
