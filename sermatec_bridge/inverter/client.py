@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import enum
 import random
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -255,8 +255,16 @@ class Connection:
 # --------------------------------------------------------------------------------------
 
 
+Streams = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
 class InverterClient:
-    """An inverter at ``host:port``. Use ``async with`` or :meth:`connect` / :meth:`close`."""
+    """An inverter at ``host:port``. Use ``async with`` or :meth:`connect` / :meth:`close`.
+
+    ``streams`` is how the client gets a byte stream for each new connection: by default
+    it dials ``host:port``; a listener can instead hand over the streams that inverters
+    open to it (``host:port`` then only names the inverter in messages).
+    """
 
     def __init__(
         self,
@@ -269,8 +277,10 @@ class InverterClient:
         backoff_max: float = 60.0,
         connect_attempts: int | None = 1,
         name: str | None = None,
+        streams: Streams | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.streams = streams or (lambda: asyncio.open_connection(host, port))
         self.timeout = timeout
         self.retries = retries
         self.backoff, self.backoff_max = backoff, backoff_max
@@ -363,10 +373,10 @@ class InverterClient:
             return self._connection
 
     async def _open(self) -> None:
-        """Dial the inverter: how this client's byte streams are obtained."""
+        """A new connection, on a byte stream from :attr:`streams`."""
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                reader, writer = await self.streams()
         except TimeoutError:
             raise InverterUnreachable(f"cannot reach the inverter at {self.where}: no answer "
                                       f"within {self.timeout:g} s") from None

@@ -458,3 +458,36 @@ async def test_the_connection_is_not_used_after_a_write_that_makes_the_inverter_
             status = await client.query(0x0C)  # on a new connection, answered at once
     assert status[0].values["inverter_on"] is True
     assert fake.received[-2:] == [(2, 0x98), (2, 0x0C)]
+
+
+async def test_a_connection_can_run_on_a_stream_the_inverter_opened() -> None:
+    """The inverter dials us (as in station mode, to its cloud server): the client runs
+    its exchanges on the stream a listener accepted."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put((reader, writer))
+
+    listener = await asyncio.start_server(accept, "127.0.0.1", 0)
+    async with listener, Simulator(pcu=609) as sim:
+        inverter_side = await asyncio.open_connection("127.0.0.1", sim.port or 0)
+        relay = asyncio.create_task(splice(inverter_side, listener.sockets[0].getsockname()))
+        client = InverterClient("dialled-in", 0, timeout=2, streams=accepted.get)
+        identity = await client.connect()
+        assert identity.serial == sim.model.serial
+        assert (await client.query(0x0C))[0].values["inverter_on"] is True
+        await client.close()
+        relay.cancel()
+
+
+async def splice(inverter: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                 listener: tuple[str, int]) -> None:
+    """Dial ``listener`` and pass bytes both ways between it and the inverter's stream."""
+    reader, writer = await asyncio.open_connection(*listener[:2])
+
+    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(4096):
+            sink.write(data)
+            await sink.drain()
+
+    await asyncio.gather(pump(reader, inverter[1]), pump(inverter[0], writer))
