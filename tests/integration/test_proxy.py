@@ -555,18 +555,33 @@ async def test_clients_from_networks_not_allowed_are_disconnected_at_once(
 
 async def test_forty_app_clients_never_crowd_out_home_assistants_writes(
         writable: tuple[RunningBridge, int], ha: HomeAssistant, sim: Simulator) -> None:
-    _, port = writable
-    sim.latency = 0.02
+    bridge, port = writable
+    runtime = bridge.bridge.workers[0]
+    writes = {"grid_soc_min": 21, "off_grid_soc_min": 22, "grid_export_limit": 2300,
+              "charge_power_limit": 2400, "discharge_power_limit": 2500}
     apps = [await AppClient.connect(port) for _ in range(40)]
+    mark = ha.mark()
     try:
-        for app in apps:  # each opens a page: three reads at once
-            await app.send(frame.request(0x0A) + frame.request(0x0B) + frame.request(0x0C))
-        results = [await ha.write("set/grid_soc_min", str(20 + n)) for n in range(5)]
+        # While the inverter's queue slot is held (as by a long read-modify-write), the
+        # crowd fills every place app requests may take, and Home Assistant writes.
+        async with runtime.client.session():
+            for app in apps:  # each opens a page: three reads at once
+                await app.send(frame.request(0x0A) + frame.request(0x0B) +
+                               frame.request(0x0C))
+            await eventually(lambda: proxy_stats(bridge).dropped["inverter unavailable"] > 0,
+                             what="the app requests' room full")
+            crowd = len(runtime.intake)
+            for key, value in writes.items():
+                await ha.publish(topic(f"set/{key}"), str(value))
+            await eventually(lambda: len(runtime.intake) == crowd + 5, what="the writes queued")
+        await ha.wait_for(lambda m: len(ha.on(topic("set/result"), mark)) == 5, after=mark,
+                          within=30, what="five results")
     finally:
         for app in apps:
             await app.close()
+    results = [m.json() for m in ha.on(topic("set/result"), mark)]
     assert [r["ok"] for r in results] == [True] * 5, results
-    assert sim.model.settings["grid_soc_min"] == 24
+    assert {k: sim.model.settings[k] for k in writes} == writes
 
 
 # --------------------------------------------------------------------------------------
