@@ -121,15 +121,14 @@ class ProxyServer:
 
     def __init__(self, runtime: InverterRuntime, *, name: str, policy: Policy,
                  stats: ProxyStats | None = None, limits: Limits | None = None,
-                 networks: Iterable[str] = (), clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+                 networks: Iterable[str] = ()) -> None:
         self.runtime = runtime
         self.name = name
         self.policy = policy
         self.stats = stats if stats is not None else ProxyStats()
         self.limits = limits or Limits()
         self.networks = tuple(networks)
-        self.budget = Budget(self.limits.rate, self.limits.burst, clock)
+        self.budget = Budget(self.limits.rate, self.limits.burst)  # shared by all clients
         self.log = log.bind(inverter=name)
         self.refused = Tally(self.log, "app proxy connections refused")
         self.port: int | None = None  # bound port, once listening
