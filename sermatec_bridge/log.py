@@ -98,15 +98,15 @@ class Tally:
         self._quiet_until = now + self.every
 
 
-def throttled_stdlib(name: str, event: str) -> logging.Logger:
+def throttled_stdlib(name: str, to: Any, event: str) -> logging.Logger:
     """A stdlib logger for a library that may warn once per message (aiomqtt, when its
-    queue of incoming messages is full): its warnings go to structlog as ``event``, each
-    distinct message at most once a minute, with its count (:class:`Tally`)."""
+    queue of incoming messages is full): its warnings go to the structlog logger ``to`` as
+    ``event``, each distinct message at most once a minute, with its count (:class:`Tally`)."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
     if not logger.handlers:
-        logger.addHandler(_ToTally(Tally(structlog.get_logger(name), event)))
+        logger.addHandler(_ToTally(Tally(to, event)))
     return logger
 
 

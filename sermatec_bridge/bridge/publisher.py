@@ -34,7 +34,7 @@ from . import discovery
 from .writes import WriteResult
 
 log = structlog.get_logger(__name__)
-MQTT_LOG = throttled_stdlib("sermatec_bridge.mqtt", "mqtt client warnings")
+MQTT_LOG = throttled_stdlib("sermatec_bridge.mqtt", log, "mqtt client warnings")
 
 ONLINE, OFFLINE = "online", "offline"
 ORIGIN = discovery.ORIGIN_NAME.encode()
