@@ -207,6 +207,7 @@ class Bridge:
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             await self._dispatch(message)
+            await asyncio.sleep(0)  # a backlog of commands takes turns with the polls
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for name in self.broker.subscriptions():
