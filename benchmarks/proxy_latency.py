@@ -77,7 +77,7 @@ async def measure(latency: float, live: float, samples: int, code: int) -> None:
                 "SERMATEC_INVERTER__HOST": "127.0.0.1",
                 "SERMATEC_INVERTER__PORT": str(sim.port),
                 "SERMATEC_INVERTER__PROXY_PORT": str(proxy_port),
-                "SERMATEC_INVERTER__PROXY_HOST": "127.0.0.1",
+                "SERMATEC_PROXY__HOST": "127.0.0.1",
                 "SERMATEC_POLL__LIVE": str(live),
                 "SERMATEC_MQTT__HOST": "127.0.0.1",
                 "SERMATEC_MQTT__PORT": str(mqtt_port),

@@ -66,6 +66,7 @@ _EXIT_OF = {
     "InverterTimeout": Exit.TIMEOUT,
     "InverterBusy": Exit.TIMEOUT,  # accepted the connection, never answered
     "NotOffered": Exit.UNKNOWN_COMMAND,
+    "MalformedReply": Exit.MALFORMED,  # a reply that does not fit the tables
     "BadChecksum": Exit.BAD_CHECKSUM,
     "TruncatedFrame": Exit.TRUNCATED,
     "TruncatedPayload": Exit.TRUNCATED,

@@ -10,6 +10,7 @@ models below: their field descriptions are the documentation.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import textwrap
@@ -24,6 +25,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -87,6 +89,43 @@ def _check_topic(value: str) -> str:
 Topic = Annotated[str, AfterValidator(_check_topic)]
 
 
+def _check_command(value: Any) -> str:
+    """A command named by code (0xb1, b1, 177) or by key (network): its label, 0xb1."""
+    from .protocol import tables  # only when a command is named: the tables load slowly
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        command = tables.COMMANDS.get(value)
+    elif isinstance(value, str):
+        command = tables.find(value)
+    else:
+        raise ValueError("must be a command code (0xb1) or name (network)")
+    if command is None:
+        raise ValueError("not a command of the protocol tables; name one by code (0xb1) or "
+                         "key (network): `sermatec-bridge list` shows them")
+    return command.label
+
+
+CommandName = Annotated[str, BeforeValidator(_check_command)]
+
+
+def _check_network(value: str) -> str:
+    """A client network in CIDR notation (a single address is a network of one)."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError("not a network in CIDR notation (192.168.1.0/24, fd00::/8) "
+                         "nor an address") from None
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+
+MOVED = {
+    "proxy_host": "it is proxy.host now (SERMATEC_PROXY__HOST)",
+    "proxy_writes": "the app's settings writes follow writes.enabled now, and other writes "
+    "proxy.allow",
+}
+
+
 class _Section(BaseModel):
     # A typo in a setting must fail, not be silently ignored; so must inf or nan for a
     # number of seconds (a wait that never ends, a poll that never comes).
@@ -115,17 +154,17 @@ class InverterSettings(_Section):
     proxy_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Port where the bridge serves the vendor's app and other clients written "
-        "for the inverter, sharing this inverter's connection; unset: off.",
+        "for the inverter, sharing this inverter's connection (see `proxy`); unset: off.",
     )
-    proxy_host: str = Field(
-        default="0.0.0.0", min_length=1,
-        description="Address the app proxy listens on (0.0.0.0: every interface).",
-    )
-    proxy_writes: bool = Field(
-        default=True,
-        description="Pass the app's settings writes on to the inverter; false: the proxy is "
-        "read-only and writes are refused (and logged).",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        """Settings of earlier versions that now live elsewhere: say where."""
+        for old, new in MOVED.items():
+            if isinstance(data, dict) and old in data:
+                raise ValueError(f"{old} is no longer a setting of an inverter: {new}")
+        return data
 
     @property
     def label(self) -> str:
@@ -266,6 +305,30 @@ class WritesSettings(_Section):
     )
 
 
+class ProxySettings(_Section):
+    """Who may use the app proxy (`inverter.proxy_port`), and for what."""
+
+    host: str = Field(
+        default="0.0.0.0", min_length=1,
+        description="Address the app proxy listens on (0.0.0.0: every interface, so that the "
+        "app on a phone reaches it).",
+    )
+    allowed_networks: list[Network] = Field(
+        default_factory=list,
+        description="Client networks that may connect, in CIDR notation; others are "
+        "disconnected at once. Empty: any client.",
+        examples=[["192.168.1.0/24"]],
+    )
+    allow: list[CommandName] = Field(
+        default_factory=list,
+        description="Commands a client may send beyond queries (and settings writes, which "
+        "follow writes.enabled), by code or name: the reset 0x70, the network writes 0x94, "
+        "0x9e, 0x9f, 0xa3, 0xb0, the register commands 0xba, 0xbb, and the network query "
+        "0xb1 (its reply carries the Wi-Fi password). Empty: none of them.",
+        examples=[["0xb1"]],
+    )
+
+
 class LogSettings(_Section):
     """Logging to stderr."""
 
@@ -301,8 +364,9 @@ class HealthSettings(_Section):
         description="Port for Prometheus metrics at /metrics; unset: off."
     )
     metrics_host: str = Field(
-        default="0.0.0.0", min_length=1,
-        description="Address the metrics endpoint listens on (0.0.0.0: every interface).",
+        default="127.0.0.1", min_length=1,
+        description="Address the metrics endpoint listens on: 127.0.0.1, this host only; "
+        "0.0.0.0 (every interface) for a Prometheus on another host or in another container.",
     )
 
 
@@ -341,6 +405,10 @@ class Settings(BaseSettings):
     writes: WritesSettings = Field(
         default_factory=WritesSettings,
         description="Changing inverter settings from Home Assistant.",
+    )
+    proxy: ProxySettings = Field(
+        default_factory=ProxySettings,
+        description="The app proxy: who may use it, and for what.",
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Log output, to stderr.")
     health: HealthSettings = Field(

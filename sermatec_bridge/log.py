@@ -8,8 +8,11 @@ logger from :func:`get_logger`, which imports structlog when an event is to be l
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from collections.abc import Iterator, MutableMapping
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -117,3 +120,60 @@ def _ignore(*_: Any, **__: Any) -> None:
 
 def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
+
+
+class Tally:
+    """Events that may come in floods, logged at most once per ``every`` seconds.
+
+    The first event is logged at once; the ones that follow within ``every`` seconds are
+    only counted, and their counts go out with the next event after that, or with
+    :meth:`flush` (when the source goes away). A garbage-streaming client or a chatty
+    peer thus costs one line a minute, and the line still says how much was dropped.
+    """
+
+    def __init__(self, logger: Any, event: str, *, every: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.event = event
+        self.every = every
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self._quiet_until = -math.inf
+
+    def add(self, what: str, count: int = 1, **fields: Any) -> None:
+        """Count ``count`` of ``what``; log the counts when the last line is old enough."""
+        self.counts[what] += count
+        now = self.clock()
+        if now >= self._quiet_until:
+            self._emit(now, fields)
+
+    def flush(self, **fields: Any) -> None:
+        """Log what was counted since the last line, if anything."""
+        if self.counts:
+            self._emit(self.clock(), fields)
+
+    def _emit(self, now: float, fields: dict[str, Any]) -> None:
+        self.logger.warning(self.event, counts=dict(self.counts), **fields)
+        self.counts.clear()
+        self._quiet_until = now + self.every
+
+
+def throttled_stdlib(name: str, to: Any, event: str) -> logging.Logger:
+    """A stdlib logger for a library that may warn once per message (aiomqtt, when its
+    queue of incoming messages is full): its warnings go to the structlog logger ``to`` as
+    ``event``, each distinct message at most once a minute, with its count (:class:`Tally`)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(_ToTally(Tally(to, event)))
+    return logger
+
+
+class _ToTally(logging.Handler):
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(logging.WARNING)
+        self.tally = tally
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.tally.add(record.getMessage())

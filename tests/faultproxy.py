@@ -15,7 +15,8 @@ the simulator cannot produce on its own, per request or per reply:
 * :meth:`FaultProxy.cut`: close every connection now (the inverter's side and the client's).
 
 Every fault is a plain attribute: tests may change it at any time. ``requests``,
-``swallowed`` and ``replies`` count what went through.
+``swallowed`` and ``replies`` count what went through; ``seen`` records the command code of
+every request that reached the proxy, in order.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class FaultProxy:
         self.duplicate_rate = duplicate_rate
         self.busy = busy
         self.requests = self.swallowed = self.replies = self.connections = 0
+        self.seen: list[int] = []
         self._rng = random.Random(seed)
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -148,6 +150,7 @@ class FaultProxy:
                 if isinstance(item, frame.FrameError):
                     continue
                 self.requests += 1
+                self.seen.append(item.command)
                 if item.command in self.never_answer or not self._forwarded():
                     self.swallowed += 1
                     continue

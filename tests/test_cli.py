@@ -688,3 +688,12 @@ def test_no_command_needs_a_temporary_directory_to_parse_its_arguments(
             cli.main([command, "--help"])
         assert done.value.code == 0, command
     assert "--pid-file" in capsys.readouterr().out
+
+
+def test_a_reply_that_does_not_fit_the_tables_exits_as_malformed() -> None:
+    from sermatec_bridge.inverter.client import MalformedReply
+
+    failure = cli._failure_of(MalformedReply("malformed reply 0x0a from 127.0.0.1:8899 "
+                                             "(2 bytes): shorter than its layout"))
+    assert failure.code == cli.Exit.MALFORMED
+    assert str(failure).startswith("malformed reply 0x0a")

@@ -411,18 +411,38 @@ def test_duplicate_names_are_an_error(tmp_path: Path) -> None:
     assert "'x'" in line and "more than once" in line
 
 
-def test_proxy_settings_per_inverter(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path, {"inverters": [
-        {"host": "a", "proxy_port": 8899, "proxy_writes": False},
-        {"host": "b", "proxy_port": 8898, "proxy_host": "127.0.0.1"},
-        {"host": "c"}]})
-    a, b, c = load_settings(path, env={}).all_inverters()
-    assert (a.proxy_port, a.proxy_host, a.proxy_writes) == (8899, "0.0.0.0", False)
-    assert (b.proxy_port, b.proxy_host, b.proxy_writes) == (8898, "127.0.0.1", True)
-    assert c.proxy_port is None  # off unless set
+def test_proxy_settings(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {
+        "inverters": [{"host": "a", "proxy_port": 8899}, {"host": "b"}],
+        "proxy": {"allow": ["0xB1", "reset", 0xBA], "allowed_networks": ["192.168.1.9/24"]}})
+    settings = load_settings(path, env={})
+    a, b = settings.all_inverters()
+    assert (a.proxy_port, b.proxy_port) == (8899, None)  # off unless set
+    assert settings.proxy.host == "0.0.0.0"  # the app on a phone reaches it
+    assert settings.proxy.allow == ["0xb1", "0x70", "0xba"]
+    assert settings.proxy.allowed_networks == ["192.168.1.0/24"]
     one = load_settings(env={**ONE, "SERMATEC_INVERTER__PROXY_PORT": "8900",
-                             "SERMATEC_INVERTER__PROXY_WRITES": "false"}).all_inverters()[0]
-    assert (one.proxy_port, one.proxy_writes) == (8900, False)
+                             "SERMATEC_PROXY__ALLOW": '["network"]'})
+    assert (one.all_inverters()[0].proxy_port, one.proxy.allow) == (8900, ["0xb1"])
+    assert load_settings(env=ONE).proxy.allow == []  # nothing beyond queries by default
+
+
+def test_bad_proxy_settings_say_what_is_wrong(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"inverter": {"host": "a", "proxy_writes": True},
+                                 "proxy": {"allow": ["0xzz", "0x42"],
+                                           "allowed_networks": ["192.168.1/33"]}})
+    lines = problems(config_file=path, env={})
+    assert any(line.startswith("inverter (SERMATEC_INVERTER__*): proxy_writes is no longer")
+               and "writes.enabled" in line for line in lines), lines
+    assert any(line.startswith("proxy.allow[0]") and "not a command" in line
+               for line in lines), lines
+    assert any(line.startswith("proxy.allow[1]") for line in lines), lines
+    assert any(line.startswith("proxy.allowed_networks[0]") and "CIDR" in line
+               for line in lines), lines
+
+
+def test_metrics_listen_on_this_host_only_unless_told(tmp_path: Path) -> None:
+    assert load_settings(env=ONE).health.metrics_host == "127.0.0.1"
 
 
 def test_one_proxy_port_for_two_inverters_is_an_error(tmp_path: Path) -> None:

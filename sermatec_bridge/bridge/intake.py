@@ -8,7 +8,11 @@ caller answers each exactly once:
 
 - a new command with the same coalescing key as a queued one replaces it ("superseded");
 - a command still queued at its deadline is turned away ("expired");
-- a command that finds the intake full, or closed, is turned away at once.
+- a command that finds its lane full, or the intake closed, is turned away at once.
+
+Each kind of command has its own lane, with room for ``limit`` commands, so that one
+kind can never take the room of another: a crowd of app proxy clients never turns away a
+write from Home Assistant. The lanes share one queue: commands run in arrival order.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import ClassVar
 
 SUPERSEDED = "superseded by a newer write of the same setting"
 FULL = "refused: {n} commands are already waiting for the inverter; try again later"
@@ -28,13 +33,14 @@ Refusal = tuple["Command", str]
 class Command:
     """Something to run in the inverter's queue slot before ``deadline`` (clock time)."""
 
+    lane: ClassVar[str] = "commands"  # its kind, which has its own room in the intake
     deadline: float
     coalesce: Hashable | None = None  # queued commands with the same key: the last wins
     expired: str = "expired: it could not be applied in time"
 
 
 class Intake:
-    """A bounded FIFO of commands for one inverter."""
+    """A bounded FIFO of commands for one inverter: ``limit`` commands of each lane."""
 
     def __init__(self, limit: int = 16, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
@@ -54,8 +60,9 @@ class Intake:
             for old in [c for c in self._queue if c.coalesce == command.coalesce]:
                 self._queue.remove(old)
                 refused.append((old, SUPERSEDED))
-        if len(self._queue) >= self.limit:
-            return [*refused, (command, FULL.format(n=len(self._queue)))]
+        waiting = sum(c.lane == command.lane for c in self._queue)
+        if waiting >= self.limit:
+            return [*refused, (command, FULL.format(n=waiting))]
         self._queue.append(command)
         return refused
 

@@ -1,19 +1,32 @@
 """Prometheus metrics at ``/metrics`` (off unless ``health.metrics_port`` is set).
 
 A few counters and gauges in the text exposition format, served by a tiny asyncio HTTP
-responder: the bridge needs no web framework for one read-only page.
+responder: the bridge needs no web framework for one read-only page. It listens on
+127.0.0.1 unless ``health.metrics_host`` says otherwise, holds at most
+:data:`MAX_CONNECTIONS` connections, reads request heads of at most :data:`MAX_REQUEST`
+bytes and waits at most :data:`REQUEST_TIMEOUT` seconds for one: whatever a client sends,
+it gets an answer or a closed connection, and the bridge goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import structlog
+
+from ..log import Tally
+
 if TYPE_CHECKING:
     from .service import Bridge
+
+log = structlog.get_logger(__name__)
+
+MAX_CONNECTIONS = 16
+MAX_REQUEST = 8 * 1024  # bytes of a request head
+REQUEST_TIMEOUT = 5.0  # seconds for a whole request head, and for the answer to go out
 
 
 @dataclass
@@ -51,9 +64,9 @@ def exposition(bridge: Bridge) -> str:
         lines.extend([f"# HELP sermatec_{name} {text}", f"# TYPE sermatec_{name} {kind}"])
         lines.extend(f"sermatec_{name}{labels} {value:g}" for labels, value in samples)
 
-    workers = [(w.serial or w.config.label, w) for w in bridge.workers]
+    workers = [(label(w.serial or w.config.label), w) for w in bridge.workers]
     metric("polls_total", "counter", "Successful polls, by group.",
-           [(f'{{inverter="{i}",group="{g}"}}', n) for i, w in workers
+           [(f'{{inverter="{i}",group="{label(g)}"}}', n) for i, w in workers
             for g, n in sorted(w.stats.polls.items())])
     metric("poll_failures_total", "counter", "Polls that failed (inverter unreachable, "
            "timeout, bad reply).", [(f'{{inverter="{i}"}}', w.stats.poll_failures)
@@ -61,7 +74,7 @@ def exposition(bridge: Bridge) -> str:
     metric("poll_seconds_total", "counter", "Time spent in successful polls.",
            [(f'{{inverter="{i}"}}', w.stats.poll_seconds) for i, w in workers])
     metric("writes_total", "counter", "Settings writes, by result.",
-           [(f'{{inverter="{i}",result="{r}"}}', n) for i, w in workers
+           [(f'{{inverter="{i}",result="{label(r)}"}}', n) for i, w in workers
             for r, n in sorted(w.stats.writes.items())])
     metric("reconnects_total", "counter", "TCP connections opened to the inverter.",
            [(f'{{inverter="{i}"}}', w.client.reconnects) for i, w in workers])
@@ -78,31 +91,70 @@ def exposition(bridge: Bridge) -> str:
             for r in ("passed", "refused")])
     metric("proxy_requests_dropped_total", "counter",
            "App proxy requests not forwarded, by reason.",
-           [(f'{{inverter="{i}",reason="{r}"}}', n) for i, p in proxied
+           [(f'{{inverter="{i}",reason="{label(r)}"}}', n) for i, p in proxied
             for r, n in sorted(p.dropped.items())])
     metric("mqtt_connected", "gauge", "1 while the MQTT broker is connected.",
            [("", int(bridge.broker.client is not None))])
     return "\n".join(lines) + "\n"
 
 
+def label(value: str) -> str:
+    """A label value as the exposition format wants it: backslash, quote and newline
+    escaped (a serial number comes from the inverter: it may hold any of them)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 async def serve(bridge: Bridge, host: str, port: int) -> None:
-    """Answer GET /metrics until cancelled."""
+    """Answer GET /metrics until cancelled, whatever the clients send or fail to send."""
+    refused = Tally(log, "metrics connections refused")
+    open_connections = 0
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path == b"/metrics":
-                body = exposition(bridge).encode()
-                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            else:
-                body = b"not found: try /metrics\n"
-                head = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
-            writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                         + body)
-            await writer.drain()
-        writer.close()
+        nonlocal open_connections
+        if open_connections >= MAX_CONNECTIONS:
+            refused.add(f"more than {MAX_CONNECTIONS} at once")
+            writer.close()
+            return
+        open_connections += 1
+        try:
+            response = await _response(reader, bridge)
+            if response is not None:
+                writer.write(response)
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await writer.drain()
+        except (OSError, TimeoutError):
+            pass  # the client went away or stalled: nothing to answer
+        finally:
+            open_connections -= 1
+            writer.transport.abort()  # answered, or given up: nothing more to send
 
-    server = await asyncio.start_server(answer, host, port)
+    server = await asyncio.start_server(answer, host, port, limit=MAX_REQUEST,
+                                        backlog=MAX_CONNECTIONS)
     async with server:
         await server.serve_forever()
+
+
+async def _response(reader: asyncio.StreamReader, bridge: Bridge) -> bytes | None:
+    """The response to one request; None when the client sent no whole request in time."""
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            request = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        return _http("431 Request Header Fields Too Large",
+                     f"a request head is at most {MAX_REQUEST} bytes\n".encode())
+    except (asyncio.IncompleteReadError, TimeoutError):
+        return None
+    path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+    if path != b"/metrics":
+        return _http("404 Not Found", b"not found: try /metrics\n")
+    try:
+        body = exposition(bridge).encode()
+    except Exception:  # a bug of ours: said once per scrape, the bridge goes on
+        log.exception("metrics page failed")
+        return _http("500 Internal Server Error", b"the metrics could not be computed\n")
+    return _http("200 OK", body, "text/plain; version=0.0.4")
+
+
+def _http(status: str, body: bytes, content_type: str = "text/plain") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body

@@ -7,12 +7,19 @@ one exchange in the inverter's queue, taking turns with the bridge's own polls, 
 client gets the reply frames exactly as the inverter sent them (0x95 → 0x95 + 0x9d).
 Each client is answered in order, one request at a time.
 
-What never reaches the inverter, and gets no reply (as from an inverter that did not
-understand), with a log line: bytes that do not form a valid frame, frames that are not
-requests, commands the tables do not know or the inverter's PCU version lacks, writes
-whose payload does not fit the tables, requests beyond a client's rate, and, with
-``inverter.proxy_writes: false``, every write. A client that sends no whole request for
-:attr:`Limits.idle` seconds, or does not read its replies, is disconnected.
+What a client may ask is decided by the policy for foreign requesters (``policy.py``):
+queries pass, settings writes follow ``writes.enabled`` and are checked and applied as
+Home Assistant's are, and the reset, network and register commands and the network query
+0xb1 pass only when ``proxy.allow`` names them. What does not pass gets no reply, as from
+an inverter that did not understand: bytes that are not a valid frame, frames that are
+not requests, commands the tables do not know or the inverter's PCU version lacks,
+refused commands and writes, and requests beyond the rate that all clients share. Each
+client's drops are logged at most once a minute, with their counts.
+
+The proxy holds at most :attr:`Limits.clients` clients at once (fewer when the process's
+file limit is low: :func:`client_cap`), from ``proxy.allowed_networks`` only; others are
+disconnected at once. A client that sends no whole request for :attr:`Limits.idle`
+seconds, or does not read its replies, is disconnected.
 
 The register query 0xbb is two requests that must reach the inverter back to back: a
 part 1 not followed by its part 2 blocks the inverter until it is power-cycled. The
@@ -25,28 +32,38 @@ sends anything else in between has sent nothing to the inverter.
 from __future__ import annotations
 
 import asyncio
+import resource
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from ..inverter.client import InverterError, NotOffered, Session
-from ..protocol import codec, frame
+from ..log import Tally
+from ..protocol import frame
 from ..protocol.model import Command
 from ..protocol.tables import COMMANDS
 from .metrics import ProxyStats
+from .policy import Forwarded, Policy, Refused, allowed_address
+from .writes import Writer, WriteResult
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 REFRESHED_AFTER_WRITE = ("live", "settings")  # the poll groups an app write may change
+BACKLOG = 16  # connections the kernel may hold for the proxy before it accepts them
+SEND_BUFFER = 64 * 1024  # bytes of replies a client that does not read may hold up
+RESERVED_FILES = 64  # descriptors the bridge keeps for itself: broker, files, metrics...
 
 
 class InverterRuntime(Protocol):
     """What the proxy needs of the bridge's per-inverter runtime."""
+
+    writer: Writer  # settings writes, validated as Home Assistant's are
 
     async def exchange(self, job: Callable[[Session], Awaitable[T]], *,
                        timeout: float) -> T:  # noqa: ASYNC109 (bounds the turn, not the job)
@@ -60,42 +77,71 @@ class InverterRuntime(Protocol):
 
 @dataclass(frozen=True)
 class Limits:
-    """How much one proxy client may ask of the inverter."""
+    """What the clients of one proxy may ask of the inverter, together."""
 
-    rate: float = 5.0  # requests per second, sustained
-    burst: int = 10  # requests at once (the app opening a page asks several)
+    rate: float = 10.0  # requests per second, sustained, for all clients together
+    burst: int = 20  # requests at once, at most (an app opening a page asks several)
     idle: float = 60.0  # seconds without a whole request (or a reply not read): disconnect
     turn: float = 10.0  # seconds a request may wait for its turn in the queue
+    clients: int = 64  # connected at once
 
 
-class Dropped(Exception):
-    """A request that does not reach the inverter; the message says why."""
+def client_cap(listeners: int, inverters: int, wanted: int = Limits.clients) -> int:
+    """Clients per proxy that keep the whole process under its file limit (RLIMIT_NOFILE),
+    with room for the bridge's own files and the connections still to be accepted."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    spare = soft - RESERVED_FILES - inverters - listeners * BACKLOG
+    return max(1, min(wanted, spare // max(1, listeners)))
 
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason  # the metrics label
-        super().__init__(detail)
+
+class Budget:
+    """A token bucket: ``rate`` requests per second, never more than ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.refilled = clock()
+
+    def take(self) -> bool:
+        """Take a token: False when none is left."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class ProxyServer:
     """Serves clients written for the inverter on a TCP port, through ``runtime``."""
 
-    def __init__(self, runtime: InverterRuntime, *, name: str, writes: bool = True,
-                 stats: ProxyStats | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, runtime: InverterRuntime, *, name: str, policy: Policy,
+                 stats: ProxyStats | None = None, limits: Limits | None = None,
+                 networks: Iterable[str] = ()) -> None:
         self.runtime = runtime
-        self.writes = writes
+        self.name = name
+        self.policy = policy
         self.stats = stats if stats is not None else ProxyStats()
         self.limits = limits or Limits()
+        self.networks = tuple(networks)
+        self.budget = Budget(self.limits.rate, self.limits.burst)  # shared by all clients
         self.log = log.bind(inverter=name)
+        self.refused = Tally(self.log, "app proxy connections refused")
         self.port: int | None = None  # bound port, once listening
         self.listening = asyncio.Event()
         self._clients: set[asyncio.Task[None]] = set()
 
     async def serve(self, host: str, port: int) -> None:
         """Listen on ``host:port`` until cancelled; then hang up on every client."""
-        server = await asyncio.start_server(self._client, host, port)
+        server = await asyncio.start_server(self._client, host, port, backlog=BACKLOG)
         self.port = int(server.sockets[0].getsockname()[1])
         self.log.info("app proxy listening", host=host, port=self.port,
-                      writes="pass" if self.writes else "refused")
+                      clients=self.limits.clients, networks=list(self.networks) or "any",
+                      allowed=sorted(f"0x{code:02x}" for code in self.policy.allow))
         self.listening.set()
         try:
             async with server:
@@ -104,43 +150,59 @@ class ProxyServer:
             for task in list(self._clients):
                 task.cancel()
             await asyncio.gather(*self._clients, return_exceptions=True)
+            self.refused.flush()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = writer.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        host = address[0] if isinstance(address, tuple) else ""
+        if not allowed_address(host, self.networks):
+            self.refused.add("not in proxy.allowed_networks", client=peer)
+            writer.close()
+            return
+        if len(self._clients) >= self.limits.clients:
+            self.refused.add(f"more than {self.limits.clients} clients", client=peer)
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
-        address = writer.get_extra_info("peername")
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        connection = _Connection(self, writer, self.log.bind(client=peer))
+        # A client that does not read holds up this much of our memory (and the kernel's), no more.
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        writer.transport.set_write_buffer_limits(high=SEND_BUFFER)
+        client = _Client(self, writer, self.log.bind(client=peer))
         self.stats.clients += 1
-        connection.log.info("app proxy client connected", clients=self.stats.clients)
+        client.log.info("app proxy client connected", clients=self.stats.clients)
         try:
-            await connection.run(reader)
+            await client.run(reader)
         except OSError as exc:
-            connection.log.info("app proxy client lost", error=str(exc))
+            client.log.info("app proxy client lost", error=str(exc))
         except asyncio.CancelledError:
             pass  # the bridge is stopping: end quietly (asyncio logs a cancelled handler)
         finally:
             self.stats.clients -= 1
-            writer.close()
-            connection.log.info("app proxy client disconnected", clients=self.stats.clients)
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # replies it never read would keep the socket open
+            else:
+                writer.close()
+            client.dropped.flush()
+            client.log.info("app proxy client disconnected", clients=self.stats.clients)
             self._clients.discard(task)
 
 
-class _Connection:
-    """One client: its byte stream, its rate, and a register query part 1 held back."""
+class _Client:
+    """One client: its byte stream, its drops, and a register query part 1 held back."""
 
-    def __init__(self, server: ProxyServer, writer: asyncio.StreamWriter,
-                 logger: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(self, server: ProxyServer, writer: asyncio.StreamWriter, logger: Any) -> None:
         self.server = server
         self.limits = server.limits
         self.stats = server.stats
         self.writer = writer
         self.log = logger
         self.frames = frame.FrameReader()
-        self.tokens = float(self.limits.burst)
-        self.refilled = time.monotonic()
-        self.throttled = 0  # requests dropped in the current burst of throttling
+        self.dropped = Tally(logger, "app requests dropped")
         self.part1: frame.Frame | None = None  # a register query waiting for its part 2
 
     async def run(self, reader: asyncio.StreamReader) -> None:
@@ -165,32 +227,32 @@ class _Connection:
             garbage = self.frames.skipped - skipped - sum(
                 len(item.frame) for item in items if isinstance(item, frame.BadChecksum))
             if garbage > 0:
-                self._dropped(Dropped("garbage", f"{garbage} bytes that are not a frame"))
+                self.stats.dropped["garbage"] += 1
+                self.dropped.add("garbage bytes", garbage)
             for item in items:
                 try:
                     await self._request(item)
-                except Dropped as exc:
-                    self._dropped(exc)
+                except Refused as exc:
+                    self._refused(exc, item)
                 deadline = loop.time() + self.limits.idle
 
-    def _dropped(self, exc: Dropped) -> None:
+    def _refused(self, exc: Refused, item: frame.Frame | frame.FrameError) -> None:
         self.stats.dropped[exc.reason] += 1
-        if exc.reason == "throttled":
-            self.throttled += 1
-            if self.throttled > 1:
-                return  # one line per burst of throttling; the count follows when it ends
-        self.log.warning("app request dropped", reason=exc.reason, detail=str(exc))
+        what = ""
+        if isinstance(item, frame.Frame):
+            what = f" 0x{item.command:02x}"
+            command = COMMANDS.get(item.command)
+            if exc.reason == "not allowed" and command is not None and command.is_write:
+                self.stats.writes["refused"] += 1
+        self.dropped.add(exc.reason + what, detail=str(exc))
 
     async def _request(self, item: frame.Frame | frame.FrameError) -> None:
         if isinstance(item, frame.FrameError):
-            raise Dropped("bad frame", str(item))
-        if (item.source, item.destination) != (frame.APP, frame.INVERTER):
-            raise Dropped("not a request", f"frame from 0x{item.source:02x} to "
-                          f"0x{item.destination:02x}")
-        command = COMMANDS.get(item.command)
-        if command is None:
-            raise Dropped("unknown command", f"0x{item.command:02x}")
-        self._take_token()
+            raise Refused("bad frame", str(item))
+        command = self.server.policy.check(item)
+        if not self.server.budget.take():
+            raise Refused("throttled", f"more than {self.limits.rate:g} requests per second "
+                          "from the proxy's clients")
         if command.code == 0xBB:
             await self._register_query(item)
             return
@@ -198,50 +260,31 @@ class _Connection:
             self.part1 = None
             self.log.warning("register query part 1 abandoned: the client sent "
                              f"{command.label} instead of part 2; nothing reached the inverter")
-        if command.is_write:
-            await self._write(item, command)
-        else:
-            await self._forward(item, command, lambda session: session.relay(item))
+        policy, writer = self.server.policy, self.server.runtime.writer
+        forwarded = await self._forward(
+            command, lambda session: policy.forward(session, item, command, writer))
+        if forwarded.write is not None:
+            self._written(command, forwarded.write)
+        await self._send(forwarded.replies)
 
-    def _take_token(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.limits.burst,
-                          self.tokens + (now - self.refilled) * self.limits.rate)
-        self.refilled = now
-        if self.tokens < 1:
-            raise Dropped("throttled", f"more than {self.limits.rate:g} requests per second")
-        self.tokens -= 1
-        if self.throttled:
-            self.log.warning("app proxy client no longer throttled", dropped=self.throttled)
-            self.throttled = 0
-
-    async def _write(self, item: frame.Frame, command: Command) -> None:
-        if not self.server.writes:
+    def _written(self, command: Command, result: WriteResult) -> None:
+        if result.sent:
+            self.server.runtime.refresh(*REFRESHED_AFTER_WRITE)
+            self.stats.writes["passed"] += 1
+            (self.log.info if result.ok else self.log.warning)(
+                "app write applied" if result.ok else "app write not confirmed",
+                command=command.label, changed=sorted(result.changed), error=result.error)
+        elif not result.ok:
             self.stats.writes["refused"] += 1
-            self.log.warning("app write refused: the proxy is read-only "
-                             "(inverter.proxy_writes: false)",
-                             command=command.label, name=command.name)
-            return
-
-        async def job(session: Session) -> list[frame.Frame]:
-            try:
-                codec.decode(command, session.version, item.payload)
-            except codec.CodecError as exc:
-                raise Dropped("malformed write", f"{command.label}: {exc}") from exc
-            return await session.relay(item)
-
-        await self._forward(item, command, job)
-        self.stats.writes["passed"] += 1
-        self.log.info("app write passed to the inverter", command=command.label,
-                      name=command.name)
-        self.server.runtime.refresh(*REFRESHED_AFTER_WRITE)
+            self.dropped.add(f"write refused 0x{command.code:02x}", detail=result.error)
 
     async def _register_query(self, item: frame.Frame) -> None:
         part1 = self.part1
         if part1 is not None and len(item.payload) == 2 * int.from_bytes(part1.payload, "big"):
             self.part1 = None
-            await self._forward(item, COMMANDS[0xBB],
-                                lambda s: _one(s.relay_register_query(part1, item)))
+            command = COMMANDS[0xBB]
+            forwarded = await self._forward(command, lambda s: _register_pair(s, part1, item))
+            await self._send(forwarded.replies)
             return
         if part1 is not None:
             self.part1 = None
@@ -249,21 +292,23 @@ class _Connection:
                              "part 2; nothing reached the inverter")
         count = int.from_bytes(item.payload, "big") if len(item.payload) == 2 else 0
         if not 1 <= count <= 10:
-            raise Dropped("bad register query", f"part 1 payload {item.payload.hex()}")
+            raise Refused("bad register query", f"part 1 announces {count} registers, or is "
+                          f"{len(item.payload)} bytes long; 1 to 10 registers, in 2 bytes")
         self.part1 = item
         await self._send([frame.Frame(0xBB, item.payload, frame.INVERTER, frame.APP)])
 
-    async def _forward(self, item: frame.Frame, command: Command,
-                       job: Callable[[Session], Awaitable[list[frame.Frame]]]) -> None:
+    async def _forward(self, command: Command,
+                       job: Callable[[Session], Awaitable[Forwarded]]) -> Forwarded:
         try:
-            replies = await self.server.runtime.exchange(job, timeout=self.limits.turn)
+            forwarded = await self.server.runtime.exchange(job, timeout=self.limits.turn)
         except NotOffered as exc:
-            raise Dropped("not offered", str(exc)) from exc
+            raise Refused("not offered", str(exc)) from exc
         except InverterError as exc:
             # as from the inverter itself: no reply
-            raise Dropped("inverter unavailable", f"{command.label}: {exc}") from exc
-        self.stats.forwarded += 1
-        await self._send(replies)
+            raise Refused("inverter unavailable", f"{command.label}: {exc}") from exc
+        if forwarded.write is None or forwarded.write.sent:
+            self.stats.forwarded += 1
+        return forwarded
 
     async def _send(self, replies: list[frame.Frame]) -> None:
         for reply in replies:  # frame by frame, as the inverter sends them
@@ -275,5 +320,6 @@ class _Connection:
                 raise OSError("the client does not read its replies") from None
 
 
-async def _one(reply: Awaitable[frame.Frame]) -> list[frame.Frame]:
-    return [await reply]
+async def _register_pair(session: Session, part1: frame.Frame,
+                         part2: frame.Frame) -> Forwarded:
+    return Forwarded([await session.relay_register_query(part1, part2)])

@@ -15,6 +15,7 @@ the broker's holdings are known.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -28,16 +29,22 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import Settings
+from ..log import Tally, throttled_stdlib
 from . import discovery
 from .writes import WriteResult
 
 log = structlog.get_logger(__name__)
+MQTT_LOG = throttled_stdlib("sermatec_bridge.mqtt", log, "mqtt client warnings")
 
 ONLINE, OFFLINE = "online", "offline"
 ORIGIN = discovery.ORIGIN_NAME.encode()
 SESSION_EXPIRY = 300  # seconds the broker keeps our subscriptions and queued writes
 LEARN_TIMEOUT = 3.0  # seconds to wait for the broker's retained messages at connect
 QUOTE = 200  # characters of a bad value quoted in results and logs
+INCOMING = 1000  # messages received and not yet handled; aiomqtt drops what comes beyond
+OUTGOING = 10000  # messages handed to the client and not yet sent
+RESULTS = 1000  # write results waiting to be published; more are dropped and counted
+SENDERS = 8  # write results in flight at once, each waiting for its PUBACK
 
 
 def quote(text: str, limit: int = QUOTE) -> str:
@@ -69,6 +76,8 @@ class Broker:
         self.learned = asyncio.Event()  # our marker came back: retained ones came before
         self.connections = 0
         self.disconnected_at: float | None = None  # monotonic, for the age of a backlog
+        self.results: asyncio.Queue[tuple[str, str, Properties | None]] = asyncio.Queue(RESULTS)
+        self._lost = Tally(log, "write results not published")
 
     def connect(self) -> aiomqtt.Client:
         """A client for one connection: last will ``offline``, a persistent session."""
@@ -102,6 +111,10 @@ class Broker:
             tls_context=tls_context,
             tls_insecure=mqtt.tls.insecure if mqtt.tls.enabled else None,
             timeout=10,
+            # Bounded, so that a flood on set/# cannot grow the bridge's memory.
+            max_queued_incoming_messages=INCOMING,
+            max_queued_outgoing_messages=OUTGOING,
+            logger=MQTT_LOG,
             # Writes published while the bridge is away are kept and answered (see README).
             clean_start=False if v5 else 3,
             clean_session=None if v5 else False,
@@ -146,6 +159,38 @@ class Broker:
                 self.on_broker[topic] = text
             else:
                 self.on_broker.pop(topic, None)
+
+    def post(self, topic: str, payload: dict[str, Any],
+             properties: Properties | None = None) -> None:
+        """Queue a message that is not retained (a write's result) and return at once:
+        whoever answers a command never waits for the broker (:meth:`deliver` sends it)."""
+        try:
+            self.results.put_nowait((topic, json.dumps(payload), properties))
+        except asyncio.QueueFull:
+            self._lost.add(f"more than {RESULTS} waiting")
+
+    async def deliver(self) -> None:
+        """Publish what :meth:`post` queued, :data:`SENDERS` at a time, while connected."""
+
+        async def sender() -> None:
+            while True:
+                topic, text, properties = await self.results.get()
+                try:
+                    await self._send(topic, text, False, properties)
+                finally:
+                    self.results.task_done()
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(SENDERS):
+                group.create_task(sender())
+
+    async def flush(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) until every queued result has been sent."""
+        if self.client is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.results.join()
 
     async def sync(self) -> None:
         """Publish every retained message the broker lacks or holds differently."""
@@ -275,14 +320,14 @@ class Publisher:
 async def publish_result(broker: Broker, topic_id: str, body: dict[str, Any],
                          properties: Properties | None) -> None:
     """A write's result: on ``<id>/set/result``, and on its MQTT 5 response topic."""
-    await broker.publish(f"{broker.base}/{topic_id}/set/result", body, retain=False)
+    broker.post(f"{broker.base}/{topic_id}/set/result", body)
     response_topic = getattr(properties, "ResponseTopic", None)
     if response_topic and valid_topic_name(response_topic):
         reply = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         correlation = getattr(properties, "CorrelationData", None)
         if correlation:
             reply.CorrelationData = correlation
-        await broker.publish(response_topic, body, retain=False, properties=reply)
+        broker.post(response_topic, body, properties=reply)
 
 
 def refusal(reason: str, written: bool = False) -> WriteResult:

@@ -60,6 +60,7 @@ class WriteCommand(Command):
 class ExchangeCommand(Command):
     """A job of another part of the bridge (the app proxy), run with a client session."""
 
+    lane = "exchanges"  # their own room in the intake: never the room of MQTT writes
     job: Callable[[Session], Awaitable[Any]]
     future: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -225,6 +226,17 @@ class InverterRuntime:
         self.stopping = True
         await self._refuse(self.intake.close())
         self._wake.set()
+
+    async def crashed(self) -> None:
+        """After :meth:`run` failed unexpectedly: the connection goes, the inverter is
+        offline until it answers again (the service starts :meth:`run` anew)."""
+        try:
+            await self.client.close()
+            self.availability.online = False
+            if self.publisher.online is not False:
+                await self.publisher.availability(False)
+        except Exception:
+            self.log.exception("cleaning up after a failed runtime failed")
 
     async def _connect(self) -> bool:
         """Connect and read the identity; on failure, try again after the live interval."""

@@ -15,6 +15,7 @@ import contextlib
 import math
 import random
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -26,8 +27,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import Settings
 from ..inverter.client import backoff
+from ..log import Tally
 from . import health, metrics, proxy
 from .intake import Intake, Refusal
+from .policy import Policy
 from .publisher import OFFLINE, Broker, publish_result, quote, refusal, valid_topic_name
 from .runtime import COMMAND_DEADLINE, STOP_GRACE, InverterRuntime, WriteCommand
 from .writes import WriteRefused, WriteResult, parse_request
@@ -35,6 +38,7 @@ from .writes import WriteRefused, WriteResult, parse_request
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
+RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
 
 
 class Bridge:
@@ -54,11 +58,24 @@ class Bridge:
                         for i, c in enumerate(inverters)]
         for worker in self.workers:
             worker.on_identified = self._claim_held
+        self.proxies = self._proxies()
         # Writes to an inverter not identified yet wait here, with their deadline.
         self.held = Intake(limit=64)
         self.stopping = asyncio.Event()
+        self.refused = Tally(log, "writes refused")
         self.failed = False
         self._birth: asyncio.Task[None] | None = None
+
+    def _proxies(self) -> list[tuple[int, proxy.ProxyServer]]:
+        """The app proxies to serve, by port: one per inverter with a ``proxy_port``."""
+        config = self.settings.proxy
+        policy = Policy.of(config.allow, settings_writes=self.settings.writes.enabled)
+        served = [(port, w) for w in self.workers if (port := w.config.proxy_port) is not None]
+        limits = proxy.Limits(clients=proxy.client_cap(len(served), len(self.workers)))
+        return [(port, proxy.ProxyServer(w, name=w.config.label, policy=policy,
+                                         stats=w.stats.proxy, limits=limits,
+                                         networks=config.allowed_networks))
+                for port, w in served]
 
     def worker(self, topic_id: str) -> InverterRuntime | None:
         return next((w for w in self.workers if w.topic_id == topic_id), None)
@@ -69,11 +86,11 @@ class Bridge:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
-        workers = [self._supervised(w.run(), f"worker {w.config.label}") for w in self.workers]
-        proxies = [self._supervised(proxy.ProxyServer(
-            w, name=w.config.label, writes=w.config.proxy_writes, stats=w.stats.proxy,
-        ).serve(w.config.proxy_host, w.config.proxy_port), f"proxy {w.config.label}")
-            for w in self.workers if w.config.proxy_port is not None]
+        workers = [asyncio.create_task(self._keep_running(w), name=f"inverter {w.config.label}")
+                   for w in self.workers]
+        proxies = [self._supervised(server.serve(self.settings.proxy.host, port),
+                                    f"proxy {server.name}")
+                   for port, server in self.proxies]
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat"),
                   self._supervised(self._expire_held(), "held writes")]
@@ -101,10 +118,34 @@ class Bridge:
         if running:
             log.warning("stopping what still runs", tasks=len(running))
         await _cancel(workers)  # no poll may publish "online" after the goodbye
+        await self.broker.flush(STOP_GRACE)  # every result before the last "offline"
         for w in self.workers:
             if w.topic_id is not None:
                 await self.broker.publish(w.publisher.topic("availability"), OFFLINE)
         await self.broker.publish(self.broker.bridge_topic, OFFLINE)
+
+    async def _keep_running(self, worker: InverterRuntime) -> None:
+        """Run one inverter's runtime until the bridge stops.
+
+        A runtime that fails anyway is logged with its traceback, marked offline and
+        started again with backoff; the other inverters never notice.
+        """
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await worker.run()
+                return
+            except Exception:
+                if worker.stopping:
+                    return
+                failures = 1 if time.monotonic() - started > RESTART_RESET else failures + 1
+                delay = backoff(failures, 1.0, 60.0)
+                log.exception("inverter runtime failed: restarting it",
+                              inverter=worker.config.label, failures=failures,
+                              retry_in=round(delay, 1))
+            await worker.crashed()
+            await asyncio.sleep(delay)
 
     def _supervised(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task whose unexpected end stops the bridge (so that a supervisor restarts it)."""
@@ -134,10 +175,12 @@ class Bridge:
             try:
                 async with self.broker.connect() as client:
                     attempt = 0
+                    _no_delay(client)
                     self.broker.connected(client)
                     log.info("mqtt connected", broker=f"{mqtt.host}:{mqtt.port}")
                     async with asyncio.TaskGroup() as group:
                         reader = group.create_task(self._read(client))
+                        delivery = group.create_task(self.broker.deliver())
                         await self._subscribe(client)
                         await self.broker.learn()
                         self.broker.claim_availability()
@@ -146,6 +189,7 @@ class Bridge:
                             await w.publisher.reconcile()
                         await self.broker.sync()
                         await reader
+                        delivery.cancel()
             except* aiomqtt.MqttError as group_error:
                 exc = group_error.exceptions[0]
                 self.broker.disconnected()
@@ -165,6 +209,7 @@ class Bridge:
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             await self._dispatch(message)
+            await asyncio.sleep(0)  # a backlog of commands takes turns with the polls
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for name in self.broker.subscriptions():
@@ -248,13 +293,14 @@ class Bridge:
 
     async def _answer(self, command: WriteCommand, result: WriteResult,
                       worker: InverterRuntime | None) -> None:
-        if worker is not None:
-            await worker.answer(command, result)
-            return
+        """The result of a write refused before it was queued: published every time,
+        logged at most once a minute with the count (a flood on set/# costs one line)."""
         body = result.as_json()
         if command.key is not None:
             body["topic"] = f"set/{quote(command.key)}"
-        log.warning("write result", inverter=quote(command.topic_id), **body)
+        if worker is not None:
+            worker.stats.writes["refused"] += 1
+        self.refused.add("write refused", inverter=quote(command.topic_id), **body)
         await publish_result(self.broker, command.topic_id, body, command.properties)
 
     async def _answer_held(self, refused: list[Refusal]) -> None:
@@ -317,6 +363,15 @@ class Bridge:
                     log.info("heartbeat file written again", file=str(path))
                 failing_since, logged = None, -math.inf
             await asyncio.sleep(min(5.0, self.settings.poll.live))
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Send small packets at once. paho leaves Nagle's algorithm on: with messages going
+    both ways, a PUBACK or a result then waits for the broker's delayed ACK (40 ms), and
+    results of a burst of commands trickle out at a few hundred a second."""
+    sock = client._client.socket()  # aiomqtt does not expose it
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -344,20 +344,54 @@ class Writer:
             plans = [await self._plan(session, tables.COMMANDS[code], block_changes, request,
                                       result)
                      for code, block_changes in changes.items()]
-            self._rate_limit(k for plan in plans for k in plan.pending)
-            deadline: float | None = None
-            for plan in plans:
-                if not plan.pending:
-                    continue
-                await session.write(plan.command, plan.block, only=plan.pending)
-                result.sent = True
-                for key in plan.pending:
-                    self.last_write[key] = self.clock()
-                if deadline is None:  # one budget for every read-back of the request
-                    deadline = asyncio.get_running_loop().time() + self.confirm_timeout
-                await self._confirm(session, version, plan, deadline, result)
-                result.changed.update(plan.pending)
+            await self._write(session, version, plans, result)
             return result
+
+    async def apply_block(self, session: Session, command: Command,
+                          payload: bytes) -> WriteResult:
+        """A whole settings block, as a requester other than the bridge sends it (the app
+        through the proxy), applied the way an MQTT write is, in the caller's slot.
+
+        The settings whose values differ from the inverter's are the request: they are
+        checked against the tables' limits (and ``requires_off``), rate limited, written
+        in a block built from the tables (reserved bytes as the inverter has them) and
+        read back. The rest of the payload changes nothing.
+        """
+        result = WriteResult(True)
+        try:
+            version = session.version
+            layout = codec.layout_of(command, version)
+            sent = codec.decode(command, version, payload).values
+            request = {k: v for k, v in records.in_use(layout, sent).items()
+                       if k in {f.group or f.key for f in layout if f.wire is not Wire.RESERVED}}
+            if tables.readback(command, version) is None:  # the clock: nothing to compare
+                plans = [_Plan(command, request, request)]
+            else:
+                _count_records(layout, request)
+                plans = [await self._plan(session, command, request, (), result)]
+            await self._write(session, version, plans, result)
+        except (WriteRefused, codec.CodecError) as exc:
+            result.ok, result.error = False, str(exc)
+        except InverterError as exc:
+            result.ok, result.error = False, f"inverter: {exc}"
+        return result
+
+    async def _write(self, session: Session, version: int, plans: list[_Plan],
+                     result: WriteResult) -> None:
+        """Write the blocks that change something, each confirmed by reading it back."""
+        self._rate_limit(k for plan in plans for k in plan.pending)
+        deadline: float | None = None
+        for plan in plans:
+            if not plan.pending:
+                continue
+            await session.write(plan.command, plan.block, only=plan.pending)
+            result.sent = True
+            for key in plan.pending:
+                self.last_write[key] = self.clock()
+            if deadline is None:  # one budget for every read-back of the request
+                deadline = asyncio.get_running_loop().time() + self.confirm_timeout
+            await self._confirm(session, version, plan, deadline, result)
+            result.changed.update(plan.pending)
 
     def _changes(self, version: int, request: Mapping[str, Any],
                  notes: list[str]) -> dict[int, dict[str, Value]]:

@@ -1,31 +1,37 @@
-"""One persistent TCP connection to one inverter, with a serialized request queue.
+"""One inverter: a connection at a time, one request in flight, and every error kept inside.
 
 The inverter answers one request at a time, so every exchange (a query, a write, a
-read-modify-write, the two-part register query) takes the connection's lock, which is
-a FIFO queue in asyncio: one request in flight, in arrival order. Replies are matched by
-command code; anything else that arrives is logged and dropped. A request that times out
-leaves the byte stream in an unknown state, so the client drops that connection and
-opens a new one: a late reply can then never reach the next caller.
+read-modify-write, the two-part register query) takes the client's lock, which is a FIFO
+queue in asyncio: one request in flight, in arrival order.
+
+Each TCP connection is a :class:`Connection`: it sends requests and matches reply frames
+to the one exchange that waits, by command code; anything else that arrives (a late or
+stray reply, an echo, a frame with a bad checksum) is dropped as it arrives and counted
+in a log line at most once a minute, never with its payload. A connection has one
+teardown, :meth:`Connection.close`: the first error closes it and fails the exchange
+that waits with that error. The client drops a connection after any failed or cancelled
+exchange (a late reply must never reach the next caller) and opens a new one for the
+next request. Whatever the inverter sends (nothing, garbage, a reply too short for its
+layout) ends as an :class:`InverterError` of this inverter: nothing else leaves here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import random
-from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
 
-from ..log import get_logger
+from ..log import Tally, get_logger
 from ..protocol import codec, frame, tables
 from ..protocol.codec import Reading
 from ..protocol.model import Command, Kind
-from ..protocol.tables import COMMANDS, SYSTEM_INFO
+from ..protocol.tables import COMMANDS, REGISTER_QUERY, SYSTEM_INFO
 
 log = get_logger(__name__)
-
-T = TypeVar("T")
 
 
 class InverterError(Exception):
@@ -46,6 +52,10 @@ class InverterBusy(InverterTimeout):
     The Wi-Fi module serves one client at a time: a second client is accepted and then
     ignored, so this is what a bridge sees while the vendor app holds the inverter.
     """
+
+
+class MalformedReply(InverterError):
+    """A reply frame whose payload does not fit the tables (too short, a bad count)."""
 
 
 class NotOffered(InverterError):
@@ -101,8 +111,158 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+# --------------------------------------------------------------------------------------
+# One TCP connection
+# --------------------------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class _Awaited:
+    """The reply frames one exchange waits for: ``codes``, in this order."""
+
+    codes: tuple[int, ...]
+    accept: Callable[[frame.Frame], bool] | None
+    future: asyncio.Future[list[frame.Frame]]
+    frames: list[frame.Frame] = field(default_factory=list)
+
+    def offer(self, item: frame.Frame) -> bool:
+        """Take ``item`` if it is the next reply awaited; True when taken."""
+        if self.future.done() or len(self.frames) >= len(self.codes):
+            return False
+        if not item.is_reply or item.command != self.codes[len(self.frames)]:
+            return False  # an echo of our own request is no reply either
+        if self.accept is not None and not self.accept(item):
+            return False
+        self.frames.append(item)
+        if len(self.frames) == len(self.codes):
+            self.future.set_result(self.frames)
+        return True
+
+
+class Connection:
+    """One TCP connection to an inverter: requests out, the awaited reply frames in.
+
+    It does not care how its byte stream was opened: :class:`InverterClient` dials the
+    inverter and hands the stream over; a listener could hand over a stream that an
+    inverter opened to it. One exchange waits at a time (the client's queue slot sees to
+    it), and the only frames kept are that exchange's replies: the inbox is bounded by
+    construction, and a peer that sends more than it is asked costs nothing but a count.
+
+    :meth:`close` is the only teardown: idempotent, and the first error it is given is
+    the one the waiting exchange, and every later one, fails with.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 peer: str, logger: Any,
+                 on_bad_frame: Callable[[frame.FrameError], None] | None = None) -> None:
+        self.peer = peer
+        self.state = State.OPEN
+        self.error: InverterError | None = None  # the first one: why it closed
+        self._writer = writer
+        self._awaited: _Awaited | None = None
+        self._on_bad_frame = on_bad_frame
+        self._dropped = Tally(logger, "inverter frames dropped")
+        self._reader = asyncio.create_task(self._read(reader), name=f"inverter {peer}")
+
+    @property
+    def open(self) -> bool:
+        return self.state is State.OPEN
+
+    def close(self, error: InverterError) -> None:
+        """Close the connection and fail the waiting exchange with ``error`` (the first)."""
+        if self.state is State.CLOSED:
+            return
+        self.state, self.error = State.CLOSED, error
+        awaited = self._awaited
+        if awaited is not None and not awaited.future.done():
+            awaited.future.set_exception(error)
+        self._writer.close()
+        if self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._dropped.flush(peer=self.peer)
+
+    async def wait_closed(self, within: float = 2.0) -> None:
+        """After :meth:`close`: wait (briefly) until the socket is really closed."""
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            async with asyncio.timeout(within):
+                await asyncio.wait([self._reader])
+                await self._writer.wait_closed()
+
+    async def exchange(self, code: int, request: bytes, replies: tuple[int, ...],
+                       timeout: float,  # noqa: ASYNC109 (the exchange's own deadline)
+                       accept: Callable[[frame.Frame], bool] | None = None,
+                       ) -> list[frame.Frame]:
+        """Send ``request`` and return its reply frames ``replies``, in order.
+
+        Raises :class:`InverterTimeout` when they do not all come within ``timeout``
+        seconds (the connection stays open: the caller decides), and the connection's
+        first error when it closes meanwhile.
+        """
+        if self.error is not None:
+            raise self.error
+        awaited = _Awaited(replies, accept, asyncio.get_running_loop().create_future())
+        self._awaited = awaited
+        try:
+            async with asyncio.timeout(timeout):
+                self._writer.write(request)
+                await self._writer.drain()
+                return await awaited.future if replies else []
+        except TimeoutError:
+            what = f"no reply 0x{replies[0]:02x}" if replies else f"0x{code:02x} not sent"
+            raise InverterTimeout(f"{what} from {self.peer} within {timeout:g} s") from None
+        except OSError as exc:
+            error = InverterUnreachable(f"lost the inverter at {self.peer}: {exc}")
+            self.close(error)
+            raise self.error or error from exc
+        finally:
+            self._awaited = None
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        frames = frame.FrameReader()
+        try:
+            while data := await reader.read(4096):
+                for item in frames.feed(data):
+                    self._received(item)
+            self.close(InverterUnreachable(f"the inverter at {self.peer} hung up"))
+        except OSError as exc:
+            self.close(InverterUnreachable(f"lost the inverter at {self.peer}: {exc}"))
+        except Exception as exc:  # never an exception nobody retrieves
+            self.close(InverterError(f"reading from {self.peer} failed: {exc!r}"))
+
+    def _received(self, item: frame.Frame | frame.FrameError) -> None:
+        if isinstance(item, frame.FrameError):
+            if self._on_bad_frame is not None:
+                self._on_bad_frame(item)
+            self._dropped.add("bad checksum", peer=self.peer, last=str(item))
+            return
+        awaited = self._awaited
+        if awaited is not None and awaited.offer(item):
+            return
+        # Never the payload: a late 0xb1 reply carries the router password.
+        kind = "reply" if item.is_reply else "request" if item.is_request else "frame"
+        self._dropped.add(f"unexpected {kind} 0x{item.command:02x}", peer=self.peer)
+
+
+# --------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------
+
+
+Streams = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
 class InverterClient:
-    """An inverter at ``host:port``. Use ``async with`` or :meth:`connect` / :meth:`close`."""
+    """An inverter at ``host:port``. Use ``async with`` or :meth:`connect` / :meth:`close`.
+
+    ``streams`` is how the client gets a byte stream for each new connection: by default
+    it dials ``host:port``; a listener can instead hand over the streams that inverters
+    open to it (``host:port`` then only names the inverter in messages).
+    """
 
     def __init__(
         self,
@@ -116,10 +276,12 @@ class InverterClient:
         connect_attempts: int | None = 1,
         name: str | None = None,
         identity: Identity | None = None,
+        streams: Streams | None = None,
     ) -> None:
         """``identity``: who the inverter is, if known (the CLI caches it); the first
         connection then skips the identity query."""
         self.host, self.port = host, port
+        self.streams = streams or (lambda: asyncio.open_connection(host, port))
         self.timeout = timeout
         self.retries = retries
         self.backoff, self.backoff_max = backoff, backoff_max
@@ -128,9 +290,7 @@ class InverterClient:
         self._known = identity
         self.log = log.bind(inverter=name or f"{host}:{port}")
         self._lock = asyncio.Lock()
-        self._writer: asyncio.StreamWriter | None = None
-        self._inbox: asyncio.Queue[frame.Frame | None] = asyncio.Queue()
-        self._pump: asyncio.Task[None] | None = None
+        self._connection: Connection | None = None
         self.reconnects = 0
         self.last_bad_frame: frame.FrameError | None = None
 
@@ -142,63 +302,99 @@ class InverterClient:
         await self.close()
 
     @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        return self._connection is not None and self._connection.open
 
     @property
     def version(self) -> int:
         return self.identity.version if self.identity else 0
 
+    def reply_timeout(self, command: Command) -> float:
+        """Seconds an exchange of ``command`` may take: read here for every exchange."""
+        return self.timeout
+
     # ----------------------------------------------------------------------------------
-    # Connection
+    # Connections
     # ----------------------------------------------------------------------------------
 
     async def connect(self) -> Identity:
         """Open the connection (retrying with backoff) and read the identity (0x98)."""
         async with self._lock:
-            await self._ensure_connected()
+            await self._ready()
         assert self.identity is not None
         return self.identity
 
     async def close(self) -> None:
         async with self._lock:
-            await self._drop_connection()
+            connection = self._connection
+            self._drop(InverterUnreachable(f"the connection to {self.where} was closed"))
+            if connection is not None:
+                await connection.wait_closed()
 
-    async def _ensure_connected(self) -> None:
-        if self.connected and self.identity is not None:
-            return
+    def _drop(self, error: InverterError) -> None:
+        """The client's one teardown: close the connection, forget it and the identity.
+
+        Synchronous, so it is safe while the caller is being cancelled; a connection
+        whose exchange failed or was abandoned never serves another one.
+        """
+        connection, self._connection, self.identity = self._connection, None, None
+        if connection is not None:
+            connection.close(error)
+
+    async def _ready(self) -> Connection:
+        """The open, identified connection; one is opened when there is none."""
+        if self._connection is not None and self._connection.open and self.identity:
+            return self._connection
         attempt = 0
         while True:
             attempt += 1
-            # Whatever is left of an earlier connection (one whose identity read was
-            # cancelled or failed) is closed first: the Wi-Fi module serves one client.
-            await self._drop_connection()
+            # What is left of an earlier connection goes first: the module serves one client.
+            self._drop(InverterUnreachable(f"reconnecting to {self.where}"))
             try:
                 await self._open()
                 self.identity = self._known or await self._identify()
                 self._known = None  # a reconnection asks again
-                self.log.info("connected", serial=self.identity.serial,
-                              pcu=self.identity.reported_version, model=self.identity.model)
-                return
             except asyncio.CancelledError:
-                self._abandon()
+                self._drop(InverterError("connect cancelled"))
                 raise
-            except (InverterError, OSError) as exc:
-                await self._drop_connection()
+            except InverterError as exc:
+                self._drop(exc)
                 if self.connect_attempts is not None and attempt >= self.connect_attempts:
-                    if isinstance(exc, InverterError):
-                        raise
-                    raise InverterUnreachable(
-                        f"cannot reach the inverter at {self.host}:{self.port}: "
-                        f"{exc.strerror or exc}"
-                    ) from exc
+                    raise
                 delay = self._delay(attempt)
                 self.log.warning("connect failed, retrying", error=str(exc),
                                  retry_in=round(delay, 1))
                 await asyncio.sleep(delay)
+                continue
+            self.log.info("connected", serial=self.identity.serial,
+                          pcu=self.identity.reported_version, model=self.identity.model)
+            assert self._connection is not None
+            return self._connection
+
+    async def _open(self) -> None:
+        """A new connection, on a byte stream from :attr:`streams`."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await self.streams()
+        except TimeoutError:
+            raise InverterUnreachable(f"cannot reach the inverter at {self.where}: no answer "
+                                      f"within {self.timeout:g} s") from None
+        except OSError as exc:
+            raise InverterUnreachable(f"cannot reach the inverter at {self.where}: "
+                                      f"{exc.strerror or exc}") from exc
+        self.reconnects += 1
+        self._connection = Connection(reader, writer, peer=self.where, logger=self.log,
+                                      on_bad_frame=self._bad_frame)
+
+    def _bad_frame(self, error: frame.FrameError) -> None:
+        self.last_bad_frame = error  # the CLI says why nothing usable came
 
     async def _identify(self) -> Identity:
-        """Read 0x98 on the open connection, asking up to ``1 + retries`` times.
+        """Read 0x98 on the new connection, asking up to ``1 + retries`` times.
 
         A try that gets no answer leaves the stream unusable (its reply may still come),
         so each further try opens a fresh connection. No answer at all, on a connection
@@ -209,163 +405,73 @@ class InverterClient:
         while True:
             attempt += 1
             try:
-                reading = (await self._exchange(SYSTEM_INFO, b"", (0x98,), 0))[0]
-                return Identity.from_reading(reading)
-            except (InverterTimeout, InverterUnreachable, OSError) as exc:
-                await self._drop_connection()
+                (reply,) = await self._attempt(SYSTEM_INFO, frame.request(0x98), (0x98,))
+            except (InverterTimeout, InverterUnreachable) as exc:
                 if attempt > self.retries:
                     # Frames that came but were broken are no sign of another client.
-                    if (isinstance(exc, InverterTimeout)
-                            and self.last_bad_frame is bad_before):
+                    if isinstance(exc, InverterTimeout) and self.last_bad_frame is bad_before:
                         raise InverterBusy(
-                            f"connected to {self.host}:{self.port} but the inverter does not "
-                            f"answer: no reply 0x98 (the identity query) within "
-                            f"{self.timeout:g} s, {attempt} tries; it is probably busy with "
-                            "another client (the vendor app?)"
+                            f"connected to {self.where} but the inverter does not answer: "
+                            f"no reply 0x98 (the identity query) within "
+                            f"{self.reply_timeout(SYSTEM_INFO):g} s, {attempt} tries; it is "
+                            "probably busy with another client (the vendor app?)"
                         ) from exc
                     raise
                 self.log.warning("identity query failed, retrying", error=str(exc),
                                  attempt=attempt)
                 await asyncio.sleep(self._delay(attempt))
                 await self._open()
+                continue
+            try:
+                return Identity.from_reading(self._decode(reply, 0))
+            except (KeyError, TypeError, ValueError) as exc:
+                error = MalformedReply(f"malformed reply 0x98 from {self.where} "
+                                       f"({len(reply.payload)} bytes): {exc!r}")
+                self._drop(error)
+                raise error from None
 
     def _delay(self, attempt: int) -> float:
         return backoff(attempt, self.backoff, self.backoff_max)
 
-    async def _open(self) -> None:
-        try:
-            reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.timeout
-            )
-        except TimeoutError as exc:
-            raise InverterUnreachable(
-                f"cannot reach the inverter at {self.host}:{self.port}: "
-                f"no answer within {self.timeout:g} s"
-            ) from exc
-        self._inbox = asyncio.Queue()
-        self._pump = asyncio.create_task(self._read_frames(reader, self._inbox))
-        self.reconnects += 1
-
-    def _abandon(self) -> None:
-        """Close the connection at once, without awaiting: safe while being cancelled."""
-        self.identity = None
-        if self._pump is not None:
-            self._pump.cancel()
-            self._pump = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    async def _drop_connection(self) -> None:
-        pump, writer = self._pump, self._writer
-        self._abandon()
-        if pump is not None:
-            await asyncio.wait([pump])  # unlike awaiting it, never swallows our own cancel
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _read_frames(
-        self, reader: asyncio.StreamReader, inbox: asyncio.Queue[frame.Frame | None]
-    ) -> None:
-        """Feed the socket into a FrameReader; None in the inbox means 'connection closed'."""
-        frames = frame.FrameReader()
-        try:
-            while data := await reader.read(4096):
-                for item in frames.feed(data):
-                    if isinstance(item, frame.FrameError):
-                        self.last_bad_frame = item  # the CLI says why nothing usable came
-                        self.log.warning("bad frame dropped", error=str(item))
-                    else:
-                        inbox.put_nowait(item)
-        except OSError as exc:
-            self.log.warning("connection lost", error=str(exc))
-        finally:
-            inbox.put_nowait(None)
-
     # ----------------------------------------------------------------------------------
-    # Exchanges (caller holds the lock)
+    # Exchanges (the caller holds the lock)
     # ----------------------------------------------------------------------------------
 
-    def _send(self, code: int, payload: bytes) -> None:
-        if self._writer is None or self._writer.is_closing():
-            raise InverterUnreachable(f"not connected to {self.host}:{self.port}")
-        self._writer.write(frame.request(code, payload))
+    async def _attempt(self, command: Command, request: bytes, replies: tuple[int, ...],
+                       accept: Callable[[frame.Frame], bool] | None = None,
+                       ) -> list[frame.Frame]:
+        """One exchange on the current connection; a failure or a cancel drops it."""
+        connection = self._connection
+        if connection is None or not connection.open:
+            raise InverterUnreachable(f"not connected to {self.where}")
+        try:
+            return await connection.exchange(command.code, request, replies,
+                                             self.reply_timeout(command), accept)
+        except InverterError as exc:
+            self._drop(exc)
+            raise
+        except BaseException:  # cancelled: the reply may still come, to no one
+            self._drop(InverterError(f"{command.label} abandoned"))
+            raise
 
-    def _discard_stale(self) -> None:
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if item is None:
-                self._inbox.put_nowait(None)
-                raise InverterUnreachable(f"the inverter at {self.host}:{self.port} hung up")
-            self.log.warning("stray frame dropped", frame=str(item))
-
-    async def _await_frame(self, code: int, deadline: float) -> frame.Frame:
-        loop = asyncio.get_running_loop()
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise InverterTimeout(
-                    f"no reply 0x{code:02x} from {self.host}:{self.port} "
-                    f"within {self.timeout:g} s"
-                )
-            try:
-                async with asyncio.timeout(remaining):  # not wait_for: it can lose a cancel
-                    item = await self._inbox.get()
-            except TimeoutError:
-                continue
-            if item is None:
-                self._inbox.put_nowait(None)
-                raise InverterUnreachable(f"the inverter at {self.host}:{self.port} hung up")
-            if item.command == code and item.is_reply:  # never our own request, echoed
-                return item
-            self.log.warning("unexpected frame dropped", expected=f"0x{code:02x}",
-                             frame=str(item))
-
-    async def _exchange(
-        self, command: Command, payload: bytes, expect: tuple[int, ...], version: int
-    ) -> list[Reading]:
-        """Send one request and collect its replies, decoded, in order."""
-        self._discard_stale()
-        self._send(command.code, payload)
-        assert self._writer is not None
-        await self._writer.drain()
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        readings = []
-        for code in expect:
-            reply = await self._await_frame(code, deadline)
-            readings.append(codec.decode_payload(reply.command, version, reply.payload))
-        return readings
-
-    async def _with_retries(self, command: Command, payload: bytes) -> list[Reading]:
-        attempt = 0
-        while True:
-            attempt += 1
-            await self._ensure_connected()
-            expect = tables.replies(command, self.version) if not command.is_write else ()
-            try:
-                readings = await self._exchange(command, payload, expect, self.version)
-            except asyncio.CancelledError:
-                self._abandon()  # the reply may still come: it must not reach the next caller
-                raise
-            except (InverterTimeout, InverterUnreachable, OSError) as exc:
-                # The stream may still carry a late reply: never reuse it.
-                await self._drop_connection()
-                if attempt > self.retries:
-                    if isinstance(exc, OSError):
-                        raise InverterUnreachable(
-                            f"lost the inverter at {self.host}:{self.port}: {exc}"
-                        ) from exc
-                    raise
-                self.log.warning("request failed, retrying", command=command.label,
-                                 error=str(exc), attempt=attempt)
-                await asyncio.sleep(self._delay(attempt))
-                continue
-            return readings
+    def _decode(self, reply: frame.Frame, version: int) -> Reading:
+        """A reply's values; a payload that does not fit the tables ends the connection."""
+        try:
+            return codec.decode_payload(reply.command, version, reply.payload)
+        except codec.CodecError as exc:
+            error = MalformedReply(f"malformed reply 0x{reply.command:02x} from {self.where} "
+                                   f"({len(reply.payload)} bytes): {exc}")
+            self._drop(error)
+            raise error from None
 
     def _require_slot(self) -> None:
         if not self._lock.locked():
             raise RuntimeError("an exchange outside a queue slot: use InverterClient.session()")
+
+    def _after(self, command: Command) -> None:
+        """After a write that makes the inverter hang up: that connection is done."""
+        if command.closes_connection:
+            self._drop(InverterUnreachable(f"{command.label} makes the inverter hang up"))
 
     # ----------------------------------------------------------------------------------
     # Inside a queue slot (what a Session is made of)
@@ -374,7 +480,7 @@ class InverterClient:
     async def identify(self) -> Identity:
         """Inside a slot: who the inverter is, reconnecting first if the connection was lost."""
         self._require_slot()
-        await self._ensure_connected()
+        await self._ready()
         assert self.identity is not None
         return self.identity
 
@@ -386,11 +492,26 @@ class InverterClient:
         After a write that makes the inverter hang up, the connection is closed here too.
         """
         self._require_slot()
-        await self._ensure_connected()  # the version may be unknown after a hang-up
+        await self._ready()  # the version may be unknown after a hang-up
         _refuse_unless_offered(command, self.version)
-        readings = await self._with_retries(command, payload)
-        if command.closes_connection:
-            await self._drop_connection()
+        request = frame.request(command.code, payload)
+        attempt = 0
+        while True:
+            attempt += 1
+            version = self.version
+            expect = () if command.is_write else tables.replies(command, version)
+            try:
+                replies = await self._attempt(command, request, expect)
+                break
+            except (InverterTimeout, InverterUnreachable) as exc:
+                if attempt > self.retries:
+                    raise
+                self.log.warning("request failed, retrying", command=command.label,
+                                 error=str(exc), attempt=attempt)
+                await asyncio.sleep(self._delay(attempt))
+                await self._ready()
+        readings = [self._decode(reply, version) for reply in replies]
+        self._after(command)
         return readings
 
     # ----------------------------------------------------------------------------------
@@ -406,21 +527,11 @@ class InverterClient:
         """
         command = _command(request.command)
         self._require_slot()
-        await self._ensure_connected()
+        await self._ready()
         _refuse_unless_offered(command, self.version)
         expect = () if command.is_write else tables.replies(command, self.version)
-
-        async def send_and_collect() -> list[frame.Frame]:
-            self._discard_stale()
-            self._write_raw(request)
-            assert self._writer is not None
-            await self._writer.drain()
-            deadline = asyncio.get_running_loop().time() + self.timeout
-            return [await self._await_frame(code, deadline) for code in expect]
-
-        replies = await self._failing_cleanly(send_and_collect())
-        if command.closes_connection:
-            await self._drop_connection()
+        replies = await self._attempt(command, request.encode(), expect)
+        self._after(command)
         return replies
 
     async def relay_register_query(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
@@ -429,63 +540,38 @@ class InverterClient:
         Once part 1 is written, part 2 is written too, even if the caller is cancelled.
         """
         self._require_slot()
-        await self._ensure_connected()
-        _refuse_unless_offered(tables.REGISTER_QUERY, self.version)
-        task = asyncio.ensure_future(self._failing_cleanly(self._register_pair(part1, part2)))
+        await self._ready()
+        _refuse_unless_offered(REGISTER_QUERY, self.version)
+        task = asyncio.ensure_future(self._register_pair(part1, part2))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            try:
+            with contextlib.suppress(BaseException):
                 await task  # part 2 goes out before the slot is released
-            except BaseException:
-                self._abandon()
+            self._drop(InverterError("register query abandoned"))
             raise
 
     async def _register_pair(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
-        loop = asyncio.get_running_loop()
-        self._discard_stale()
-        self._write_raw(part1)
+        connection = self._connection
+        assert connection is not None
+        timeout = self.reply_timeout(REGISTER_QUERY)
         try:
-            assert self._writer is not None
-            await self._writer.drain()
-            try:
-                await self._await_frame(0xBB, loop.time() + self.timeout)
-            except InverterTimeout:
-                self.log.warning("no acknowledgement of register query part 1; sending part 2")
-        finally:
-            if self.connected:
-                self._write_raw(part2)
-                assert self._writer is not None
-                await self._writer.drain()
-            else:
-                self.log.error("register query part 2 could not be sent: the inverter may "
-                                 "stay blocked until it is power-cycled")
-        deadline = loop.time() + self.timeout
-        while True:
-            reply = await self._await_frame(0xBB, deadline)
-            if len(reply.payload) != 2:  # not a late acknowledgement of part 1
-                return reply
-
-    def _write_raw(self, request: frame.Frame) -> None:
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            raise InverterUnreachable(f"not connected to {self.host}:{self.port}")
-        writer.write(request.encode())
-
-    async def _failing_cleanly(self, exchange: Awaitable[T]) -> T:
-        """Await an exchange; on failure drop the connection, so a late reply reaches no one."""
+            await connection.exchange(0xBB, part1.encode(), (0xBB,), timeout)
+        except InverterTimeout:  # the connection stays open: part 2 still goes out
+            self.log.warning("no acknowledgement of register query part 1; sending part 2")
+        except InverterError:
+            pass
+        if not connection.open:
+            self.log.error("register query part 2 could not be sent: the inverter may "
+                           "stay blocked until it is power-cycled")
         try:
-            return await exchange
-        except asyncio.CancelledError:
-            self._abandon()
+            (reply,) = await connection.exchange(
+                0xBB, part2.encode(), (0xBB,), timeout,
+                accept=lambda f: len(f.payload) != 2)  # not a late acknowledgement of part 1
+        except InverterError as exc:
+            self._drop(exc)
             raise
-        except (InverterError, OSError) as exc:
-            await self._drop_connection()
-            if isinstance(exc, OSError):
-                raise InverterUnreachable(
-                    f"lost the inverter at {self.host}:{self.port}: {exc}"
-                ) from exc
-            raise
+        return reply
 
     # ----------------------------------------------------------------------------------
     # Public requests
@@ -505,7 +591,7 @@ class InverterClient:
     async def session(self) -> AsyncIterator[Session]:
         """Hold the queue slot for several exchanges (a read-modify-write)."""
         async with self._lock:
-            await self._ensure_connected()
+            await self._ready()
             yield Session(self)
 
     async def read_registers(self, addresses: list[int]) -> dict[int, int]:
@@ -518,7 +604,7 @@ class InverterClient:
         async with self._lock:
             reply = await self.relay_register_query(frame.Frame(0xBB, part1),
                                                     frame.Frame(0xBB, part2))
-            reading = codec.decode(tables.REGISTER_QUERY, self.version, reply.payload)
+            reading = self._decode(reply, self.version)
         return {int(r["address"]): int(r["value"]) for r in reading.values["registers"]}
 
 

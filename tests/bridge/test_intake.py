@@ -79,3 +79,34 @@ def test_take_where_hands_over_matching_commands() -> None:
         intake.submit(item)
     assert intake.take_where(lambda cmd: str(cmd.coalesce).startswith("x")) == [a, c]
     assert intake.take() is b
+
+
+class Exchange(Command):
+    lane = "exchanges"
+
+
+def test_each_lane_has_its_own_room() -> None:
+    intake = Intake(limit=2, clock=Clock())
+    assert [intake.submit(Exchange(deadline=30.0)) for _ in range(2)] == [[], []]
+    late = Exchange(deadline=30.0)
+    assert intake.submit(late) == [(late, FULL.format(n=2))]
+    assert intake.submit(command("a")) == intake.submit(command("b")) == []  # room for writes
+    assert len(intake) == 4
+
+
+async def test_a_crowd_of_app_requests_never_turns_away_a_write_from_home_assistant() -> None:
+    from sermatec_bridge.bridge.publisher import Broker
+    from sermatec_bridge.bridge.runtime import ExchangeCommand, InverterRuntime, WriteCommand
+    from sermatec_bridge.config import load_settings
+
+    settings = load_settings(None, {"inverter": {"host": "127.0.0.1"}}, env={})
+    runtime = InverterRuntime(settings.all_inverters()[0], settings, Broker(settings))
+
+    async def job(session: object) -> None:
+        return None
+
+    crowd = [ExchangeCommand(deadline=30.0, job=job) for _ in range(40)]
+    refused = [r for c in crowd for r in runtime.intake.submit(c)]
+    assert len(refused) == 40 - 16
+    write = WriteCommand(deadline=30.0, request={"grid_soc_min": 20})
+    assert runtime.intake.submit(write) == []

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from simfaults import answer_instead
 
 from sermatec_bridge.bridge.publisher import Broker
 from sermatec_bridge.bridge.runtime import Availability, InverterRuntime, WriteCommand
 from sermatec_bridge.config import load_settings
 from sermatec_bridge.inverter.client import InverterError, Session
 from sermatec_bridge.simulator import Simulator
-from sermatec_bridge.simulator.model import Outcome
 
 
 async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
@@ -69,15 +69,7 @@ async def test_a_reply_too_short_for_the_tables_takes_the_inverter_offline_not_t
     running = Running(sim.port)
     try:
         await until(lambda: running.runtime.online)
-        handle = sim.model.handle
-
-        def short_battery_reply(code: int, payload: bytes) -> Outcome:
-            outcome = handle(code, payload)
-            if code == 0x0A:
-                outcome.replies[:] = [(0x0A, b"\x00\x01")]
-            return outcome
-
-        sim.model.handle = short_battery_reply  # type: ignore[method-assign]
+        handle = answer_instead(sim, 0x0A, [(0x0A, b"\x00\x01")])  # too short for its layout
         await until(lambda: running.availability() == "offline")
         assert not running.task.done()
         sim.model.handle = handle  # type: ignore[method-assign]

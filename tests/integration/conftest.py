@@ -563,3 +563,20 @@ async def running_process(argv: Sequence[str], env: Mapping[str, str],
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@pytest.fixture
+def bridge_log(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
+    """The bridge's log as JSON lines, from a stream of the test's own (never closed
+    under a task that still logs at teardown, unlike pytest's captured stderr)."""
+    from sermatec_bridge import log
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    log.configure("info", "json")
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()
+                if line.startswith("{")]
+
+    return lines

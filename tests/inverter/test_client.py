@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
@@ -13,12 +17,20 @@ from sermatec_bridge.inverter.client import (
     InverterClient,
     InverterTimeout,
     InverterUnreachable,
+    MalformedReply,
     NotOffered,
 )
-from sermatec_bridge.protocol import tables
+from sermatec_bridge.protocol import frame, tables
 from sermatec_bridge.simulator import Fault, Simulator
 
 STATIC = (0x98, 0x95, 0x9D, 0xA1, 0xA2, 0xB1, 0x1E, 0x1F)
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition did not hold"
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:
@@ -280,7 +292,6 @@ async def test_a_connect_cancelled_half_way_leaves_no_connection_behind() -> Non
 
 async def test_an_echoed_request_is_never_taken_for_the_reply() -> None:
     """A Wi-Fi module that echoes what it gets: the echo (0x64 -> 0x14) is no reply."""
-    from sermatec_bridge.protocol import frame
     from sermatec_bridge.simulator.model import InverterModel
 
     model = InverterModel(pcu=609)
@@ -314,3 +325,182 @@ async def test_a_known_identity_saves_the_identity_query_until_a_reconnection() 
             assert client.identity is known
             await client.query(tables.BATTERY)
         assert list(sim.received) == [0x0A, 0x98, 0x0A]  # who is it, after the break?
+
+
+# --------------------------------------------------------------------------------------
+# A hand-made inverter, for what the simulator never does
+# --------------------------------------------------------------------------------------
+
+class FakeInverter:
+    """An inverter on loopback answering from a model; ``answer(request, connection)``
+    may replace the bytes of any answer (None: the model's). Counts its connections."""
+
+    def __init__(self, answer: Any = None, pcu: int = 609) -> None:
+        from sermatec_bridge.simulator.model import InverterModel
+
+        self.model = InverterModel(pcu=pcu)
+        self.answer = answer
+        self.connections = 0
+        self.received: list[tuple[int, int]] = []  # (connection, command)
+        self.hung_up: list[int] = []  # connections the client closed
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FakeInverter:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        frames = frame.FrameReader()
+        with contextlib.suppress(OSError):
+            while data := await reader.read(4096):
+                for item in frames.feed(data):
+                    assert isinstance(item, frame.Frame)
+                    self.received.append((number, item.command))
+                    custom = self.answer(item, number) if self.answer else None
+                    if custom is None:
+                        codes = tables.replies(tables.COMMANDS[item.command], 609)
+                        custom = [frame.reply(c, self.model.payload(c)) for c in codes]
+                    for data_out in custom:
+                        writer.write(data_out)
+            self.hung_up.append(number)
+        writer.close()
+
+
+async def test_a_reply_too_short_for_its_layout_is_an_inverter_error_and_ends_the_connection(
+) -> None:
+    def short_0x0a(request: frame.Frame, connection: int) -> list[bytes] | None:
+        return [frame.reply(0x0A, b"\x00\x01")] if request.command == 0x0A else None
+
+    async with FakeInverter(short_0x0a) as fake:
+        client = InverterClient("127.0.0.1", fake.port, timeout=2, retries=2)
+        await client.connect()
+        with pytest.raises(MalformedReply, match=r"malformed reply 0x0a from 127\.0\.0\.1:\d+ "
+                                                 r"\(2 bytes\): 0x0a payload of 2 bytes is "
+                                                 "shorter than"):
+            await client.query(0x0A)
+        assert not client.connected
+        await eventually(lambda: fake.hung_up == [1])  # the socket was closed, not left open
+        assert [c for _, c in fake.received].count(0x0A) == 1  # not asked again
+        assert (await client.query(0x0C))[0].command.code == 0x0C  # a new connection serves
+        assert fake.connections == 2
+        await client.close()
+
+
+async def test_an_identity_reply_of_two_bytes_fails_the_connect_cleanly() -> None:
+    def short_identity(request: frame.Frame, connection: int) -> list[bytes] | None:
+        return [frame.reply(0x98, b"\x02\x5d")] if request.command == 0x98 else None
+
+    async with FakeInverter(short_identity) as fake:
+        client = InverterClient("127.0.0.1", fake.port, timeout=2)
+        with pytest.raises(MalformedReply, match=r"malformed reply 0x98 .*\(2 bytes\)"):
+            await client.connect()
+        assert not client.connected and client.identity is None
+        await eventually(lambda: fake.hung_up == [1])
+
+
+async def test_a_stray_network_reply_never_puts_the_router_password_in_the_log(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from sermatec_bridge import log
+
+    log.configure("debug", "json")
+    secret = "correct-horse-battery"
+
+    def with_stray_0xb1(request: frame.Frame, connection: int) -> list[bytes] | None:
+        codes = tables.replies(tables.COMMANDS[request.command], 609)
+        stray = frame.reply(0xB1, fake.model.payload(0xB1))
+        return [stray] + [frame.reply(c, fake.model.payload(c)) for c in codes] + [stray]
+
+    async with FakeInverter(with_stray_0xb1) as fake:
+        fake.model.settings["router_password"] = secret
+        assert secret.encode() in fake.model.payload(0xB1)
+        async with InverterClient("127.0.0.1", fake.port, timeout=2) as client:
+            for code in (0x0A, 0x0C, 0x95):
+                await client.query(code)
+    err = capsys.readouterr().err
+    assert "unexpected reply 0xb1" in err  # the strays are counted in the log...
+    assert secret not in err and secret.encode().hex() not in err  # ...never shown
+
+
+async def test_a_peer_that_floods_frames_costs_one_log_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from sermatec_bridge import log
+
+    log.configure("info", "json")
+
+    def flood(request: frame.Frame, connection: int) -> list[bytes] | None:
+        codes = tables.replies(tables.COMMANDS[request.command], 609)
+        return [frame.reply(0x0B, b"\x00" * 40) * 200] + [
+            frame.reply(c, fake.model.payload(c)) for c in codes]
+
+    async with FakeInverter(flood) as fake:
+        async with InverterClient("127.0.0.1", fake.port, timeout=2) as client:
+            for _ in range(5):
+                await client.query(0x0C)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    dropped = [line for line in lines if line["event"] == "inverter frames dropped"]
+    assert len(dropped) == 2  # the first, and the count of the rest when the client closed
+    assert sum(d["counts"]["unexpected reply 0x0b"] for d in dropped) == 6 * 200
+
+
+async def test_the_connection_is_not_used_after_a_write_that_makes_the_inverter_hang_up(
+) -> None:
+    # Like a Wi-Fi module that restarts its network after 0x69: the old connection is
+    # still open for a while, but nothing on it is answered any more.
+    def deaf_after_0x69(request: frame.Frame, connection: int) -> list[bytes] | None:
+        if request.command == 0x69 or (connection, 0x69) in fake.received:
+            return []
+        return None
+
+    async with FakeInverter(deaf_after_0x69) as fake:
+        async with InverterClient("127.0.0.1", fake.port, timeout=0.5, retries=0) as client:
+            async with client.session() as session:
+                shown = (await session.query(0x95))[0].values
+                block = {f.key: shown[f.key] for f in tables.GRID_BATTERY_TYPE.layouts[252]}
+                await session.write(0x69, block)
+            status = await client.query(0x0C)  # on a new connection, answered at once
+    assert status[0].values["inverter_on"] is True
+    assert fake.received[-2:] == [(2, 0x98), (2, 0x0C)]
+
+
+async def test_a_connection_can_run_on_a_stream_the_inverter_opened() -> None:
+    """The inverter dials us (as in station mode, to its cloud server): the client runs
+    its exchanges on the stream a listener accepted."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put((reader, writer))
+
+    listener = await asyncio.start_server(accept, "127.0.0.1", 0)
+    async with listener, Simulator(pcu=609) as sim:
+        inverter_side = await asyncio.open_connection("127.0.0.1", sim.port or 0)
+        relay = asyncio.create_task(splice(inverter_side, listener.sockets[0].getsockname()))
+        client = InverterClient("dialled-in", 0, timeout=2, streams=accepted.get)
+        identity = await client.connect()
+        assert identity.serial == sim.model.serial
+        assert (await client.query(0x0C))[0].values["inverter_on"] is True
+        await client.close()
+        relay.cancel()
+
+
+async def splice(inverter: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                 listener: tuple[str, int]) -> None:
+    """Dial ``listener`` and pass bytes both ways between it and the inverter's stream."""
+    reader, writer = await asyncio.open_connection(*listener[:2])
+
+    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(4096):
+            sink.write(data)
+            await sink.drain()
+
+    await asyncio.gather(pump(reader, inverter[1]), pump(inverter[0], writer))
