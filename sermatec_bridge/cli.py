@@ -16,10 +16,11 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from enum import IntEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .capture import Chunk
     from .config import Settings
     from .homezone import HomeZone
@@ -377,6 +378,8 @@ _SEPARATORS = re.compile(r"[\s:,]+|0x", re.IGNORECASE)
 
 def _decode_input(items: Sequence[str]) -> Iterable[Chunk]:
     """What ``decode`` reads: a capture file (or one on stdin), or hex as one stream."""
+    from pathlib import Path
+
     from .capture import Chunk, kind, read
 
     if not items:
@@ -738,6 +741,8 @@ def _bridge(settings: Settings, zone: HomeZone, debug: int, **facts: str) -> Exi
 
 def _daemon(args: argparse.Namespace) -> Exit:
     """The community tool's ``daemon`` command, mapped onto ``run``."""
+    from pathlib import Path
+
     from .config import runtime_dir
 
     overrides: dict[str, Any] = {
