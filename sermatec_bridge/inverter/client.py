@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
@@ -97,6 +96,8 @@ def register_query_parts(addresses: list[int]) -> tuple[bytes, bytes]:
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with equal jitter: somewhere in the upper half of the step."""
+    import random  # here: a one-shot read from the command line never backs off
+
     ceiling = min(cap, base * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 
