@@ -56,8 +56,10 @@ CONSOLE_SCRIPT = """\
 #!{python}
 import sys
 from sermatec_bridge.cli import main
-sys.exit(main())
-"""
+if __name__ == '__main__':
+    sys.argv[0] = sys.argv[0].removesuffix('.exe')
+    sys.exit(main())
+"""  # as pip 26 writes it
 
 
 def install(where: Path) -> Path:
