@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -27,8 +28,6 @@ def _user_directories_of_the_tests(tmp_path_factory: pytest.TempPathFactory) -> 
 def user_directories() -> dict[str, str]:
     """The variables above, for a test that starts a process with an environment of its
     own making."""
-    import os
-
     return {name: os.environ[name] for name in USER_DIRECTORIES}
 
 
