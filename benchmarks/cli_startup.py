@@ -32,10 +32,10 @@ import argparse
 import contextlib
 import os
 import shutil
+import site
 import socket
 import statistics
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import time
@@ -69,9 +69,8 @@ def install(where: Path) -> Path:
 
     venv.create(where, with_pip=False)
     python = where / "bin" / "python"
-    site_packages = Path(sysconfig.get_path("purelib", vars={"base": where}))
-    (site_packages / "dependencies.pth").write_text(
-        "\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    site_packages = Path(sysconfig.get_path("purelib", "venv", {"base": where}))
+    (site_packages / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     shutil.copytree(Path(sermatec_bridge.__file__).parent,
                     site_packages / "sermatec_bridge",
                     ignore=shutil.ignore_patterns("__pycache__"))
