@@ -16,10 +16,11 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from enum import IntEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .capture import Chunk
     from .config import Settings
     from .homezone import HomeZone
@@ -378,6 +379,8 @@ _SEPARATORS = re.compile(r"[\s:,]+|0x", re.IGNORECASE)
 
 def _decode_input(items: Sequence[str]) -> Iterable[Chunk]:
     """What ``decode`` reads: a capture file (or one on stdin), or hex as one stream."""
+    from pathlib import Path
+
     from .capture import Chunk, kind, read
 
     if not items:
@@ -739,6 +742,8 @@ def _bridge(settings: Settings, zone: HomeZone, debug: int, **facts: str) -> Exi
 
 def _daemon(args: argparse.Namespace) -> Exit:
     """The community tool's ``daemon`` command, mapped onto ``run``."""
+    from pathlib import Path
+
     from .config import runtime_dir
 
     overrides: dict[str, Any] = {
@@ -944,6 +949,28 @@ def _options(parser: argparse.ArgumentParser, *which: str, top: bool = False) ->
             0, "show the log (debug level) on stderr"))
 
 
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """The commands, each given its arguments when it is chosen: a run parses with one of
+    them, and adding the arguments of all of them took longer than the rest of a one-shot
+    read (see benchmarks/cli_startup.py). ``--help`` lists them by their help alone."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._arguments: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def add(self, name: str, arguments: Callable[[argparse.ArgumentParser], None],
+            **kw: Any) -> None:
+        self.add_parser(name, **kw)
+        self._arguments[name] = arguments
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        arguments = self._arguments.pop(values[0], None)
+        if arguments is not None:
+            arguments(self.choices[values[0]])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     top = _Parser(
         prog=prog, description="Talk to a Sermatec hybrid inverter over its local protocol "
@@ -952,11 +979,35 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
         "'%(prog)s config' shows them.")
     top.add_argument("--version", action=_Version)
     _options(top, "inverter", "timeout", "config", "debug", top=True)
-    sub = top.add_subparsers(dest="action", metavar="COMMAND")
+    commands = top.add_subparsers(dest="action", metavar="COMMAND", action=_Commands)
+    assert isinstance(commands, _Commands)
+    commands.add("list", _list_arguments,
+                 help="the commands of the protocol, queries and writes marked",
+                 description="List the commands of the newest protocol tables, or of a PCU "
+                 "firmware version. Needs no inverter unless --from-inverter.")
+    commands.add("get", _get_arguments, help="send queries and print the values",
+                 description="Send one or more queries in one connection and print what "
+                 "the inverter answers. The inverter is the configured one (YAML file, "
+                 "SERMATEC_INVERTER__HOST) unless -i says otherwise, else "
+                 f"{DEFAULT_INVERTER}.")
+    commands.add("decode", _decode_arguments, help="decode frames given in hex, offline",
+                 description="Decode captured frames, replies and the app's requests, "
+                 "whatever their spacing and chunking. Everything skipped or rejected is "
+                 "reported on stderr.")
+    commands.add("simulate", _simulate_arguments, help="run a simulated inverter")
+    commands.add("run", lambda p: _options(p, "inverter", "config", "debug"),
+                 help="run the MQTT bridge (the container's command)")
+    commands.add("config", lambda p: _options(p, "inverter", "config"),
+                 help="print the configuration in effect, secrets masked")
+    commands.add("health", lambda p: _options(p, "config"),
+                 help="check the running bridge's heartbeat (exit 0 if healthy); needs no "
+                 "inverter")
+    commands.add("daemon", _daemon_arguments,
+                 help="the community tool's daemon command: run, configured by flags")
+    return top
 
-    p = sub.add_parser("list", help="the commands of the protocol, queries and writes marked",
-                       description="List the commands of the newest protocol tables, or of "
-                       "a PCU firmware version. Needs no inverter unless --from-inverter.")
+
+def _list_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--pcu", type=_version, help=f"PCU firmware version (default "
                        f"{NEWEST_PCU}, the newest tables)")
@@ -964,11 +1015,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                        help="ask the inverter for its PCU version first")
     _options(p, "inverter", "timeout", "config", "debug")
 
-    p = sub.add_parser("get", help="send queries and print the values",
-                       description="Send one or more queries in one connection and print "
-                       "what the inverter answers. The inverter is the configured one "
-                       "(YAML file, SERMATEC_INVERTER__HOST) unless -i says otherwise, else "
-                       f"{DEFAULT_INVERTER}.")
+
+def _get_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("commands", nargs="*", metavar="CODE|NAME",
                    help="hex codes or names (see list), or 'all' for every query")
     p.add_argument("-e", "--el", metavar="CODE", action="append", default=[],
@@ -980,10 +1028,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                    "it is power-cycled if it is interrupted")
     _options(p, "inverter", "timeout", "config", "debug")
 
-    p = sub.add_parser("decode", help="decode frames given in hex, offline",
-                       description="Decode captured frames, replies and the app's requests, "
-                       "whatever their spacing and chunking. Everything skipped or rejected "
-                       "is reported on stderr.")
+
+def _decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("hex", nargs="*", metavar="HEX", help="hex bytes, any spacing; - for stdin")
     p.add_argument("--pcu", type=_version, default=NEWEST_PCU,
                    help=f"PCU version of the tables (default {NEWEST_PCU})")
@@ -991,7 +1037,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--ignore-checksum", action="store_true",
                    help="decode frames whose checksum is wrong (for analysis)")
 
-    p = sub.add_parser("simulate", help="run a simulated inverter")
+
+def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     _options(p, "debug")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", dest="listen_port", type=_port, default=8899,
@@ -1033,16 +1080,8 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="FACTOR",
                    help="simulated time runs this many times faster (60: a minute is an hour)")
 
-    p = sub.add_parser("run", help="run the MQTT bridge (the container's command)")
-    _options(p, "inverter", "config", "debug")
-    p = sub.add_parser("config", help="print the configuration in effect, secrets masked")
-    _options(p, "inverter", "config")
-    p = sub.add_parser("health", help="check the running bridge's heartbeat (exit 0 if "
-                       "healthy); needs no inverter")
-    _options(p, "config")
 
-    p = sub.add_parser("daemon", help="the community tool's daemon command: run, configured "
-                       "by flags")
+def _daemon_arguments(p: argparse.ArgumentParser) -> None:
     _options(p, "debug")
     p.set_defaults(takes=p.get_default("takes") | {"inverter", "timeout"})  # before 'daemon'
     p.add_argument("-i", "--inverter", type=_address, default=argparse.SUPPRESS,
@@ -1062,7 +1101,6 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
     p.add_argument("--log-file", metavar="PATH",
                    help=f"with -f: where the logs go (default: sermatec-bridge.log {where})")
     _options(p, "config")
-    return top
 
 
 Action = Callable[[argparse.Namespace], Coroutine[Any, Any, Exit | None] | Exit | None]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .protocol import records
-from .protocol.alarms import active_alarms
 from .protocol.codec import Reading, layout_of, to_raw
 from .protocol.model import Field, Value, Wire
 from .protocol.tables import GROUP_NAMES
@@ -51,6 +50,8 @@ def lines(reading: Reading) -> list[str]:
         text = MASK if f.secret else format_value(f, value)
         out.append(f"{f.name}: {text}" + (f" {f.unit}" if f.unit and value is not None else ""))
     if any(f.wire is Wire.ALARMS for f in layout):
+        from .protocol.alarms import active_alarms  # its texts, read for 0x1e and 0x1f only
+
         raised = active_alarms(reading.values)
         out.append("Active alarms: " + ("; ".join(map(str, raised)) or "none"))
     if reading.extra:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import user_directories
 
 from sermatec_bridge import cli
 from sermatec_bridge.inverter import identity_cache
@@ -74,7 +75,7 @@ CAPTURED_0x98 = (  # its checksum is genuinely wrong: the publisher masked the s
 def run_cli(*args: str, stdin: str = "",
             env: dict[str, str] | None = None) -> tuple[int, str, str]:
     if env is not None:
-        env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], **env}
+        env = {**user_directories(), **env}
     done = subprocess.run([sys.executable, "-m", "sermatec_bridge", *args], input=stdin,
                           capture_output=True, text=True, timeout=60, check=False, env=env)
     assert "Traceback" not in done.stderr, done.stderr
@@ -494,7 +495,7 @@ def test_which_inverter_is_asked_is_said_on_a_terminal(inverter: tuple[int, Path
                               stdout=subprocess.PIPE, stderr=terminal, text=True,
                               timeout=60, check=False, env={
                                   "PATH": "/usr/bin:/bin",
-                                  "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
+                                  **user_directories()})
         os.close(terminal)
         said = os.read(reader, 4096).decode()
     finally:
@@ -549,7 +550,7 @@ def test_daemon_k_is_f() -> None:
 
 async def cli_async(*args: str) -> tuple[int, str, str]:
     """The CLI in a subprocess, awaited: the simulator keeps serving in this event loop."""
-    env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+    env = {"PATH": "/usr/bin:/bin", **user_directories()}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sermatec_bridge", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -569,7 +570,7 @@ async def asked(sim: Simulator, *args: str) -> tuple[list[int], dict[str, Any]]:
 
 def cache_entry(sim: Simulator) -> Path:
     assert sim.port is not None
-    return identity_cache.directory() / f"identity-127.0.0.1-{sim.port}.json"
+    return Path(identity_cache.directory()) / f"identity-127.0.0.1-{sim.port}.json"
 
 
 async def test_a_one_shot_read_asks_who_the_inverter_is_once_in_ten_minutes() -> None:
@@ -645,18 +646,18 @@ async def test_a_cache_that_cannot_be_used_is_no_cache(
             assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
 
 
-def test_a_one_shot_read_loads_neither_configuration_nor_structlog(
+def test_a_one_shot_read_loads_no_configuration_structlog_or_construct(
         inverter: tuple[int, Path]) -> None:
     """With nothing configured; the start-up figures are in benchmarks/cli_startup.py."""
     program = ("import sys; from sermatec_bridge import cli; "
                f"code = cli.main(['-i', '127.0.0.1:{inverter[0]}', 'get', 'battery']); "
                "print(sorted({m.split('.')[0] for m in sys.modules} & "
-               "{'pydantic', 'pydantic_settings', 'yaml', 'structlog'}), "
+               "{'pydantic', 'pydantic_settings', 'yaml', 'structlog', 'construct'}), "
                "'sermatec_bridge.config' in sys.modules, code, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=60, check=False, env={
                               "PATH": "/usr/bin:/bin",
-                              "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
+                              **user_directories()})
     assert done.stderr == "[] False 0\n"
     assert "Battery state of charge:" in done.stdout
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -107,6 +106,8 @@ def register_query_parts(addresses: list[int]) -> tuple[bytes, bytes]:
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with equal jitter: somewhere in the upper half of the step."""
+    import random  # here: a one-shot read from the command line never backs off
+
     ceiling = min(cap, base * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 

@@ -1,15 +1,17 @@
-"""Tables to bytes and back, both ways, through ``construct``.
+"""Tables to bytes and back, both ways.
 
-A layout compiles once into a construct ``Struct`` whose members are adapters: one per
-field, one per 16-bit word seen through bit views (``same`` fields), arrays for
-repeated fields and record groups. Reply payloads decode into a :class:`Reading`;
-settings payloads are built from values, after validation against the tables.
+Reply payloads decode into a :class:`Reading`; settings payloads are built from values,
+after validation against the tables. A layout is seen as a row of elements (its
+:func:`shape`): fields, 16-bit words read through bit views (``same`` fields), arrays of
+repeated fields and record groups.
 
 Decoding, the hot path of a bridge serving many inverters, runs compiled: on its first
 use each layout becomes the source of one Python function (``struct`` unpacks the raw
 quantities, one expression per field turns them into values), which is about ten times
-as fast as construct's interpreter. :func:`interpret` decodes with construct; the tests
-hold both to the same result for every command and PCU version.
+as fast as construct's interpreter. Encoding goes through construct
+(:mod:`.structures`), and so does :func:`interpret`, the reference decoder that the
+tests hold the compiled one equal to for every command and PCU version. construct is
+imported by the first of them only: a one-shot read from the command line never loads it.
 """
 
 from __future__ import annotations
@@ -20,23 +22,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any
-
-from construct import (
-    Adapter,
-    Array,
-    Bytes,
-    Construct,
-    ConstructError,
-    GreedyBytes,
-    Int8sb,
-    Int8ub,
-    Int16sb,
-    Int16ub,
-    Int32sb,
-    Int32ub,
-    Struct,
-    this,
-)
 
 from . import records
 from .model import Command, Field, Value, Wire
@@ -103,10 +88,6 @@ def layout_of(command: Command, version: int) -> tuple[Field, ...]:
 # --------------------------------------------------------------------------------------
 # Conversions between raw integers (or bytes) and values
 # --------------------------------------------------------------------------------------
-
-_INT = {1: Int8sb, 2: Int16sb, 4: Int32sb}
-_UINT = {1: Int8ub, 2: Int16ub, 4: Int32ub}
-
 
 @cache  # a handful of scales, asked for every decoded value
 def _digits(scale: float) -> int:
@@ -237,144 +218,65 @@ def _alarm_bytes(f: Field, codes: Value) -> bytes:
 
 
 # --------------------------------------------------------------------------------------
-# construct adapters
+# The shape of a layout
 # --------------------------------------------------------------------------------------
 
 
-class FieldAdapter(Adapter):  # type: ignore[misc]
-    """One field: raw wire quantity <-> value."""
-
-    def __init__(self, f: Field) -> None:
-        super().__init__(_raw_construct(f))
-        self.f = f
-
-    def _decode(self, obj: Any, context: Any, path: str) -> Value:
-        return to_value(self.f, obj)
-
-    def _encode(self, obj: Value, context: Any, path: str) -> Any:
-        return to_raw(self.f, obj)
-
-
-class WordAdapter(Adapter):  # type: ignore[misc]
-    """One 16-bit word read through several views: bits, bit ranges, the whole word."""
-
-    def __init__(self, views: tuple[Field, ...]) -> None:
-        super().__init__(Int16ub)
-        self.views = views
-
-    def _decode(self, word: int, context: Any, path: str) -> dict[str, Value]:
-        out = {}
-        for f in self.views:
-            if f.bits is None:
-                out[f.key] = to_value(f, word)
-            else:
-                first, end = f.bits
-                out[f.key] = to_value(f, word >> first & ((1 << (end - first)) - 1))
-        return out
-
-    def _encode(self, values: Mapping[str, Value], context: Any, path: str) -> int:
-        word = 0
-        for f in self.views:  # a whole-word view gives the base, bit views override
-            if f.bits is None and values.get(f.key) is not None:
-                word = to_raw(f, values[f.key])
-        for f in self.views:
-            if f.bits is not None and values.get(f.key) is not None:
-                first, end = f.bits
-                mask = ((1 << (end - first)) - 1) << first
-                word = word & ~mask | to_raw(f, values[f.key]) << first
-        return word
-
-
-def _raw_construct(f: Field) -> Construct:
-    if f.wire is Wire.TEXT:
-        return Bytes(f.size) if f.size else GreedyBytes
-    if f.wire in (Wire.RESERVED, Wire.ALARMS):
-        return Bytes(f.size)
-    return (_INT if f.wire is Wire.INT else _UINT)[f.size]
-
-
-def _count(repeat: int | str) -> Any:
-    return repeat if isinstance(repeat, int) else this[repeat]
-
-
 @dataclass(frozen=True)
-class _Element:
+class Element:
+    """Bytes of a layout read as one: a field, a 16-bit word and its views, an array, or
+    a record group. The name keys the decoded values, but for a word's: each view is a
+    key of its own."""
+
     name: str
     fields: tuple[Field, ...]
     kind: str  # "field", "word", "array", "records"
 
 
-def _elements(layout: tuple[Field, ...]) -> list[_Element]:
-    elements: list[_Element] = []
-    for f in layout:
+@cache
+def shape(code: int, since: int) -> tuple[Element, ...]:
+    """The elements of the layout of command ``code`` that PCU ``since`` introduced."""
+    elements: list[Element] = []
+    for f in COMMANDS[code].layouts[since]:
         last = elements[-1] if elements else None
         if f.same and last is not None:
             name = last.name if last.kind == "word" else f"_word_{last.fields[0].key}"
-            elements[-1] = _Element(name, (*last.fields, f), "word")
+            elements[-1] = Element(name, (*last.fields, f), "word")
         elif f.group is not None:
             if last is not None and last.kind == "records" and last.name == f.group:
-                elements[-1] = _Element(f.group, (*last.fields, f), "records")
+                elements[-1] = Element(f.group, (*last.fields, f), "records")
             else:
-                elements.append(_Element(f.group, (f,), "records"))
+                elements.append(Element(f.group, (f,), "records"))
         elif f.repeat is not None:
-            elements.append(_Element(f.key, (f,), "array"))
+            elements.append(Element(f.key, (f,), "array"))
         elif f.wire in (Wire.BIT, Wire.BITS):
-            elements.append(_Element(f"_word_{f.key}", (f,), "word"))
+            elements.append(Element(f"_word_{f.key}", (f,), "word"))
         else:
-            elements.append(_Element(f.key, (f,), "field"))
-    return elements
+            elements.append(Element(f.key, (f,), "field"))
+    return tuple(elements)
 
 
-@cache
-def _compiled(code: int, since: int) -> tuple[Construct, tuple[_Element, ...]]:
-    layout = COMMANDS[code].layouts[since]
-    elements = tuple(_elements(layout))
-    members = []
-    for e in elements:
-        if e.kind == "field":
-            members.append(e.name / FieldAdapter(e.fields[0]))
-        elif e.kind == "word":
-            members.append(e.name / WordAdapter(e.fields))
-        elif e.kind == "array":
-            f = e.fields[0]
-            assert f.repeat is not None
-            members.append(e.name / Array(_count(f.repeat), FieldAdapter(f)))
-        else:
-            repeat = e.fields[0].repeat
-            assert repeat is not None
-            record = Struct(*(f.key / FieldAdapter(f) for f in e.fields))
-            members.append(e.name / Array(_count(repeat), record))
-    return Struct(*members, EXTRA / GreedyBytes), elements
-
-
-def _structure(command: Command, version: int) -> tuple[Construct, tuple[_Element, ...]]:
+def _since(command: Command, version: int) -> int:
+    """The PCU version whose layout of ``command`` applies at ``version``."""
     layout_of(command, version)
-    since = max(v for v in command.layouts if v <= version)
-    return _compiled(command.code, since)
+    return max(v for v in command.layouts if v <= version)
 
 
 def fixed_size(command: Command, version: int) -> int | None:
     """The payload size of a layout, or None when it depends on a count."""
-    try:
-        return _sizeof(command, version)
-    except ConstructError:
-        return None
-
-
-def _sizeof(command: Command, version: int) -> int:
     size = 0
-    for e in _structure(command, version)[1]:
+    for e in shape(command.code, _since(command, version)):
         f = e.fields[0]
         if e.kind == "word":
             size += 2
         elif e.kind == "field":
             if f.wire is Wire.TEXT and f.size == 0:
-                raise ConstructError("variable")
+                return None
             size += f.size
-        else:
-            if not isinstance(f.repeat, int):
-                raise ConstructError("variable")
+        elif isinstance(f.repeat, int):
             size += f.repeat * sum(x.size for x in e.fields)
+        else:
+            return None
     return size
 
 
@@ -407,7 +309,7 @@ class _Names:
 
 
 def _format(f: Field) -> str:
-    """The ``struct`` format of a field's raw quantity (as :func:`_raw_construct` reads it)."""
+    """The ``struct`` format of a field's raw quantity (as :mod:`.structures` reads it)."""
     if f.wire in (Wire.TEXT, Wire.RESERVED, Wire.ALARMS):
         return f"{f.size}s"
     return ("bhi" if f.wire is Wire.INT else "BHI")[(1, 2, 4).index(f.size)]
@@ -451,17 +353,17 @@ def _record_source(fields: tuple[Field, ...], raw: str, names: _Names) -> str:
     return f"{{{items}}}"
 
 
-def _fixed_count(e: _Element) -> int:
+def _fixed_count(e: Element) -> int:
     repeat = e.fields[0].repeat
     return repeat if isinstance(repeat, int) else 1
 
 
-def _is_fixed(e: _Element) -> bool:
+def _is_fixed(e: Element) -> bool:
     f = e.fields[0]
     return not isinstance(f.repeat, str) and not (f.wire is Wire.TEXT and f.size == 0)
 
 
-def _fixed_run(run: list[_Element], names: _Names) -> list[str]:
+def _fixed_run(run: list[Element], names: _Names) -> list[str]:
     """Statements that decode consecutive fixed-size elements with one ``unpack_from``."""
     parser = struct.Struct(">" + "".join(
         "H" if e.kind == "word" else "".join(map(_format, e.fields)) * _fixed_count(e)
@@ -494,7 +396,7 @@ def _fixed_run(run: list[_Element], names: _Names) -> list[str]:
     return [*lines, f"at += {parser.size}"]
 
 
-def _counted(e: _Element, names: _Names) -> list[str]:
+def _counted(e: Element, names: _Names) -> list[str]:
     """Statements that decode an array or record group counted by an earlier field."""
     parser = struct.Struct(">" + "".join(_format(f) for f in e.fields))
     if e.kind == "array":
@@ -515,8 +417,8 @@ def _counted(e: _Element, names: _Names) -> list[str]:
 def _decoder(code: int, since: int) -> _Decoder:
     names = _Names()
     body = ["at = 0", "v = {}"]
-    run: list[_Element] = []
-    for e in _elements(COMMANDS[code].layouts[since]):
+    run: list[Element] = []
+    for e in shape(code, since):
         if _is_fixed(e):
             run.append(e)
             continue
@@ -544,25 +446,26 @@ def _decoder(code: int, since: int) -> _Decoder:
 
 def decode(command: Command, version: int, payload: bytes) -> Reading:
     """Decode a reply payload. Bytes past the layout are kept in ``extra``, never an error."""
-    layout_of(command, version)
-    since = max(v for v in command.layouts if v <= version)
+    since = _since(command, version)
     payload = bytes(payload)
     try:
         values, extra = _decoder(command.code, since).run(payload)
     except struct.error:
-        raise _why_not(command, version, _structure(command, version)[1], payload) from None
+        raise _why_not(command, version, payload) from None
     return Reading(command, version, values, extra)
 
 
 def interpret(command: Command, version: int, payload: bytes) -> Reading:
     """:func:`decode` through construct's interpreter: the reference for the compiled path."""
-    parser, elements = _structure(command, version)
+    from .structures import ConstructError, structure
+
+    since = _since(command, version)
     try:
-        parsed = parser.parse(payload)
+        parsed = structure(command.code, since).parse(payload)
     except ConstructError as exc:
-        raise _why_not(command, version, elements, payload) from exc
+        raise _why_not(command, version, payload) from exc
     values: dict[str, Value] = {}
-    for e in elements:
+    for e in shape(command.code, since):
         item = parsed[e.name]
         if e.kind == "word":
             values.update(item)
@@ -575,12 +478,11 @@ def interpret(command: Command, version: int, payload: bytes) -> Reading:
     return Reading(command, version, values, bytes(parsed[EXTRA]))
 
 
-def _why_not(command: Command, version: int, elements: tuple[_Element, ...],
-             payload: bytes) -> CodecError:
+def _why_not(command: Command, version: int, payload: bytes) -> CodecError:
     """Why a payload did not parse: too short for its layout, or a count that is no count."""
-    since = max(v for v in command.layouts if v <= version)
+    since = _since(command, version)
     size, counts = 0, {}
-    for e in elements:
+    for e in shape(command.code, since):
         f = e.fields[0]
         if e.kind in ("field", "word") and f.wire in (Wire.INT, Wire.UINT):
             raw = payload[size : size + f.size]
@@ -609,9 +511,11 @@ def _why_not(command: Command, version: int, elements: tuple[_Element, ...],
 
 def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes:
     """Encode values into a payload, without range checks (replies, round trips)."""
-    builder, elements = _structure(command, version)
+    from .structures import ConstructError, structure
+
+    since = _since(command, version)
     data: dict[str, Any] = {EXTRA: bytes(values.get(EXTRA, b""))}
-    for e in elements:
+    for e in shape(command.code, since):
         if e.kind == "word":
             data[e.name] = {f.key: values.get(f.key) for f in e.fields}
         elif e.kind == "records":
@@ -623,7 +527,7 @@ def encode(command: Command, version: int, values: Mapping[str, Value]) -> bytes
             if e.name not in values and e.fields[0].wire is not Wire.RESERVED:
                 raise SettingRefused(e.name, None, e.fields[0].writable_values, "is missing")
     try:
-        return bytes(builder.build(data))
+        return bytes(structure(command.code, since).build(data))
     except SettingRefused:
         raise
     except ConstructError as exc:

@@ -603,3 +603,17 @@ def test_layouts_compile_on_first_use_only() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True)
     assert done.stdout.split() == ["0", "1"]
+
+
+def test_construct_is_loaded_by_the_first_encode_not_by_decoding() -> None:
+    """A one-shot read decodes only: construct's 8 ms of import are not spent on it."""
+    script = ("import sys\n"
+              "from sermatec_bridge.protocol import codec, tables\n"
+              "command = tables.COMMANDS[0x0C]\n"
+              "reading = codec.decode(command, 609, bytes(4))\n"
+              "print('construct' in sys.modules, codec.fixed_size(command, 609))\n"
+              "codec.encode(command, 609, reading.values)\n"
+              "print('construct' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["False", "4", "True"]
