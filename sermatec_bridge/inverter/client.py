@@ -23,6 +23,7 @@ from ..protocol import codec, frame, tables
 from ..protocol.codec import Reading
 from ..protocol.model import Command, Kind
 from ..protocol.tables import COMMANDS, SYSTEM_INFO
+from .timing import ReplyTimer
 
 log = structlog.get_logger(__name__)
 
@@ -116,9 +117,13 @@ class InverterClient:
         backoff_max: float = 60.0,
         connect_attempts: int | None = 1,
         name: str | None = None,
+        timer: ReplyTimer | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.timeout = timeout
+        # How long to wait for each reply: always ``timeout`` unless a timer learns it.
+        self.timer = timer or ReplyTimer.fixed(timeout)
+        self._wait = timeout  # the last wait for a reply, for messages
         self.retries = retries
         self.backoff, self.backoff_max = backoff, backoff_max
         self.connect_attempts = connect_attempts
@@ -216,8 +221,8 @@ class InverterClient:
                         raise InverterBusy(
                             f"connected to {self.host}:{self.port} but the inverter does not "
                             f"answer: no reply 0x98 (the identity query) within "
-                            f"{self.timeout:g} s, {attempt} tries; it is probably busy with "
-                            "another client (the vendor app?)"
+                            f"{self._wait:g} s, {attempt} tries; it is probably busy with "
+                            "another client (the vendor app, or another bridge?)"
                         ) from exc
                     raise
                 self.log.warning("identity query failed, retrying", error=str(exc),
@@ -296,14 +301,20 @@ class InverterClient:
                 raise InverterUnreachable(f"the inverter at {self.host}:{self.port} hung up")
             self.log.warning("stray frame dropped", frame=str(item))
 
+    def _deadline(self) -> float:
+        """When the reply to what was just sent is late: the timer says how long to wait."""
+        self._wait = self.timer.timeout()
+        return asyncio.get_running_loop().time() + self._wait
+
     async def _await_frame(self, code: int, deadline: float) -> frame.Frame:
         loop = asyncio.get_running_loop()
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                self.timer.unanswered()
                 raise InverterTimeout(
                     f"no reply 0x{code:02x} from {self.host}:{self.port} "
-                    f"within {self.timeout:g} s"
+                    f"within {self._wait:g} s"
                 )
             try:
                 async with asyncio.timeout(remaining):  # not wait_for: it can lose a cancel
@@ -326,14 +337,18 @@ class InverterClient:
         self._send(command.code, payload)
         assert self._writer is not None
         await self._writer.drain()
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        started = asyncio.get_running_loop().time()
+        deadline = self._deadline()
         readings = []
         for code in expect:
             reply = await self._await_frame(code, deadline)
             readings.append(codec.decode_payload(reply.command, version, reply.payload))
+        if expect:
+            self.timer.answered(asyncio.get_running_loop().time() - started)
         return readings
 
-    async def _with_retries(self, command: Command, payload: bytes) -> list[Reading]:
+    async def _with_retries(self, command: Command, payload: bytes,
+                            retries: int) -> list[Reading]:
         attempt = 0
         while True:
             attempt += 1
@@ -347,7 +362,7 @@ class InverterClient:
             except (InverterTimeout, InverterUnreachable, OSError) as exc:
                 # The stream may still carry a late reply: never reuse it.
                 await self._drop_connection()
-                if attempt > self.retries:
+                if attempt > retries:
                     if isinstance(exc, OSError):
                         raise InverterUnreachable(
                             f"lost the inverter at {self.host}:{self.port}: {exc}"
@@ -374,17 +389,20 @@ class InverterClient:
         assert self.identity is not None
         return self.identity
 
-    async def exchange(self, command: Command, payload: bytes = b"") -> list[Reading]:
+    async def exchange(self, command: Command, payload: bytes = b"", *,
+                       retries: int | None = None) -> list[Reading]:
         """Inside a slot: one request and its decoded replies (none for a write).
 
         Reconnects first if needed, refuses a command the PCU version lacks before sending
-        it, and sends it again up to ``retries`` times, each time on a fresh connection.
-        After a write that makes the inverter hang up, the connection is closed here too.
+        it, and sends it again up to ``retries`` times (the client's, unless given), each
+        time on a fresh connection. After a write that makes the inverter hang up, the
+        connection is closed here too.
         """
         self._require_slot()
         await self._ensure_connected()  # the version may be unknown after a hang-up
         _refuse_unless_offered(command, self.version)
-        readings = await self._with_retries(command, payload)
+        readings = await self._with_retries(
+            command, payload, self.retries if retries is None else retries)
         if command.closes_connection:
             await self._drop_connection()
         return readings
@@ -411,7 +429,7 @@ class InverterClient:
             self._write_raw(request)
             assert self._writer is not None
             await self._writer.drain()
-            deadline = asyncio.get_running_loop().time() + self.timeout
+            deadline = self._deadline()
             return [await self._await_frame(code, deadline) for code in expect]
 
         replies = await self._failing_cleanly(send_and_collect())
@@ -438,14 +456,13 @@ class InverterClient:
             raise
 
     async def _register_pair(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
-        loop = asyncio.get_running_loop()
         self._discard_stale()
         self._write_raw(part1)
         try:
             assert self._writer is not None
             await self._writer.drain()
             try:
-                await self._await_frame(0xBB, loop.time() + self.timeout)
+                await self._await_frame(0xBB, self._deadline())
             except InverterTimeout:
                 self.log.warning("no acknowledgement of register query part 1; sending part 2")
         finally:
@@ -456,7 +473,7 @@ class InverterClient:
             else:
                 self.log.error("register query part 2 could not be sent: the inverter may "
                                  "stay blocked until it is power-cycled")
-        deadline = loop.time() + self.timeout
+        deadline = self._deadline()
         while True:
             reply = await self._await_frame(0xBB, deadline)
             if len(reply.payload) != 2:  # not a late acknowledgement of part 1
@@ -528,12 +545,14 @@ class Session:
     def version(self) -> int:
         return self.client.version
 
-    async def query(self, command: Command | int) -> list[Reading]:
+    async def query(self, command: Command | int, *,
+                    retries: int | None = None) -> list[Reading]:
+        """Ask a query; ``retries``: how often to ask again (the client's, unless given)."""
         cmd = _command(command)
         if cmd.kind is not Kind.QUERY:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is a {cmd.kind.value} command, "
                              "not a query")
-        return await self.client.exchange(cmd)
+        return await self.client.exchange(cmd, retries=retries)
 
     async def write(self, command: Command | int, values: Mapping[str, Any],
                     only: Collection[str] | None = None) -> None:

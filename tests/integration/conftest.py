@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import itertools
 import json
 import os
 import shutil
@@ -423,16 +422,14 @@ async def retained(port: int, topics: tuple[str, ...] = (f"{PREFIX}/#", f"{BASE}
 # The bridge, in process
 # --------------------------------------------------------------------------------------
 
-_client_ids = itertools.count()
-
-
 def bridge_overrides(broker_port: int, inverter_port: int, tmp_path: Path) -> dict[str, Any]:
     """Fast settings for a test bridge; tests merge their own changes on top."""
     return {
         "inverter": {"host": HOST, "port": inverter_port, "timeout": TIMEOUT, "retries": 1},
         "poll": {"live": LIVE, "energy": ENERGY, "slow": SLOW},
-        "mqtt": {"host": HOST, "port": broker_port, "keepalive": 5,
-                 "client_id": f"sermatec-bridge-test-{os.getpid()}-{next(_client_ids)}"},
+        # The default client id: each test has its own broker, and a bridge restarted in
+        # a test is the same bridge (its state topic, its session).
+        "mqtt": {"host": HOST, "port": broker_port, "keepalive": 5},
         "homeassistant": {"birth_delay": 0.3},
         "writes": {"enabled": False, "min_interval": 0, "confirm_timeout": 3.0},
         "health": {"file": str(tmp_path / "health.json"), "max_age": 30},
