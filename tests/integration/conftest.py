@@ -124,18 +124,19 @@ def mosquitto_bin() -> str:
 class Mosquitto:
     """A private Mosquitto on a fixed free loopback port; restartable on the same port.
 
-    No persistence: a restart loses every retained message, like a broker whose data
-    volume was lost. ``extra`` goes into the listener's section of the configuration
-    (TLS files, ``allow_anonymous``, ``password_file``...).
+    No persistence unless asked: a restart loses every retained message and session,
+    like a broker whose data volume was lost. ``extra`` goes into the listener's section
+    of the configuration (TLS files, ``allow_anonymous``, ``password_file``...).
     """
 
     def __init__(self, binary: str, workdir: Path, *, extra: str = "",
-                 anonymous: bool = True) -> None:
+                 anonymous: bool = True, persistence: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
         self.extra = extra
         self.anonymous = anonymous
+        self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         workdir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,8 @@ class Mosquitto:
     def _write_config(self) -> None:
         lines = [
             "per_listener_settings false",
-            "persistence false",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
             f"allow_anonymous {'true' if self.anonymous else 'false'}",
             "log_dest stderr",
             "log_type error",
