@@ -241,14 +241,12 @@ class Broker:
                     self.on_broker[topic] = text
                 return True
             self.signed[topic] = signer
-            if text == ONLINE:  # another bridge serves it now: it is not ours any more
+            if text == ONLINE and not retain:  # another bridge serves it from now on
                 self.desired.pop(topic, None)
-                self.on_broker.pop(topic, None)
             elif self.desired.get(topic) == ONLINE and text == OFFLINE:
                 log.warning("another bridge published offline for an inverter this one "
                             "serves: publishing online again", topic=quote(topic),
                             other=quote(signer))
-                self.on_broker[topic] = text
                 self.contested.add(topic)
             return True
         return False

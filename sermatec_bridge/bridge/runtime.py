@@ -271,17 +271,20 @@ class InverterRuntime:
         try:
             identity = await self.client.connect()
         except InverterError as exc:
-            await self._unreachable(str(exc))
+            await self._unreachable(exc)
             return False
         await self._identified(identity)
         return True
 
-    async def _unreachable(self, reason: str) -> None:
+    async def _unreachable(self, exc: InverterError, where: str = "") -> None:
         """The inverter cannot be reached: no group is due before the backoff is over."""
         self.attempts += 1
         delay = backoff(self.attempts, RECONNECT_FIRST, RECONNECT_MAX)
         self.scheduler.hold(delay)
-        await self._failed(reason, retry_in=round(delay, 1))
+        fields: dict[str, Any] = {"retry_in": round(delay, 1)}
+        if isinstance(exc, InverterBusy) and (others := self.publisher.broker.other_bridges()):
+            fields["other_bridges"] = ", ".join(others)  # one of them may hold it
+        await self._failed(f"{where}{exc}", **fields)
 
     async def _identified(self, identity: Identity) -> None:
         if self.identity is not None and identity.serial == self.identity.serial:
@@ -321,7 +324,7 @@ class InverterRuntime:
         except InverterError as exc:  # not one query: the inverter went away
             self.scheduler.done(key)
             self.stats.poll_failures += 1
-            await self._unreachable(f"{group.name}: {exc}")
+            await self._unreachable(exc, f"{group.name}: ")
             return
         self.scheduler.done(key)
         if not readings:
