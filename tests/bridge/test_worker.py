@@ -155,6 +155,24 @@ async def test_stop_answers_every_queued_write_without_applying_it(sim: Simulato
         await running.close()
 
 
+async def test_a_write_cut_short_by_the_shutdown_gets_its_answer(sim: Simulator) -> None:
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        sim.latency = 0.5  # the write's read takes a while
+        received = len(sim.received)
+        await write(running, "grid_soc_min", 41)
+        await until(lambda: 0x95 in list(sim.received)[received:], within=10)
+        await running.runtime.stop()
+        running.task.cancel()  # the shutdown's grace is over: the write is cut short
+        await asyncio.gather(running.task, return_exceptions=True)
+        assert len(running.results) == 1, "the write got its one answer"
+        assert running.results[0]["ok"] is False
+        assert running.results[0]["error"].startswith("interrupted: the bridge stopped")
+    finally:
+        await running.close()
+
+
 async def test_a_write_waits_for_the_inverter_until_its_deadline() -> None:
     async with Simulator(pcu=609) as sim:
         port = sim.port

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from faultproxy import FaultProxy
+
+from sermatec_bridge.inverter.client import InverterClient, InverterTimeout
 from sermatec_bridge.inverter.timing import MIN_TIMEOUT, ReplyTimer
+from sermatec_bridge.simulator import Simulator
 
 
 def test_the_configured_timeout_until_the_first_reply() -> None:
@@ -45,3 +50,13 @@ def test_fixed_is_always_the_configured_timeout() -> None:
     timer = ReplyTimer.fixed(7.0)
     timer.answered(0.01)
     assert timer.timeout() == 7.0
+
+
+async def test_a_lost_reply_costs_the_learnt_wait_not_the_configured_timeout() -> None:
+    async with Simulator(pcu=609) as sim, FaultProxy(sim.port or 0,
+                                                     never_answer={0x0A}) as link:
+        client = InverterClient("127.0.0.1", link.port, timeout=5.0, retries=0,
+                                timer=ReplyTimer(5.0))
+        async with client:  # its identity reply is the first round trip learnt
+            with pytest.raises(InverterTimeout, match=r"no reply 0x0a .* within 1 s"):
+                await client.query(0x0A)
