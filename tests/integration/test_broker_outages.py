@@ -174,7 +174,10 @@ async def test_the_bridge_that_lost_an_inverter_to_another_never_says_it_is_offl
                 on_broker = await retained(broker.port)
             finally:
                 await second.stop()
+            await asyncio.sleep(0.5)
+            gone = await retained(broker.port)  # the second stopped; the first still runs
         finally:
             await first.stop()
     assert "offline" not in said, "the first bridge left the inverter to the second"
     assert on_broker[topic("availability")] == "online"
+    assert gone[topic("availability")] == "offline", "nobody serves it: nobody says online"

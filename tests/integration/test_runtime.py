@@ -155,15 +155,14 @@ async def test_when_the_inverter_is_back_the_other_groups_are_read_at_once(
                              what="0x1e and 0x1f sent")
             await ha.wait_json(topic("live"), after=ha.mark(), within=10)  # polled after
             assert "offline" not in availability_said(ha), "one group without answer: online"
-            inverter.busy = True  # accepts, answers nothing: as if another client had it
-            inverter.cut()
+            inverter.stall()  # no answer any more, on this connection or a new one
             connections = inverter.connections
             await ha.wait_text(topic("availability"), "offline", within=30)
             # A poll stops at the first sign that the inverter is gone (its identity query
             # unanswered on a new connection); the next try waits for the backoff.
             assert inverter.connections - connections <= 3
             tried, mark = inverter.swallowed, ha.mark()
-            inverter.busy = False
+            inverter.resume()
             await ha.wait_text(topic("availability"), "online", after=mark, within=20)
             for group in ("energy", "settings", "system"):
                 await ha.wait_json(topic(group), after=mark, within=10)
