@@ -243,6 +243,7 @@ class Broker:
             self.signed[topic] = signer
             if text == ONLINE and not retain:  # another bridge serves it from now on
                 self.desired.pop(topic, None)
+                self.on_broker.pop(topic, None)  # nor is ours what the broker holds
             elif self.desired.get(topic) == ONLINE and text == OFFLINE:
                 log.warning("another bridge published offline for an inverter this one "
                             "serves: publishing online again", topic=quote(topic),
@@ -274,9 +275,9 @@ class Broker:
     def claim_availability(self) -> None:
         """Inverters this bridge announced before (in a run that crashed, say) are
         ``offline`` until they answer: the broker must not keep saying ``online`` for
-        them. Those another bridge signed are left alone."""
+        them. (Another bridge's are not in ``on_broker``: see :meth:`observe`.)"""
         for topic in list(self.on_broker):
-            if self.is_availability(topic) and self.served_elsewhere(topic) is None:
+            if self.is_availability(topic):
                 self.desired.setdefault(topic, OFFLINE)
 
 

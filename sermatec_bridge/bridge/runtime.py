@@ -6,10 +6,10 @@ inverter, so the client's one-request-in-flight rule holds and a storm of writes
 starve the live values.
 
 A poll publishes what its queries returned. A query that gets no answer (after
-``inverter.retries`` more tries) leaves its values out, as null, and the group is still
+``inverter.retries`` more tries) leaves its values null, and the group is still
 published; at the group's next poll that query is sent once, so a query the inverter
-never answers costs its group one reply timeout per interval and nothing else. How long
-a reply is waited for is learnt from the inverter's round trips (:mod:`..inverter.timing`).
+never answers costs its group one reply wait per interval and nothing else. How long a
+reply is waited for is learnt from the inverter's round trips (:mod:`..inverter.timing`).
 
 Availability follows polls, not single requests: ``online`` once a poll gets answers,
 ``offline`` after :data:`OFFLINE_AFTER` polls in a row got none (or the inverter could not
@@ -312,6 +312,7 @@ class InverterRuntime:
         started = time.monotonic()
         readings: list[Reading] = []
         missing: list[Query] = []
+        known = set(self.unanswered)  # queries that got no answer before this poll
         try:
             async with self.client.session() as session:
                 if self.client.identity is not None:
@@ -330,7 +331,8 @@ class InverterRuntime:
         if not readings:
             self.failing.add(key)
             self.stats.poll_failures += 1
-            await self._failed(f"{group.name}: none of its queries was answered")
+            if any(c.code not in known for c in missing):  # news, not a known silence
+                await self._failed(f"{group.name}: none of its queries was answered")
             return
         self.failing.discard(key)
         self.stats.polls[key] += 1

@@ -154,23 +154,25 @@ async def test_the_bridge_that_lost_an_inverter_to_another_never_says_it_is_offl
         ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
     """Two bridges behind one address (a load balancer, say): the inverter moves from the
     first to the second. Only the bridge that said ``online`` last may say ``offline``."""
-    async with FaultProxy(sim_port(sim)) as link:
-        first = RunningBridge(make_settings(broker.port, link.port, tmp_path, {
-            "inverter": {"retries": 2}})).start()
+    async with FaultProxy(sim_port(sim)) as link, Simulator(pcu=609, seed=3) as same:
+        first = RunningBridge(make_settings(broker.port, link.port, tmp_path)).start()
         try:
             await wait_ready(ha)
-            second = RunningBridge(make_settings(broker.port, sim_port(sim), tmp_path / "b", {
-                "mqtt": {"client_id": "second-bridge"}, "inverter": {"retries": 0}})).start()
+            # The inverter (the same serial) now reaches the second bridge.
+            second = RunningBridge(make_settings(broker.port, sim_port(same), tmp_path / "b", {
+                "mqtt": {"client_id": "second-bridge"}})).start()
             try:
-                link.busy = True  # the first bridge's way to the inverter goes silent,
-                link.cut()  # and the inverter takes the second bridge's connection
-                await eventually(lambda: second.bridge.workers[0].online, within=20,
-                                 what="the second bridge serving the inverter")
+                availability = topic("availability")
+                await eventually(
+                    lambda: first.bridge.broker.served_elsewhere(availability) is not None,
+                    within=20, what="the first bridge seeing the second serve the inverter")
                 mark = ha.mark()
+                link.busy = True  # and no longer the first: it gives the inverter up
+                link.cut()
                 await eventually(lambda: not first.bridge.workers[0].online, within=30,
                                  what="the first bridge giving the inverter up")
                 await asyncio.sleep(0.5)
-                said = [m.text for m in ha.on(topic("availability"), after=mark)]
+                said = [m.text for m in ha.on(availability, after=mark)]
                 on_broker = await retained(broker.port)
             finally:
                 await second.stop()
@@ -179,5 +181,5 @@ async def test_the_bridge_that_lost_an_inverter_to_another_never_says_it_is_offl
         finally:
             await first.stop()
     assert "offline" not in said, "the first bridge left the inverter to the second"
-    assert on_broker[topic("availability")] == "online"
-    assert gone[topic("availability")] == "offline", "nobody serves it: nobody says online"
+    assert on_broker[availability] == "online"
+    assert gone[availability] == "offline", "nobody serves it: nobody says online"
