@@ -183,3 +183,18 @@ async def test_the_bridge_that_lost_an_inverter_to_another_never_says_it_is_offl
     assert "offline" not in said, "the first bridge left the inverter to the second"
     assert on_broker[availability] == "online"
     assert gone[availability] == "offline", "nobody serves it: nobody says online"
+
+
+async def test_with_mqtt_3_1_1_the_bridge_serves_as_with_5(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """No session kept while away, no signatures: everything else as with MQTT 5."""
+    running = RunningBridge(make_settings(broker.port, sim_port(sim), tmp_path, {
+        **WRITES, "mqtt": {"protocol": "3.1.1"}})).start()
+    try:
+        await wait_ready(ha)
+        result = await ha.write("set/grid_soc_min", "33")
+    finally:
+        await running.stop()
+    assert result["ok"] is True, result
+    said = ha.on(topic("availability"))[0]
+    assert said.text == "online" and not getattr(said.properties, "UserProperty", None)
