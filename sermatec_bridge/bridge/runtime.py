@@ -12,10 +12,11 @@ never answers costs its group one reply wait per interval and nothing else. How 
 reply is waited for is learnt from the inverter's round trips (:mod:`..inverter.timing`).
 
 Availability follows polls, not single requests: ``online`` once a poll gets answers,
-``offline`` after :data:`OFFLINE_AFTER` polls in a row got none (or the inverter could not
-be reached). A group whose poll got no answer keeps its own interval; when the inverter
-comes back, the other groups are read again at once. An inverter that cannot be reached
-is tried again after 1, 2, 4 ... seconds, at most every :data:`RECONNECT_MAX` seconds.
+``offline`` after :data:`OFFLINE_AFTER` polls in a row got none or the inverter could not
+be reached (a connection it answers with its identity breaks the row). A group whose poll
+got no answer keeps its own interval; when the inverter comes back, the other groups are
+read again at once. An inverter that cannot be reached is tried again after 1, 2, 4 ...
+seconds, at most every :data:`RECONNECT_MAX` seconds.
 
 Interfaces for other parts of the bridge (the MQTT dispatcher, the app proxy):
 
@@ -105,6 +106,10 @@ class Availability:
         self.failures = 0
         changed, self.online = not self.online, True
         return changed
+
+    def answered(self) -> None:
+        """It answered something (who it is): the failures in a row start again."""
+        self.failures = 0
 
     def failure(self) -> bool:
         """Note a failure; True when that makes the inverter offline."""
@@ -273,6 +278,7 @@ class InverterRuntime:
         except InverterError as exc:
             await self._unreachable(exc)
             return False
+        self.availability.answered()
         await self._identified(identity)
         return True
 
