@@ -142,6 +142,20 @@ async def test_a_query_never_answered_costs_its_group_one_try_per_poll(
     assert "offline" not in availability_said(ha)
 
 
+async def test_hang_ups_polls_apart_do_not_take_the_inverter_offline(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    """No retries: each hang-up fails its poll, but the inverter answers the reconnection
+    (its identity) in between, so two of them are no row of failures."""
+    start_bridge({"inverter": {"retries": 0}})
+    await wait_ready(ha)
+    for served in (sim.clients, sim.clients + 1):
+        sim.inject(Fault.DROP)  # its next answer: the connection closed instead
+        await eventually(lambda s=served: sim.clients > s, within=10, what="a reconnection")
+    mark = ha.mark()
+    await ha.wait_json(topic("live"), after=mark, within=10)
+    assert "offline" not in availability_said(ha)
+
+
 async def test_when_the_inverter_is_back_the_other_groups_are_read_at_once(
         ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
     """The alarms group gets no answer at all; the inverter goes away and comes back: the
