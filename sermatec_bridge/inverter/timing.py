@@ -3,10 +3,11 @@
 The inverter answers in tens of milliseconds, so waiting the whole ``inverter.timeout``
 for a reply that was lost would cost every lost reply seconds of the poll schedule.
 :class:`ReplyTimer` estimates the wait as TCP does for its retransmissions (RFC 6298): a
-smoothed round trip plus four times its variation, never below :data:`MIN_TIMEOUT` and
-never above the configured timeout. Until the first reply it waits the configured
-timeout. Each reply that does not come doubles the next wait (up to the configured
-timeout), so an inverter that became slow is given the time it needs again.
+smoothed round trip plus four times its variation, and at least twice the round trip (an
+inverter that always takes the same time has no variation to speak of), never below
+:data:`MIN_TIMEOUT` and never above the configured timeout. Until the first reply it
+waits the configured timeout. Each reply that does not come doubles the next wait (up to
+the configured timeout), so an inverter that became slow is given the time it needs again.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ReplyTimer:
         """Seconds to wait for the reply to what is sent now."""
         if self.smoothed is None:
             return self.cap
-        estimate = max(self.floor, self.smoothed + 4 * self.variation)
+        estimate = max(self.floor, 2 * self.smoothed, self.smoothed + 4 * self.variation)
         return min(self.cap, estimate * 2.0 ** min(self.misses, 16))
 
     def answered(self, seconds: float) -> None:

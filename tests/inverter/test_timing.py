@@ -28,6 +28,13 @@ def test_a_slow_inverter_is_given_what_its_round_trips_need() -> None:
     assert 1.9 < timer.timeout() < 5.0
 
 
+def test_an_inverter_that_always_takes_the_same_time_is_given_twice_that() -> None:
+    timer = ReplyTimer(5.0)
+    for _ in range(50):
+        timer.answered(1.5)
+    assert timer.timeout() == 3.0
+
+
 def test_each_missed_reply_doubles_the_next_wait_up_to_the_configured_timeout() -> None:
     timer = ReplyTimer(5.0)
     timer.answered(0.02)
