@@ -146,10 +146,13 @@ class InverterSettings(_Section):
     )
     timeout: float = Field(
         default=5.0, ge=0.01, le=3600,
-        description="Seconds to wait for each answer from the inverter.",
+        description="Longest wait, in seconds, for an answer from the inverter; the bridge "
+        "waits less (at least 1 s) once it has seen how fast the inverter answers.",
     )
     retries: int = Field(
-        default=2, ge=0, description="How often a request that got no answer is sent again."
+        default=2, ge=0,
+        description="How often a request that got no answer is sent again (a query left "
+        "unanswered at its last poll is sent once).",
     )
     proxy_port: int | None = Field(
         default=None, ge=1, le=65535,
@@ -239,7 +242,10 @@ class MqttSettings(_Section):
         description="Password at the broker; from a file: SERMATEC_MQTT__PASSWORD_FILE.",
     )
     client_id: str = Field(
-        default="sermatec-bridge", min_length=1, description="MQTT client identifier."
+        default="sermatec-bridge", min_length=1,
+        description="MQTT client identifier, and this bridge's name: give each bridge on one "
+        "broker its own. Another than the default puts the bridge's state at "
+        "<base_topic>/bridge/<client_id>/state.",
     )
     base_topic: Topic = Field(
         default="sermatec",

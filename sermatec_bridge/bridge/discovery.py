@@ -148,6 +148,12 @@ def topic_id(serial: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", serial) or "_"
 
 
+def bridge_topic(base_topic: str, bridge_id: str | None = None) -> str:
+    """Where a bridge says ``online`` / ``offline`` (its last will): one topic per bridge,
+    ``<base>/bridge/<id>/state``, or ``<base>/bridge/state`` for the default one."""
+    return f"{base_topic}/bridge/{bridge_id}/state" if bridge_id else f"{base_topic}/bridge/state"
+
+
 @dataclass(frozen=True)
 class DiscoveryContext:
     """Who the inverter is and how the bridge publishes it."""
@@ -164,6 +170,7 @@ class DiscoveryContext:
     timeout: float = 5.0
     sw_version: str = __version__
     proxy: bool = False  # the app proxy is on: offer its diagnostic entity
+    bridge_id: str | None = None  # the bridge that serves it (None: the default one)
 
     @property
     def single_phase(self) -> bool:
@@ -318,7 +325,7 @@ def _base(ctx: DiscoveryContext, platform: str, key: str, name: str) -> dict[str
 def availability(ctx: DiscoveryContext) -> list[dict[str, str]]:
     """Online only while both the bridge and this inverter are."""
     return [
-        {"topic": f"{ctx.base_topic}/bridge/state"},
+        {"topic": bridge_topic(ctx.base_topic, ctx.bridge_id)},
         {"topic": f"{ctx.base_topic}/{ctx.node_id}/availability"},
     ]
 

@@ -10,6 +10,14 @@ differs. A retained message is published once per change, never twice on a start
 :class:`Publisher` is one inverter's view of it: availability, group states, write
 results, and the discovery lifecycle (:func:`discovery.plan`), which it runs only once
 the broker's holdings are known.
+
+Several bridges may share one broker and base topic. Each is known by its MQTT client id
+(the broker lets one connection use an id at a time): it has its own state topic and last
+will (:func:`discovery.bridge_topic`), and with MQTT 5 it signs each availability it
+publishes with its id (a user property, kept with the retained message). An inverter's
+``offline`` is published only by the bridge that last said it was ``online``: a second
+bridge that cannot reach an inverter, or one that lost it to another bridge, never takes
+it offline in Home Assistant, during its run or after it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import ssl
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -38,7 +45,13 @@ MQTT_LOG = throttled_stdlib("sermatec_bridge.mqtt", log, "mqtt client warnings")
 
 ONLINE, OFFLINE = "online", "offline"
 ORIGIN = discovery.ORIGIN_NAME.encode()
-SESSION_EXPIRY = 300  # seconds the broker keeps our subscriptions and queued writes
+# Seconds the broker keeps the bridge's session while it is away, and so the writes
+# published meanwhile: the oldest write the bridge can be handed after an outage.
+SESSION_EXPIRY = 30
+# Seconds the broker waits before it publishes the last will: a bridge that is back
+# within them (a restart, a short outage) never shows as offline in Home Assistant.
+WILL_DELAY = 5
+SIGNATURE = "bridge"  # MQTT 5 user property: the client id of the bridge that published
 LEARN_TIMEOUT = 3.0  # seconds to wait for the broker's retained messages at connect
 QUOTE = 200  # characters of a bad value quoted in results and logs
 INCOMING = 1000  # messages received and not yet handled; aiomqtt drops what comes beyond
@@ -64,18 +77,21 @@ class Broker:
         self.settings = settings
         self.base = settings.mqtt.base_topic
         self.prefix = settings.homeassistant.prefix
-        self.bridge_topic = f"{self.base}/bridge/state"
+        self.client_id = settings.mqtt.client_id
+        self.v5 = settings.mqtt.protocol == "5"
+        self.bridge_topic = discovery.bridge_topic(self.base, bridge_id(settings))
         # Only this client reads it (one per client id: the session keeps the subscription).
-        client_id = discovery.topic_id(settings.mqtt.client_id)
-        self.marker_topic = f"{self.base}/bridge/sync/{client_id}"
+        self.marker_topic = f"{self.base}/bridge/sync/{discovery.topic_id(self.client_id)}"
         self._marker = b""
         self.client: aiomqtt.Client | None = None
         self.desired: dict[str, str] = {self.bridge_topic: ONLINE}
         self.on_broker: dict[str, str] = {}
+        # availability topic -> the client id of the bridge that published it last (MQTT 5)
+        self.signed: dict[str, str] = {}
+        self.contested: set[str] = set()  # ours, said offline by another bridge
         self.ready = asyncio.Event()  # the broker's holdings are known on this connection
         self.learned = asyncio.Event()  # our marker came back: retained ones came before
         self.connections = 0
-        self.disconnected_at: float | None = None  # monotonic, for the age of a backlog
         self.results: asyncio.Queue[tuple[str, str, Properties | None]] = asyncio.Queue(RESULTS)
         self._lost = Tally(log, "write results not published")
 
@@ -94,11 +110,13 @@ class Broker:
             if mqtt.tls.insecure:
                 tls_context.check_hostname = False
                 tls_context.verify_mode = ssl.CERT_NONE
-        v5 = mqtt.protocol == "5"
-        properties = None
+        v5 = self.v5
+        properties = will_properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY
+            will_properties = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            will_properties.WillDelayInterval = WILL_DELAY
         return aiomqtt.Client(
             mqtt.host,
             mqtt.port,
@@ -106,7 +124,8 @@ class Broker:
             password=mqtt.password.get_secret_value() if mqtt.password else None,
             identifier=mqtt.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(self.bridge_topic, OFFLINE, qos=1, retain=True),
+            will=aiomqtt.Will(self.bridge_topic, OFFLINE, qos=1, retain=True,
+                              properties=will_properties),
             keepalive=mqtt.keepalive,
             tls_context=tls_context,
             tls_insecure=mqtt.tls.insecure if mqtt.tls.enabled else None,
@@ -115,9 +134,11 @@ class Broker:
             max_queued_incoming_messages=INCOMING,
             max_queued_outgoing_messages=OUTGOING,
             logger=MQTT_LOG,
-            # Writes published while the bridge is away are kept and answered (see README).
+            # MQTT 5: writes published while the bridge is away are kept for it, at most
+            # SESSION_EXPIRY seconds (see README). MQTT 3.1.1 cannot bound their age, so
+            # there the broker keeps nothing for the bridge while it is away.
             clean_start=False if v5 else 3,
-            clean_session=None if v5 else False,
+            clean_session=None if v5 else True,
             properties=properties,
         )
 
@@ -149,6 +170,10 @@ class Broker:
             if not retain:
                 log.warning("not connected to the broker: message lost", topic=quote(topic))
             return
+        if self.v5 and self.is_availability(topic):
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.UserProperty = [(SIGNATURE, self.client_id)]
+            self.signed[topic] = self.client_id
         try:
             await client.publish(topic, text, qos=1, retain=retain, properties=properties)
         except (aiomqtt.MqttError, ValueError) as exc:
@@ -224,8 +249,6 @@ class Broker:
         self.learned.clear()
 
     def disconnected(self) -> None:
-        if self.client is not None:
-            self.disconnected_at = time.monotonic()
         self.client = None
         self.ready.clear()
 
@@ -244,7 +267,8 @@ class Broker:
             log.warning("the broker did not echo our marker: going on without knowing all "
                         "it holds", within=LEARN_TIMEOUT)
 
-    def observe(self, topic: str, payload: bytes, retain: bool) -> bool:
+    def observe(self, topic: str, payload: bytes, retain: bool,
+                properties: Properties | None = None) -> bool:
         """Take note of a message on a topic the bridge owns; True when it was one."""
         if topic == self.marker_topic:
             if payload == self._marker:
@@ -254,17 +278,51 @@ class Broker:
             if retain and ORIGIN in payload:  # ours, from an earlier run (or before)
                 self.on_broker[topic] = payload.decode(errors="replace")
             return True
-        if topic.startswith(f"{self.base}/") and topic.endswith("/availability"):
-            if retain and payload:
-                self.on_broker[topic] = payload.decode(errors="replace")
+        if self.is_availability(topic):
+            text = payload.decode(errors="replace")
+            signer = dict(getattr(properties, "UserProperty", None) or ()).get(SIGNATURE)
+            if signer is None or signer == self.client_id:
+                if retain and payload:
+                    self.on_broker[topic] = text
+                return True
+            self.signed[topic] = signer
+            if text == ONLINE and not retain:  # another bridge serves it from now on
+                self.desired.pop(topic, None)
+                self.on_broker.pop(topic, None)  # nor is ours what the broker holds
+            elif self.desired.get(topic) == ONLINE and text == OFFLINE:
+                log.warning("another bridge published offline for an inverter this one "
+                            "serves: publishing online again", topic=quote(topic),
+                            other=quote(signer))
+                self.contested.add(topic)
             return True
         return False
 
+    def is_availability(self, topic: str) -> bool:
+        return topic.startswith(f"{self.base}/") and topic.endswith("/availability")
+
+    def served_elsewhere(self, topic: str) -> str | None:
+        """The client id of another bridge that said ``online`` for this inverter since
+        this one did (MQTT 5), else None."""
+        signer = self.signed.get(topic)
+        return signer if signer is not None and signer != self.client_id else None
+
+    def other_bridges(self) -> list[str]:
+        """The client ids of other bridges seen serving inverters on this broker."""
+        return sorted({s for s in self.signed.values() if s != self.client_id})
+
+    async def settle(self) -> None:
+        """Publish again what another bridge contested (see :meth:`observe`)."""
+        while self.contested:
+            topic = self.contested.pop()
+            if topic in self.desired and self.ready.is_set():
+                await self._send(topic, self.desired[topic], True)
+
     def claim_availability(self) -> None:
-        """Inverters announced before (by a run that crashed, say) are ``offline`` until
-        they answer: the broker must not keep saying ``online`` for them."""
+        """Inverters this bridge announced before (in a run that crashed, say) are
+        ``offline`` until they answer: the broker must not keep saying ``online`` for
+        them. (Another bridge's are not in ``on_broker``: see :meth:`observe`.)"""
         for topic in list(self.on_broker):
-            if topic.startswith(f"{self.base}/") and topic.endswith("/availability"):
+            if self.is_availability(topic):
                 self.desired.setdefault(topic, OFFLINE)
 
 
@@ -284,8 +342,14 @@ class Publisher:
 
     async def availability(self, online: bool) -> None:
         self.online = online
-        if self.topic_id is not None:
-            await self.broker.publish(self.topic("availability"), ONLINE if online else OFFLINE)
+        if self.topic_id is None:
+            return
+        topic = self.topic("availability")
+        if not online and (other := self.broker.served_elsewhere(topic)) is not None:
+            log.info("not publishing offline: another bridge serves this inverter now",
+                     topic=quote(topic), other=quote(other))
+            return
+        await self.broker.publish(topic, ONLINE if online else OFFLINE)
 
     async def state(self, group: str, payload: Mapping[str, Any]) -> None:
         await self.broker.publish(self.topic(group), dict(payload))
@@ -315,6 +379,14 @@ class Publisher:
                                   self.broker.on_broker)
         for topic, text in plan:
             await self.broker.publish(topic, text)
+
+
+def bridge_id(settings: Settings) -> str | None:
+    """This bridge's id in topics: its client id, made topic-safe; None for the default
+    client id (a single bridge keeps the plain ``<base>/bridge/state``)."""
+    client_id = settings.mqtt.client_id
+    default = type(settings.mqtt).model_fields["client_id"].default
+    return None if client_id == default else discovery.topic_id(client_id)
 
 
 async def publish_result(broker: Broker, topic_id: str, body: dict[str, Any],

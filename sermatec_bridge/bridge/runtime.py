@@ -5,6 +5,19 @@ command from the intake, then the next due group, and so on. Nothing else talks 
 inverter, so the client's one-request-in-flight rule holds and a storm of writes cannot
 starve the live values.
 
+A poll publishes what its queries returned. A query that gets no answer (after
+``inverter.retries`` more tries) leaves its values null, and the group is still
+published; at the group's next poll that query is sent once, so a query the inverter
+never answers costs its group one reply wait per interval and nothing else. How long a
+reply is waited for is learnt from the inverter's round trips (:mod:`..inverter.timing`).
+
+Availability follows polls, not single requests: ``online`` once a poll gets answers,
+``offline`` after :data:`OFFLINE_AFTER` polls in a row got none or the inverter could not
+be reached (a connection it answers with its identity breaks the row). A group whose poll
+got no answer keeps its own interval; when the inverter comes back, the other groups are
+read again at once. An inverter that cannot be reached is tried again after 1, 2, 4 ...
+seconds, at most every :data:`RECONNECT_MAX` seconds.
+
 Interfaces for other parts of the bridge (the MQTT dispatcher, the app proxy):
 
 - :meth:`InverterRuntime.exchange` runs a job with a client :class:`Session` in one
@@ -28,14 +41,26 @@ from paho.mqtt.properties import Properties
 
 from .. import __version__
 from ..config import InverterSettings, Settings
-from ..inverter.client import Identity, InverterClient, InverterError, Session
-from ..protocol.codec import CodecError, Reading
+from ..inverter.client import (
+    Identity,
+    InverterBusy,
+    InverterClient,
+    InverterError,
+    InverterTimeout,
+    MalformedReply,
+    Session,
+    backoff,
+)
+from ..inverter.timing import ReplyTimer
+from ..protocol import codec
+from ..protocol.codec import Reading
+from ..protocol.model import Command as Query
 from . import discovery, metrics
 from .groups import BY_KEY, GROUPS
 from .intake import Command, Intake, Refusal
-from .publisher import Broker, Publisher, quote, refusal
+from .publisher import Broker, Publisher, bridge_id, quote, refusal
 from .schedule import Scheduler
-from .state import EnergyGuard, state_payload
+from .state import EnergyGuard, derived_fields, is_published, state_payload
 from .writes import Writer
 
 log = structlog.get_logger(__name__)
@@ -44,6 +69,9 @@ T = TypeVar("T")
 
 COMMAND_DEADLINE = 30.0  # seconds a write may wait for its turn before it is "expired"
 STOP_GRACE = 2.0  # seconds a running poll or write may take to finish at shutdown
+OFFLINE_AFTER = 2  # polls in a row without an answer (or failed connects) before "offline"
+RECONNECT_FIRST, RECONNECT_MAX = 1.0, 60.0  # seconds between tries to reach the inverter
+RETRY_PAUSE = 0.1  # seconds (about) before a request that got no answer is sent again
 
 
 @dataclass(eq=False, kw_only=True)
@@ -68,7 +96,7 @@ class ExchangeCommand(Command):
 
 
 class Availability:
-    """Online while exchanges succeed; offline after ``threshold`` failures in a row."""
+    """Online while polls get answers; offline after ``threshold`` failures in a row."""
 
     def __init__(self, threshold: int) -> None:
         self.threshold = max(1, threshold)
@@ -81,6 +109,10 @@ class Availability:
         changed, self.online = not self.online, True
         return changed
 
+    def answered(self) -> None:
+        """It answered something (who it is): the failures in a row start again."""
+        self.failures = 0
+
     def failure(self) -> bool:
         """Note a failure; True when that makes the inverter offline."""
         self.failures += 1
@@ -88,6 +120,17 @@ class Availability:
             self.online = False
             return True
         return False
+
+
+def unknown_values(queries: list[Query], version: int) -> dict[str, None]:
+    """Null (unknown in Home Assistant) for every value these queries would have brought."""
+    out: dict[str, None] = {}
+    for query in queries:
+        for f in codec.layout_of(query, version):
+            if f.group is not None or is_published(f):
+                out[f.group or f.key] = None
+    out.update(dict.fromkeys(f.key for f in derived_fields(set(out))))
+    return out
 
 
 class InverterRuntime:
@@ -101,7 +144,8 @@ class InverterRuntime:
         self.log = log.bind(inverter=config.label)
         self.client = InverterClient(
             config.host, config.port, timeout=config.timeout, retries=config.retries,
-            connect_attempts=1, name=config.label,
+            backoff=RETRY_PAUSE, connect_attempts=1, name=config.label,
+            timer=ReplyTimer(config.timeout),
         )
         self.writer = Writer(self.client, min_interval=settings.writes.min_interval,
                              confirm_timeout=settings.writes.confirm_timeout)
@@ -109,7 +153,10 @@ class InverterRuntime:
         self.scheduler = Scheduler(
             {g.key: float(getattr(poll, g.interval)) for g in GROUPS}, start=start)
         self.intake = Intake()
-        self.availability = Availability(config.retries)
+        self.availability = Availability(OFFLINE_AFTER)
+        self.unanswered: set[int] = set()  # queries that got no answer at their last poll
+        self.failing: set[str] = set()  # groups whose last poll got no answer at all
+        self.attempts = 0  # tries to reach the inverter that failed since it last answered
         self.publisher = Publisher(broker, settings)
         self.identity: Identity | None = None
         self.dsp_version: str | None = None
@@ -118,7 +165,6 @@ class InverterRuntime:
         self.last_poll: float | None = None
         self.last_publish: float | None = None
         self.stopping = False
-        self.reconnect_delay = float(poll.live)
         self._wake = asyncio.Event()
         self.on_identified: Callable[[InverterRuntime], Awaitable[None]] | None = None
 
@@ -239,26 +285,44 @@ class InverterRuntime:
             self.log.exception("cleaning up after a failed runtime failed")
 
     async def _connect(self) -> bool:
-        """Connect and read the identity; on failure, try again after the live interval."""
+        """Connect and read the identity; on failure, wait longer before the next try."""
         try:
             identity = await self.client.connect()
         except InverterError as exc:
-            self.scheduler.hold(self.reconnect_delay)
-            await self._failed(str(exc))
+            await self._unreachable(exc)
             return False
+        self.availability.answered()
         await self._identified(identity)
         return True
+
+    async def _unreachable(self, exc: InverterError, where: str = "") -> None:
+        """The inverter cannot be reached: no group is due before the backoff is over."""
+        self.attempts += 1
+        delay = backoff(self.attempts, RECONNECT_FIRST, RECONNECT_MAX)
+        self.scheduler.hold(delay)
+        fields: dict[str, Any] = {"retry_in": round(delay, 1)}
+        if isinstance(exc, InverterBusy) and (others := self.publisher.broker.other_bridges()):
+            fields["other_bridges"] = ", ".join(others)  # one of them may hold it
+        await self._failed(f"{where}{exc}", **fields)
 
     async def _identified(self, identity: Identity) -> None:
         if self.identity is not None and identity.serial == self.identity.serial:
             self.identity = identity
             return
-        first = self.identity is None
+        if self.identity is not None:
+            self.log.warning("another inverter answers at this address: announcing it, "
+                             "and the one before as offline", serial_before=self.serial,
+                             serial_now=identity.serial)
+            await self.publisher.availability(False)  # retained: its controls look dead
+            self.publisher.online = None
+            self.guard = EnergyGuard()  # its counters are not this one's
+            self.dsp_version = None
+            self.unanswered.clear()
+            self.failing.clear()
+            self.scheduler.refresh()
         self.identity = identity
         self.publisher.topic_id = discovery.topic_id(identity.serial)
         self.log = self.log.bind(serial=identity.serial)
-        if not first:
-            self.log.warning("another inverter answers at this address: announcing it")
         if self.on_identified is not None:
             await self.on_identified(self)
 
@@ -266,22 +330,33 @@ class InverterRuntime:
         group = BY_KEY[key]
         started = time.monotonic()
         readings: list[Reading] = []
+        missing: list[Query] = []
+        known = set(self.unanswered)  # queries that got no answer before this poll
         try:
             async with self.client.session() as session:
                 if self.client.identity is not None:
                     await self._identified(self.client.identity)
                 for command in group.commands(session.version):
-                    readings += await session.query(command)
-        except (InverterError, CodecError) as exc:
-            # CodecError: a reply that does not fit the tables (too short)
+                    answer = await self._query(session, command, group.name)
+                    readings += answer
+                    if not answer:
+                        missing.append(command)
+        except InverterError as exc:  # not one query: the inverter went away
             self.scheduler.done(key)
             self.stats.poll_failures += 1
-            await self._failed(f"{group.name}: {exc}")
+            await self._unreachable(exc, f"{group.name}: ")
             return
         self.scheduler.done(key)
+        if not readings:
+            self.failing.add(key)
+            self.stats.poll_failures += 1
+            if any(c.code not in known for c in missing):  # news, not a known silence
+                await self._failed(f"{group.name}: none of its queries was answered")
+            return
+        self.failing.discard(key)
         self.stats.polls[key] += 1
         self.stats.poll_seconds += time.monotonic() - started
-        await self._succeeded()
+        await self._succeeded(key)
         identity = self.identity
         assert identity is not None
         for reading in readings:
@@ -293,31 +368,65 @@ class InverterRuntime:
             await self.publisher.announce(self.context())
         payload = state_payload(key, readings, datetime.now(UTC).astimezone(), self.guard,
                                 battery_make=identity.battery_make)
-        await self.publisher.state(key, payload)
+        await self.publisher.state(key, {**unknown_values(missing, identity.version),
+                                         **payload})
         if key == "live" and self.config.proxy_port is not None:
             await self.publisher.state("proxy", self.stats.proxy.state())
         self.last_publish = time.time()
 
-    async def _succeeded(self) -> None:
+    async def _query(self, session: Session, command: Query, group: str) -> list[Reading]:
+        """One query of a poll; no readings when the inverter does not answer it.
+
+        A query that got no answer at its last poll is sent once: no retries. Raises
+        :class:`InverterError` when the inverter itself is gone (hung up, not reachable,
+        no answer even to its identity query).
+        """
+        code = command.code
+        try:
+            readings = await session.query(
+                command, retries=0 if code in self.unanswered else None)
+        except (InverterTimeout, MalformedReply) as exc:
+            # MalformedReply: a reply that does not fit the tables (too short); the client
+            # dropped that connection, the next query of the poll opens a new one
+            if isinstance(exc, InverterBusy):
+                raise  # it did not even answer who it is, on a fresh connection
+            if code not in self.unanswered:
+                self.unanswered.add(code)
+                self.log.warning("query not answered: its values are null until it is; "
+                                 "from now on it is sent once per poll", group=group,
+                                 query=command.label, reason=quote(str(exc)))
+            return []
+        if code in self.unanswered:
+            self.unanswered.discard(code)
+            self.log.info("query answered again", group=group, query=command.label)
+        return readings
+
+    async def _succeeded(self, key: str) -> None:
+        """A poll got answers: the inverter is online (and reachable: no more backoff)."""
+        self.attempts = 0
         if self.availability.success():
             self.log.info("inverter online")
-            self.refresh()  # everything again, now that it answers
+            # What was published before it went away is old: read it again now, except
+            # the groups that get no answer on their own (they keep their interval).
+            self.scheduler.refresh([g.key for g in GROUPS
+                                    if g.key != key and g.key not in self.failing])
         if self.publisher.online is not True:
             await self.publisher.availability(True)
 
-    async def _failed(self, reason: str) -> None:
+    async def _failed(self, reason: str, **fields: Any) -> None:
         was_online = self.availability.online
         went_offline = self.availability.failure()
         failures = self.availability.failures
         if went_offline:
-            self.log.warning("inverter offline", reason=quote(reason), failures=failures)
+            self.log.warning("inverter offline", reason=quote(reason), failures=failures,
+                             **fields)
         elif failures == 1:
             self.log.warning("inverter not answering" if was_online or self.identity
                              else "inverter not reachable yet", reason=quote(reason),
-                             host=f"{self.config.host}:{self.config.port}")
+                             host=f"{self.config.host}:{self.config.port}", **fields)
         else:
             self.log.debug("inverter still not answering", reason=quote(reason),
-                           failures=failures)
+                           failures=failures, **fields)
         if not self.availability.online and self.publisher.online is not False:
             await self.publisher.availability(False)
 
@@ -397,4 +506,5 @@ class InverterRuntime:
             timeout=self.config.timeout,
             sw_version=__version__,
             proxy=self.config.proxy_port is not None,
+            bridge_id=bridge_id(self.settings),
         )

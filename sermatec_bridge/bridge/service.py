@@ -32,6 +32,7 @@ from . import health, metrics, proxy
 from .intake import Intake, Refusal
 from .policy import Policy
 from .publisher import OFFLINE, Broker, publish_result, quote, refusal, valid_topic_name
+from .retry import SETTLED, BrokerRetry
 from .runtime import COMMAND_DEADLINE, STOP_GRACE, InverterRuntime, WriteCommand
 from .writes import WriteRefused, WriteResult, parse_request
 
@@ -120,8 +121,7 @@ class Bridge:
         await _cancel(workers)  # no poll may publish "online" after the goodbye
         await self.broker.flush(STOP_GRACE)  # every result before the last "offline"
         for w in self.workers:
-            if w.topic_id is not None:
-                await self.broker.publish(w.publisher.topic("availability"), OFFLINE)
+            await w.publisher.availability(False)
         await self.broker.publish(self.broker.bridge_topic, OFFLINE)
 
     async def _keep_running(self, worker: InverterRuntime) -> None:
@@ -169,40 +169,41 @@ class Bridge:
     # ----------------------------------------------------------------------------------
 
     async def _mqtt_loop(self) -> None:
-        attempt = 0
         mqtt = self.settings.mqtt
+        where = f"{mqtt.host}:{mqtt.port}"
+        retry = BrokerRetry(mqtt)
         while True:
             try:
                 async with self.broker.connect() as client:
-                    attempt = 0
+                    away = retry.connected()
                     _no_delay(client)
                     self.broker.connected(client)
-                    log.info("mqtt connected", broker=f"{mqtt.host}:{mqtt.port}")
+                    log.info("mqtt connected", broker=where,
+                             **({} if away is None else {"after": round(away, 1)}))
                     async with asyncio.TaskGroup() as group:
                         reader = group.create_task(self._read(client))
                         delivery = group.create_task(self.broker.deliver())
                         await self._subscribe(client)
                         await self.broker.learn()
-                        self.broker.claim_availability()
                         self.broker.ready.set()
                         for w in self.workers:
                             await w.publisher.reconcile()
                         await self.broker.sync()
+                        # What an earlier run left "online" is claimed only once this
+                        # connection has lasted: a second bridge with the same client id
+                        # (pushed out by the first within a second) claims nothing.
+                        await asyncio.sleep(SETTLED)
+                        self.broker.claim_availability()
+                        await self.broker.sync()
                         await reader
                         delivery.cancel()
             except* aiomqtt.MqttError as group_error:
-                exc = group_error.exceptions[0]
                 self.broker.disconnected()
-                attempt += 1
-                delay = backoff(attempt, 1.0, 60.0)
-                fields: dict[str, Any] = {}
-                if "timed out" in str(exc).lower():
-                    fields["hint"] = (
-                        "the broker did not answer: is it a TLS listener (mqtt.tls.enabled)?"
-                        if not mqtt.tls.enabled else "the broker did not answer")
-                log.warning("mqtt connection failed, retrying", broker=f"{mqtt.host}:{mqtt.port}",
-                            error=str(exc), retry_in=round(delay, 1), **fields)
-                await asyncio.sleep(delay)
+                step = retry.failed(group_error.exceptions[0])
+                if step.event is not None:
+                    getattr(log, step.level)(step.event, broker=where,
+                                             retry_in=round(step.delay, 2), **step.fields)
+                await asyncio.sleep(step.delay)
             finally:
                 self.broker.disconnected()
 
@@ -232,7 +233,8 @@ class Bridge:
             if payload.strip() == b"online":
                 self._home_assistant_born()
             return
-        if self.broker.observe(topic, payload, bool(message.retain)):
+        if self.broker.observe(topic, payload, bool(message.retain), message.properties):
+            await self.broker.settle()
             return
         levels = topic[len(self.broker.base) + 1:].split("/")
         if len(levels) < 2 or levels[1] != "set" or levels[-1] == "result":
@@ -258,13 +260,6 @@ class Bridge:
             if retained:
                 raise WriteRefused("refused: a retained message is never applied (publish "
                                    "writes without the retain flag)")
-            if not self.broker.ready.is_set():
-                age = (time.monotonic() - self.broker.disconnected_at
-                       if self.broker.disconnected_at is not None else None)
-                if age is None or age > self.command_deadline:
-                    raise WriteRefused(
-                        "expired: published while the bridge was away"
-                        + (f" (up to {age:.0f} s ago)" if age is not None else ""))
             if not self.settings.writes.enabled:
                 raise WriteRefused("writes are disabled (writes.enabled / "
                                    "SERMATEC_WRITES__ENABLED=true turns them on)")

@@ -42,6 +42,7 @@ CLOCK_PRESSES = ("press", "now")  # the button's payload_press (PRESS), or "now"
 FORCED_SCHEDULE = "forced_schedule"
 MAX_PAYLOAD = 16 * 1024  # bytes; a full forced schedule is well under 1 KiB
 MAX_NUMBER = 30  # characters of a number: enough for any setting, far from 4300 digits
+RESENDS = 2  # times a write that the read-back does not show yet is sent again
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # ASCII only
 
 
@@ -482,6 +483,12 @@ class Writer:
         """Read back until the inverter shows every new value, within the request's
         confirmation budget (``writes.confirm_timeout``).
 
+        A write gets no reply, so a write frame the link lost shows only here: while the
+        read-back does not show the new values, the same block is sent again (at most
+        :data:`RESENDS` times; the block is the one validated, so sending it twice is
+        harmless). Otherwise a lost frame would hold the queue slot, and the live values,
+        for the whole budget.
+
         ``version`` is the one the write was built for: after a write that makes the
         inverter hang up, the session only learns it again on the next read.
         """
@@ -492,6 +499,7 @@ class Writer:
         expected = plan.pending
         wrong: dict[str, Value] = {}
         delay = 0.2
+        resends = RESENDS
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
@@ -500,6 +508,11 @@ class Writer:
                              if k in shown and not same(plan.command, version, k, shown[k], v)}
                     if not wrong:
                         break
+                    if resends:
+                        resends -= 1
+                        log.info("the read-back does not show the write yet: sent again",
+                                 command=plan.command.label, settings=", ".join(wrong))
+                        await session.write(plan.command, plan.block, only=plan.pending)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         except TimeoutError:

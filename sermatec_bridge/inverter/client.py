@@ -29,6 +29,7 @@ from ..protocol import codec, frame, tables
 from ..protocol.codec import Reading
 from ..protocol.model import Command, Kind
 from ..protocol.tables import COMMANDS, REGISTER_QUERY, SYSTEM_INFO
+from .timing import ReplyTimer
 
 log = get_logger(__name__)
 
@@ -278,12 +279,15 @@ class InverterClient:
         name: str | None = None,
         identity: Identity | None = None,
         streams: Streams | None = None,
+        timer: ReplyTimer | None = None,
     ) -> None:
         """``identity``: who the inverter is, if known (the CLI caches it); the first
-        connection then skips the identity query."""
+        connection then skips the identity query. ``timer``: how long to wait for each
+        reply (learnt from the round trips); unset, always ``timeout``."""
         self.host, self.port = host, port
         self.streams = streams or (lambda: asyncio.open_connection(host, port))
         self.timeout = timeout
+        self.timer = timer or ReplyTimer.fixed(timeout)
         self.retries = retries
         self.backoff, self.backoff_max = backoff, backoff_max
         self.connect_attempts = connect_attempts
@@ -316,7 +320,7 @@ class InverterClient:
 
     def reply_timeout(self, command: Command) -> float:
         """Seconds an exchange of ``command`` may take: read here for every exchange."""
-        return self.timeout
+        return self.timer.timeout()
 
     # ----------------------------------------------------------------------------------
     # Connections
@@ -415,7 +419,8 @@ class InverterClient:
                             f"connected to {self.where} but the inverter does not answer: "
                             f"no reply 0x98 (the identity query) within "
                             f"{self.reply_timeout(SYSTEM_INFO):g} s, {attempt} tries; it is "
-                            "probably busy with another client (the vendor app?)"
+                            "probably busy with another client (the vendor app, or another "
+                            "bridge?)"
                         ) from exc
                     raise
                 self.log.warning("identity query failed, retrying", error=str(exc),
@@ -445,15 +450,22 @@ class InverterClient:
         connection = self._connection
         if connection is None or not connection.open:
             raise InverterUnreachable(f"not connected to {self.where}")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            return await connection.exchange(command.code, request, replies,
-                                             self.reply_timeout(command), accept)
+            answer = await connection.exchange(command.code, request, replies,
+                                               self.reply_timeout(command), accept)
         except InverterError as exc:
+            if replies and isinstance(exc, InverterTimeout):
+                self.timer.unanswered()
             self._drop(exc)
             raise
         except BaseException:  # cancelled: the reply may still come, to no one
             self._drop(InverterError(f"{command.label} abandoned"))
             raise
+        if replies:
+            self.timer.answered(loop.time() - started)
+        return answer
 
     def _decode(self, reply: frame.Frame, version: int) -> Reading:
         """A reply's values; a payload that does not fit the tables ends the connection."""
@@ -485,13 +497,16 @@ class InverterClient:
         assert self.identity is not None
         return self.identity
 
-    async def exchange(self, command: Command, payload: bytes = b"") -> list[Reading]:
+    async def exchange(self, command: Command, payload: bytes = b"", *,
+                       retries: int | None = None) -> list[Reading]:
         """Inside a slot: one request and its decoded replies (none for a write).
 
         Reconnects first if needed, refuses a command the PCU version lacks before sending
-        it, and sends it again up to ``retries`` times, each time on a fresh connection.
-        After a write that makes the inverter hang up, the connection is closed here too.
+        it, and sends it again up to ``retries`` times (the client's, unless given), each
+        time on a fresh connection. After a write that makes the inverter hang up, the
+        connection is closed here too.
         """
+        retries = self.retries if retries is None else retries
         self._require_slot()
         await self._ready()  # the version may be unknown after a hang-up
         _refuse_unless_offered(command, self.version)
@@ -505,7 +520,7 @@ class InverterClient:
                 replies = await self._attempt(command, request, expect)
                 break
             except (InverterTimeout, InverterUnreachable) as exc:
-                if attempt > self.retries:
+                if attempt > retries:
                     raise
                 self.log.warning("request failed, retrying", command=command.label,
                                  error=str(exc), attempt=attempt)
@@ -619,12 +634,14 @@ class Session:
     def version(self) -> int:
         return self.client.version
 
-    async def query(self, command: Command | int) -> list[Reading]:
+    async def query(self, command: Command | int, *,
+                    retries: int | None = None) -> list[Reading]:
+        """Ask a query; ``retries``: how often to ask again (the client's, unless given)."""
         cmd = _command(command)
         if cmd.kind is not Kind.QUERY:
             raise NotOffered(f"{cmd.label} ({cmd.name}) is a {cmd.kind.value} command, "
                              "not a query")
-        return await self.client.exchange(cmd)
+        return await self.client.exchange(cmd, retries=retries)
 
     async def write(self, command: Command | int, values: Mapping[str, Any],
                     only: Collection[str] | None = None) -> None:

@@ -7,6 +7,7 @@ The broker is never connected here: what the runtime wants retained shows in
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -51,6 +52,11 @@ class Running:
     def availability(self) -> str | None:
         return self.broker.desired.get(self.runtime.publisher.topic("availability"))
 
+    def live(self) -> dict[str, Any]:
+        """The live state the runtime wants on the broker (empty before the first)."""
+        state = self.broker.desired.get(self.runtime.publisher.topic("live"))
+        return json.loads(state) if state else {}
+
     async def close(self) -> None:
         await self.runtime.stop()
         self.task.cancel()
@@ -64,16 +70,19 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-async def test_a_reply_too_short_for_the_tables_takes_the_inverter_offline_not_the_worker(
+async def test_a_reply_too_short_for_the_tables_leaves_its_values_unknown(
         sim: Simulator) -> None:
     running = Running(sim.port)
     try:
         await until(lambda: running.runtime.online)
         handle = answer_instead(sim, 0x0A, [(0x0A, b"\x00\x01")])  # too short for its layout
-        await until(lambda: running.availability() == "offline")
-        assert not running.task.done()
+        await until(lambda: running.live().get("battery_soc", 0) is None)
+        live = running.live()
+        assert live["battery_voltage"] is None, "the battery query's values are unknown"
+        assert isinstance(live["grid_frequency"], float), "the other queries' are there"
+        assert running.availability() == "online" and not running.task.done()
         sim.model.handle = handle  # type: ignore[method-assign]
-        await until(lambda: running.availability() == "online")
+        await until(lambda: isinstance(running.live().get("battery_soc"), float | int))
     finally:
         await running.close()
 
@@ -134,6 +143,24 @@ async def test_stop_answers_every_queued_write_without_applying_it(sim: Simulato
         assert len(running.results) == 3, "a result for every write, the running one too"
         assert 0x66 not in list(sim.received)[received:] or running.results[-1]["ok"]
         assert sim.model.settings["grid_soc_min"] in (before, 40)
+    finally:
+        await running.close()
+
+
+async def test_a_write_cut_short_by_the_shutdown_gets_its_answer(sim: Simulator) -> None:
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        sim.latency = 0.5  # the write's read takes a while
+        received = len(sim.received)
+        await write(running, "grid_soc_min", 41)
+        await until(lambda: 0x95 in list(sim.received)[received:], within=10)
+        await running.runtime.stop()
+        running.task.cancel()  # the shutdown's grace is over: the write is cut short
+        await asyncio.gather(running.task, return_exceptions=True)
+        assert len(running.results) == 1, "the write got its one answer"
+        assert running.results[0]["ok"] is False
+        assert running.results[0]["error"].startswith("interrupted: the bridge stopped")
     finally:
         await running.close()
 

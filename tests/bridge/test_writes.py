@@ -226,6 +226,17 @@ async def test_a_clock_value_in_a_json_request_is_checked_too() -> None:
     assert 0x68 not in sim.received
 
 
+async def test_the_clock_with_another_setting_is_refused_whole() -> None:
+    async with Simulator(pcu=609) as sim:
+        before = sim.model.settings["grid_soc_min"]
+        async with InverterClient("127.0.0.1", sim.port or 0) as client:
+            result = await Writer(client, min_interval=0).apply(
+                {"clock": "now", "grid_soc_min": before + 5})
+    assert not result.ok and result.error == "set the clock on its own"
+    assert not result.sent and sim.model.settings["grid_soc_min"] == before
+    assert 0x68 not in sim.received and 0x66 not in sim.received
+
+
 # --------------------------------------------------------------------------------------
 # Custom mode at PCU 259-499: 0x95 does not show custom_charge_tip
 # --------------------------------------------------------------------------------------
@@ -253,6 +264,37 @@ async def test_custom_mode_without_a_readable_field() -> None:
 # --------------------------------------------------------------------------------------
 # Results: written or not; confirmation within writes.confirm_timeout
 # --------------------------------------------------------------------------------------
+
+
+async def test_a_write_frame_the_link_lost_is_sent_again() -> None:
+    async with Simulator(pcu=609) as sim:
+        apply, lost = sim.model.apply, [1]
+
+        def lose_the_first(command: Command, payload: bytes) -> bool:
+            if lost[0]:
+                lost[0] -= 1
+                return False
+            return apply(command, payload)
+
+        sim.model.apply = lose_the_first  # type: ignore[method-assign]
+        async with InverterClient("127.0.0.1", sim.port or 0) as client:
+            result = await Writer(client, min_interval=0, confirm_timeout=5).apply(
+                {"grid_soc_min": 40})
+    assert result.ok, result.error
+    assert sim.model.settings["grid_soc_min"] == 40
+    assert list(sim.received).count(0x66) == 2
+
+
+async def test_a_write_the_inverter_does_not_answer_is_refused_and_not_written() -> None:
+    async with Simulator(pcu=609) as sim:
+        async with InverterClient("127.0.0.1", sim.port or 0, timeout=0.2,
+                                  retries=0) as client:
+            sim.inject(Fault.SILENCE, 100)  # its read of 0x95 gets no answer
+            result = await Writer(client, min_interval=0).apply({"grid_soc_min": 40})
+    body = result.as_json()
+    assert body["ok"] is False and body["written"] is False
+    assert body["error"].startswith("inverter: no reply 0x95")
+    assert sim.model.settings["grid_soc_min"] != 40 and 0x66 not in sim.received
 
 
 async def test_a_write_whose_read_back_fails_says_it_was_written() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import itertools
 import json
 import os
 import shutil
@@ -126,18 +125,19 @@ def mosquitto_bin() -> str:
 class Mosquitto:
     """A private Mosquitto on a fixed free loopback port; restartable on the same port.
 
-    No persistence: a restart loses every retained message, like a broker whose data
-    volume was lost. ``extra`` goes into the listener's section of the configuration
-    (TLS files, ``allow_anonymous``, ``password_file``...).
+    No persistence unless asked: a restart loses every retained message and session,
+    like a broker whose data volume was lost. ``extra`` goes into the listener's section
+    of the configuration (TLS files, ``allow_anonymous``, ``password_file``...).
     """
 
     def __init__(self, binary: str, workdir: Path, *, extra: str = "",
-                 anonymous: bool = True) -> None:
+                 anonymous: bool = True, persistence: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
         self.extra = extra
         self.anonymous = anonymous
+        self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         workdir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,8 @@ class Mosquitto:
     def _write_config(self) -> None:
         lines = [
             "per_listener_settings false",
-            "persistence false",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
             f"allow_anonymous {'true' if self.anonymous else 'false'}",
             "log_dest stderr",
             "log_type error",
@@ -435,16 +436,14 @@ async def retained(port: int, topics: tuple[str, ...] = (f"{PREFIX}/#", f"{BASE}
 # The bridge, in process
 # --------------------------------------------------------------------------------------
 
-_client_ids = itertools.count()
-
-
 def bridge_overrides(broker_port: int, inverter_port: int, tmp_path: Path) -> dict[str, Any]:
     """Fast settings for a test bridge; tests merge their own changes on top."""
     return {
         "inverter": {"host": HOST, "port": inverter_port, "timeout": TIMEOUT, "retries": 1},
         "poll": {"live": LIVE, "energy": ENERGY, "slow": SLOW},
-        "mqtt": {"host": HOST, "port": broker_port, "keepalive": 5,
-                 "client_id": f"sermatec-bridge-test-{os.getpid()}-{next(_client_ids)}"},
+        # The default client id: each test has its own broker, and a bridge restarted in
+        # a test is the same bridge (its state topic, its session).
+        "mqtt": {"host": HOST, "port": broker_port, "keepalive": 5},
         "homeassistant": {"birth_delay": 0.3},
         "writes": {"enabled": False, "min_interval": 0, "confirm_timeout": 3.0},
         "health": {"file": str(tmp_path / "health.json"), "max_age": 30},

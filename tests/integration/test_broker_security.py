@@ -170,9 +170,12 @@ async def test_wrong_credentials_are_reported(
     changes = mqtt(secure_broker, username=user, password=password,
                    tls={"enabled": True, "ca_file": str(certificates.ca)})
     logs = await run_until(secure_broker, sim, tmp_path, changes,
-                           lambda logs: connection_errors(logs), "a connection failure")
+                           lambda logs: len(connection_errors(logs)) >= 2, "two refusals")
     error = connection_errors(logs)[0].lower()
     assert "not authorized" in error or "bad user name or password" in error, error
+    failures = [e for e in logs if e["event"] == "mqtt connection failed, retrying"]
+    assert "mqtt.password" in failures[0]["check"], "one line says which settings to check"
+    assert [e["log_level"] for e in failures[:2]] == ["error", "debug"], "and says it once"
     assert not connected(logs)
     assert not watcher.on(BRIDGE_STATE)
     assert "wrong-password" not in repr(logs)

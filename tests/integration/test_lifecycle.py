@@ -19,6 +19,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sermatec_bridge.bridge.discovery import MIGRATE
+from sermatec_bridge.bridge.publisher import WILL_DELAY
+from sermatec_bridge.bridge.retry import SETTLED
 from sermatec_bridge.config import Settings
 from sermatec_bridge.simulator import Simulator
 
@@ -42,6 +44,7 @@ from .conftest import (
 )
 
 DEVICE_TOPIC = f"{PREFIX}/device/{SERIAL}/config"
+BRIDGE_STATE = f"{BASE}/bridge/state"
 CONTROLS = {"set_grid_soc_min", "set_operating_mode", "set_inverter_on", "set_clock"}
 WRITE_CODES = frozenset({0x64, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x71})
 
@@ -174,7 +177,6 @@ async def test_after_a_crash_the_inverter_is_not_left_online(
         SERMATEC_INVERTER__TIMEOUT=str(TIMEOUT),
         SERMATEC_MQTT__HOST="127.0.0.1",
         SERMATEC_MQTT__PORT=str(broker.port),
-        SERMATEC_MQTT__CLIENT_ID="crashing-bridge",
         SERMATEC_POLL__LIVE="1",
         SERMATEC_HEALTH__FILE=str(tmp_path / "health.json"),
     )
@@ -184,17 +186,23 @@ async def test_after_a_crash_the_inverter_is_not_left_online(
     try:
         await ha.wait_text(topic("availability"), "online", within=20)
     finally:
+        mark = ha.mark()
         process.send_signal(signal.SIGKILL)
         await process.wait()
     await sim.stop()  # and the inverter does not answer the next run
-    assert (await retained(broker.port))[topic("availability")] == "online"
+    # The broker's last will, once its delay is over, and retained for whoever comes later.
+    await ha.wait_text(BRIDGE_STATE, "offline", after=mark, within=WILL_DELAY + 5)
+    on_broker = await retained(broker.port)
+    assert on_broker[BRIDGE_STATE] == "offline"
+    assert on_broker[topic("availability")] == "online"
 
     from .conftest import RunningBridge
 
-    mark = ha.mark()
+    mark = ha.mark()  # the same bridge again (same client id), its inverter silent
     running = RunningBridge(make_settings(broker.port, free_port(), tmp_path)).start()
     try:
-        await ha.wait_text(topic("availability"), "offline", after=mark, within=5)
+        await ha.wait_text(topic("availability"), "offline", after=mark,
+                           within=SETTLED + 5)
     finally:
         await running.stop()
     assert (await retained(broker.port))[topic("availability")] == "offline"
@@ -229,7 +237,7 @@ async def test_retained_writes_are_answered_and_never_applied(
                      what="home assistant reconnected")
     await ha.publish(topic("set/grid_soc_min"), "34", retain=True)
     mark = ha.mark()
-    await ha.wait_text(f"{BASE}/bridge/state", "online", after=mark - 1, within=20)
+    await ha.wait_text(BRIDGE_STATE, "online", after=mark - 1, within=20)
     await asyncio.sleep(1.0)
     assert sim.model.settings == before
     assert not WRITE_CODES & set(sim.received)

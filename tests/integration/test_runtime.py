@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
+from faultproxy import FaultProxy
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -24,6 +26,7 @@ from sermatec_bridge.simulator.model import Outcome
 from .conftest import (
     HOST,
     LIVE,
+    PREFIX,
     SERIAL,
     TIMEOUT,
     BridgeFactory,
@@ -33,6 +36,7 @@ from .conftest import (
     eventually,
     free_port,
     make_settings,
+    retained,
     sim_port,
     topic,
     wait_ready,
@@ -51,31 +55,6 @@ def gaps(times: list[float]) -> list[float]:
 # --------------------------------------------------------------------------------------
 
 
-async def test_a_query_never_answered_costs_only_its_group(
-        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
-    start_bridge({"inverter": {"retries": 2}})
-    await wait_ready(ha)
-    handle = sim.model.handle
-
-    def no_answer_to_a1(code: int, payload: bytes) -> Outcome:
-        outcome = handle(code, payload)
-        if code == 0xA1:
-            outcome.replies[:] = []
-        return outcome
-
-    sim.model.handle = no_answer_to_a1  # type: ignore[method-assign]
-    mark = ha.mark()
-    await asyncio.sleep(0.2)
-    # The system group (0x98, 0xa1) now fails at each slow poll; alarms come after it.
-    alarms = [await ha.wait_json(topic("alarms"), after=mark, within=20)]
-    await ha.wait_for(lambda m: m.topic == topic("alarms") and len(
-        ha.on(topic("alarms"), after=mark)) >= 2, after=mark, within=20)
-    assert alarms
-    assert "offline" not in [m.text for m in ha.on(topic("availability"), after=mark)]
-    live = ha.mark()
-    await ha.wait_json(topic("live"), after=live, within=10)
-
-
 async def test_an_inverter_that_answers_nine_in_ten_stays_online(
         ha: HomeAssistant, broker: Mosquitto, tmp_path: Path) -> None:
     async with Simulator(pcu=609, seed=5, silence_rate=0.1) as flaky:
@@ -92,25 +71,28 @@ async def test_an_inverter_that_answers_nine_in_ten_stays_online(
     assert len(ha.on(topic("live"), after=mark)) >= 4, "and the states kept coming"
 
 
-async def test_offline_only_after_retries_failed_polls_and_no_state_while_offline(
+async def test_offline_after_two_polls_without_answer_and_no_state_while_offline(
         ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
-    start_bridge({"inverter": {"retries": 2}})  # 3 tries a request, offline after 2 polls
+    start_bridge({"inverter": {"retries": 1}})  # 2 tries a request
     await wait_ready(ha)
     mark = ha.mark()
-    handle, unanswered = sim.model.handle, [3]
+    handle, unanswered = sim.model.handle, [2]
 
-    def three_0c_unanswered(code: int, payload: bytes) -> Outcome:
+    def two_0c_unanswered(code: int, payload: bytes) -> Outcome:
         outcome = handle(code, payload)
-        if code == 0x0C and unanswered[0] > 0:  # one live poll fails: 3 tries, no answer
+        if code == 0x0C and unanswered[0] > 0:  # one query of a live poll: no answer
             unanswered[0] -= 1
             outcome.replies[:] = []
         return outcome
 
-    sim.model.handle = three_0c_unanswered  # type: ignore[method-assign]
-    await eventually(lambda: unanswered[0] == 0, within=10, what="the failed poll")
-    await asyncio.sleep(3 * TIMEOUT + 2 * LIVE)
+    sim.model.handle = two_0c_unanswered  # type: ignore[method-assign]
+    await eventually(lambda: unanswered[0] == 0, within=10, what="0x0c unanswered twice")
+    lost = await ha.wait_json(topic("live"), lambda live: live["inverter_on"] is None,
+                              after=mark, within=2 * TIMEOUT + 2 * LIVE)
+    assert lost["battery_soc"] is not None, "the query's values unknown, the rest shown"
+    await ha.wait_json(topic("live"), lambda live: live["inverter_on"] is True,
+                       after=ha.mark(), within=2 * LIVE + 2)
     assert [m.text for m in ha.on(topic("availability"), after=mark)] == []
-    assert len(ha.on(topic("live"), after=mark)) >= 2
 
     sim.inject(Fault.SILENCE, 1000)  # now it is gone
     await ha.wait_text(topic("availability"), "offline", after=mark, within=30)
@@ -126,6 +108,144 @@ async def test_offline_only_after_retries_failed_polls_and_no_state_while_offlin
 def sim_faults(sim: Simulator) -> int:
     """Injected silences still pending (to call them off)."""
     return int(sim._injected[Fault.SILENCE])
+
+
+def availability_said(ha: HomeAssistant, serial: str = SERIAL) -> list[str]:
+    """What the inverter's availability said, in order, the bridge's goodbye left out."""
+    said = [m.text for m in ha.on(topic("availability", serial))]
+    return said[:-1] if said[-1:] == ["offline"] else said
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2, 3])
+async def test_a_query_never_answered_costs_its_group_one_try_per_poll(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path,
+        retries: int) -> None:
+    """0xa1 (system group) is never answered: the inverter stays online, the system group
+    is published without its values, the alarms group after it is read, and 0xa1 is
+    tried 1 + retries times at the first poll, then once per poll."""
+    async with FaultProxy(sim_port(sim), never_answer={0xA1}) as inverter:
+        running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path, {
+            "inverter": {"retries": retries, "timeout": 0.5}, "poll": {"slow": 1.5}})).start()
+        try:
+            system = await ha.wait_json(topic("system"), within=20)
+            assert inverter.swallowed == 1 + retries
+            mark, tried = ha.mark(), inverter.swallowed
+            for _ in range(2):
+                await ha.wait_json(topic("system"), after=ha.mark(), within=10)
+            assert inverter.swallowed - tried <= 2, "once per poll after the first"
+            assert len(ha.on(topic("alarms"), after=mark)) >= 2
+            assert len(ha.on(topic("live"), after=mark)) >= 2
+        finally:
+            await running.stop()
+    assert system["serial_number"] == SERIAL and system["pcu_version"] == 609
+    assert system["drm0"] is None, "0xa1's values: unknown"
+    assert "offline" not in availability_said(ha)
+
+
+async def test_hang_ups_with_an_identity_answer_between_do_not_take_it_offline(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    """No retries: the inverter hangs up on two live polls in a row, but it answers the
+    reconnection between them (its identity), so that is no row of two failures."""
+    start_bridge({"inverter": {"retries": 0}})
+    await wait_ready(ha)
+    handle, hang_ups = sim.model.handle, [2]
+
+    def hang_up_on_0x0a(code: int, payload: bytes) -> Outcome:
+        if code == 0x0A and hang_ups[0] > 0:
+            hang_ups[0] -= 1
+            sim.inject(Fault.DROP)  # this answer: the connection closed instead
+        return handle(code, payload)
+
+    sim.model.handle = hang_up_on_0x0a  # type: ignore[method-assign]
+    await eventually(lambda: hang_ups[0] == 0, within=15, what="two hang-ups")
+    await ha.wait_json(topic("live"), after=ha.mark(), within=10)
+    assert "offline" not in availability_said(ha)
+
+
+async def test_when_the_inverter_is_back_the_other_groups_are_read_at_once(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """The alarms group gets no answer at all; the inverter goes away and comes back: the
+    other groups are read again at once, the alarms group only at its own interval."""
+    slow = {"poll": {"energy": 60, "slow": 60}, "inverter": {"retries": 0}}
+    async with FaultProxy(sim_port(sim), never_answer={0x1E, 0x1F}) as inverter:
+        running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path,
+                                              slow)).start()
+        try:
+            await eventually(lambda: inverter.swallowed >= 2, within=15,
+                             what="0x1e and 0x1f sent")
+            await ha.wait_json(topic("live"), after=ha.mark(), within=10)  # polled after
+            assert "offline" not in availability_said(ha), "one group without answer: online"
+            inverter.stall()  # no answer any more, on this connection or a new one
+            connections = inverter.connections
+            await ha.wait_text(topic("availability"), "offline", within=30)
+            # A poll stops at the first sign that the inverter is gone (its identity query
+            # unanswered on a new connection); the next try waits for the backoff.
+            assert inverter.connections - connections <= 3
+            tried, mark = inverter.swallowed, ha.mark()
+            inverter.resume()
+            await ha.wait_text(topic("availability"), "online", after=mark, within=20)
+            for group in ("energy", "settings", "system"):
+                await ha.wait_json(topic(group), after=mark, within=10)
+        finally:
+            await running.stop()
+    assert inverter.swallowed == tried, "the alarms group keeps its own interval"
+    assert not ha.on(topic("alarms"))
+
+
+async def test_an_inverter_that_stays_away_is_tried_less_and_less_often(
+        broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """Backoff 1, 2, 4, 8 ... s (each in its upper half, at random), reset once it answers."""
+    async with FaultProxy(free_port()) as inverter:  # accepts, then hangs up: nobody there
+        running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path, {
+            "inverter": {"retries": 0}})).start()
+        try:
+            tries: list[float] = []
+
+            def count() -> bool:
+                if inverter.connections > len(tries):
+                    tries.append(time.monotonic())
+                return len(tries) >= 3
+
+            await eventually(count, within=30, what="three tries")
+            inverter.target = (HOST, sim_port(sim))  # the fourth finds it
+            await eventually(lambda: running.bridge.workers[0].online, within=30,
+                             what="online again")
+            tries.append(time.monotonic())
+            first, _, third = gaps(tries)
+            assert third >= 1.5 and third > first, f"waits between tries: {gaps(tries)}"
+            inverter.target = (HOST, free_port())  # and goes away again
+            before = inverter.connections
+            inverter.cut()
+            await eventually(lambda: inverter.connections - before >= 2, within=4,
+                             what="the backoff starting afresh")
+        finally:
+            await running.stop()
+
+
+async def test_another_serial_at_the_address_takes_the_old_one_offline(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    start_bridge()
+    await wait_ready(ha)
+    sim.model.serial = "ST5K0REPLACEMENT02"
+    sim.inject(Fault.DROP)  # the next answer hangs up: the bridge connects again
+    await ha.wait_text(topic("availability", "ST5K0REPLACEMENT02"), "online", within=15)
+    await ha.wait_json(topic("live", "ST5K0REPLACEMENT02"), within=10)
+    on_broker = await retained(ha.port)
+    assert on_broker[topic("availability")] == "offline", "the old serial: not alive"
+    assert on_broker[topic("availability", "ST5K0REPLACEMENT02")] == "online"
+
+
+async def test_discovery_does_not_wait_for_the_energy_counters(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """The device is announced with the first live values, whatever the other groups do."""
+    async with FaultProxy(sim_port(sim), never_answer={0x99, 0x9A, 0x9B, 0x9C}) as inverter:
+        running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path)).start()
+        try:
+            await ha.wait_json(f"{PREFIX}/device/{SERIAL}/config", within=15)
+            await ha.wait_json(topic("live"), within=5)
+        finally:
+            await running.stop()
+    assert not ha.on(topic("energy")), "an energy group with no answer is not published"
 
 
 # --------------------------------------------------------------------------------------
