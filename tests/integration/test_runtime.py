@@ -130,9 +130,12 @@ async def test_a_query_never_answered_costs_its_group_one_try_per_poll(
             system = await ha.wait_json(topic("system"), within=20)
             assert inverter.swallowed == 1 + retries
             mark, tried = ha.mark(), inverter.swallowed
-            for _ in range(2):
+            polls = 3
+            for _ in range(polls):
                 await ha.wait_json(topic("system"), after=ha.mark(), within=10)
-            assert inverter.swallowed - tried <= 2, "once per poll after the first"
+            # once per poll after the first (the next poll may be under way already: +1);
+            # with its retries at every poll it would be at least 2 per poll
+            assert inverter.swallowed - tried <= polls + 1, "once per poll after the first"
             assert len(ha.on(topic("alarms"), after=mark)) >= 2
             assert len(ha.on(topic("live"), after=mark)) >= 2
         finally:
