@@ -493,3 +493,82 @@ def test_keys_that_name_a_dict_method_are_read_by_subscript() -> None:
     assert discovery.value_of("items") == "value_json['items']"
     assert discovery.value_of("values") == "value_json['values']"
     assert discovery.value_of("pv1-power") == "value_json['pv1-power']"
+
+
+# --------------------------------------------------------------------------------------
+# Schedules: time or text entities (issue 18)
+# --------------------------------------------------------------------------------------
+
+SCHEDULE_TIMES = {f"set_{prefix}_period_{n}_{end}" for n in range(1, 5) for end in ("start", "end")
+                  for prefix in ("forced_charge", "forced_discharge")} | {
+    f"set_tou_period_{n}_{end}" for n in range(1, 17) for end in ("start", "end")}
+
+
+@pytest.mark.parametrize("platform", ["time", "text"])
+def test_schedule_times_render_what_either_platform_takes(platform: str) -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    entities = discovery.entities(ctx(time_platform=platform))
+    times = {cid: e for cid, e in entities.items() if e["platform"] == platform}
+    assert set(times) == SCHEDULE_TIMES
+    for cid, e in times.items():
+        key = cid.removeprefix("set_")
+        assert e["command_topic"] == f"{BASE}/{SERIAL}/set/{key}"
+        assert e["default_entity_id"] == f"{platform}.sermatec_{SERIAL.lower()}_{key}"
+        template = jinja2.Environment().from_string(e["value_template"])
+        shown = {value: template.render(value_json={key: value})
+                 for value in ("07:45", "00:00", "24:00", None)}
+        if platform == "time":  # parsed as a time of day; None is "unknown"
+            assert shown == {"07:45": "07:45", "00:00": "00:00", "24:00": "00:00",
+                             None: "None"}, cid
+        else:  # the text entity refuses a state its pattern does not match (a ValueError)
+            assert shown == {"07:45": "07:45", "00:00": "00:00", "24:00": "24:00",
+                             None: ""}, cid
+            assert all(re.compile(e["pattern"]).match(text) and len(text) <= e["max"]
+                       for text in shown.values()), cid
+            assert not re.compile(e["pattern"]).match("24:01")
+
+
+def test_switching_the_time_platform_hands_the_entities_over() -> None:
+    _, as_time = discovery.device_config(ctx(time_platform="time"))
+    _, as_text = discovery.device_config(ctx(time_platform="text"))
+    gone = discovery.removals(as_time, as_text)
+    assert gone == {cid: {"p": "time"} for cid in SCHEDULE_TIMES}
+    assert discovery.removals(as_text, as_time) == {cid: {"p": "text"} for cid in SCHEDULE_TIMES}
+    # the same unique ids: Home Assistant keeps each entity's settings per platform
+    assert {c["uniq_id"] for c in as_time["cmps"].values()} == {
+        c["uniq_id"] for c in as_text["cmps"].values()}
+    time_topics = [t for t, _ in discovery.entity_configs(ctx(time_platform="time"))]
+    text_topics = [t for t, _ in discovery.entity_configs(ctx(time_platform="text"))]
+    stale = discovery.stale_topics(time_topics, text_topics)
+    assert stale == [t for t in time_topics if "/time/" in t] and len(stale) == 48
+
+
+def test_a_select_shows_a_code_it_does_not_offer_as_unknown(full: dict[str, Any]) -> None:
+    """Home Assistant logs an error for a select state outside its options and keeps the
+    old one; an operating mode an installer set (6) shows as unknown, and as an attribute."""
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    env.filters["to_json"] = json.dumps
+    select = full["set_operating_mode"]
+    for mode, shown in (("Peak-valley", "Peak-valley"), (6, "None"), (None, "None")):
+        state = {"operating_mode": mode}
+        assert env.from_string(select["value_template"]).render(value_json=state) == shown
+        assert json.loads(env.from_string(select["json_attributes_template"]).render(
+            value_json=state)) == {"reported": mode}
+    tariff = full["set_tou_period_1_tariff"]
+    assert tariff["options"] == list(tables.TARIFF_PERIODS.values())
+    assert "json_attributes_template" not in tariff  # every code has a name
+
+
+def test_command_topics_carry_a_message_expiry() -> None:
+    expiring = DiscoveryContext(serial=SERIAL, model="5 kW", pcu_version=609, version=609,
+                                writes_enabled=True, command_expiry=30)
+    _, payload = discovery.device_config(expiring)
+    commands = [c for c in payload["cmps"].values() if "cmd_t" in c]
+    assert len(commands) > 100
+    assert all(c["msg_exp_int"] == 30 for c in commands)
+    assert not [c for c in payload["cmps"].values() if "cmd_t" not in c and "msg_exp_int" in c]
+    assert "msg_exp_int" not in payload, "at device level Home Assistant 2025.4 refuses it"
+    for _, config in discovery.entity_configs(expiring):
+        assert ("msg_exp_int" in config) == ("cmd_t" in config)
+    assert "msg_exp_int" not in json.dumps(discovery.device_config(ctx())[1])
