@@ -615,7 +615,7 @@ OPERATING_MODE_2 = Command(
 _DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 
 
-def _forced(prefix: str, what: str) -> tuple[Field, ...]:
+def _forced(prefix: str, what: str, soc: Field) -> tuple[Field, ...]:
     days = tuple(
         bits(f"{prefix}_{day}", f"{what} on {day.capitalize()}", 2 + 2 * i, 4 + 2 * i,
              flag=DAY_FLAG, category=CONFIG)
@@ -626,8 +626,7 @@ def _forced(prefix: str, what: str) -> tuple[Field, ...]:
         bits(f"{prefix}_mode", f"{what} enabled", 0, 2, same=False, flag=(1, 0),
              category=CONFIG, note="the vendor gives no codes; 1 on, 0 off as its day switches"),
         *days,
-        percent(f"{prefix}_soc_limit", f"{what} SOC limit", limits=(0, 100), state_class=None,
-                category=CONFIG),
+        soc,
         number(f"{prefix}_period_count", f"{what} periods in use", limits=(0, 4),
                category=CONFIG),
         clock("start", "Start", group=group, repeat=4),
@@ -636,9 +635,15 @@ def _forced(prefix: str, what: str) -> tuple[Field, ...]:
     )
 
 
-_FORCED = _forced("forced_charge", "Forced charge") + _forced(
-    "forced_discharge", "Forced discharge"
-)
+_FORCED = _forced("forced_charge", "Forced charge", percent(
+    "forced_charge_soc_limit", "Forced charge SOC limit", limits=(0, 100), state_class=None,
+    category=CONFIG, note="the SOC forced charging stops at",
+)) + _forced("forced_discharge", "Forced discharge", percent(
+    "forced_discharge_soc_limit", "Forced discharge SOC limit", limits=(10, 100),
+    state_class=None, category=CONFIG,
+    note="the SOC forced discharging stops at (the vendor names it as the charge's); the "
+         "write range is the project's: below 10 % risks deep discharge",
+))
 
 FORCED_SCHEDULE = Command(
     0xA2, "forced_schedule", "Forced charge and discharge schedule", Kind.QUERY,

@@ -555,6 +555,9 @@ def test_a_select_shows_a_code_it_does_not_offer_as_unknown(full: dict[str, Any]
         assert env.from_string(select["value_template"]).render(value_json=state) == shown
         assert json.loads(env.from_string(select["json_attributes_template"]).render(
             value_json=state)) == {"reported": mode}
+    discharge = full["set_forced_discharge_soc_limit"]
+    assert (discharge["min"], discharge["max"], discharge["unit_of_measurement"]) == (
+        10, 100, "%")
     tariff = full["set_tou_period_1_tariff"]
     assert tariff["options"] == list(tables.TARIFF_PERIODS.values())
     assert "json_attributes_template" not in tariff  # every code has a name

@@ -93,6 +93,8 @@ async def test_an_end_of_00_00_is_the_end_of_the_day(rig: Rig) -> None:
     ({"forced_charge_periods": FORCED[:1], "forced_charge_period_2_end": "15:00"},
      "send either forced_charge_periods or its single settings"),
     ({"forced_charge_period_5_start": "01:00"}, "unknown setting(s) forced_charge_period_5"),
+    # discharging below 10 % risks a deep discharge, as the SOC lower limits
+    ({"forced_discharge_soc_limit": 5}, "forced_discharge_soc_limit: 5 is out of range"),
 ])
 async def test_a_bad_period_is_refused_and_nothing_is_sent(
         rig: Rig, request_: dict[str, Any], error: str) -> None:
