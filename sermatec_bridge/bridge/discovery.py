@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import PROJECT_URL, __version__
 from ..protocol import tables
-from ..protocol.model import Command, Field, Kind
+from ..protocol.model import Command, Field
 from . import schedules
 from .groups import BY_KEY, GROUPS, Group
 from .state import LAST_SEEN, derived_fields, is_published
@@ -315,10 +315,10 @@ def schedule_entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
     """Each schedule period's start, end, tariff and in-use switch as an entity of its own
     (see :mod:`.schedules`): controls where a write carries them, sensors otherwise."""
     group = BY_KEY["settings"]
-    written = {s.key for command in tables.COMMANDS.values() if ctx.writes_enabled
-               and command.kind is Kind.SETTINGS and command.code in _WRITTEN_BY_MQTT
-               and (layout := command.layout(ctx.version)) is not None
-               for s in schedules.slots(layout, ctx.version)}
+    writes = {c.write for c in CONTROLS} if ctx.writes_enabled else set()
+    written = {s.key for code in writes
+               for s in schedules.slots(tables.COMMANDS[code].layout(ctx.version) or (),
+                                        ctx.version)}
     out: dict[str, dict[str, Any]] = {}
     for command in group_commands(group, ctx.version):
         for slot in schedules.slots(command.layout(ctx.version) or (), ctx.version):
@@ -329,8 +329,6 @@ def schedule_entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
                     slot.field, key=slot.key, name=slot.name, category="config"))
     return out
 
-
-_WRITTEN_BY_MQTT = frozenset(c.write for c in CONTROLS)
 
 
 def _slot_control(ctx: DiscoveryContext, slot: schedules.Slot) -> dict[str, Any]:
