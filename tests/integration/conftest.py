@@ -218,15 +218,19 @@ class Mosquitto:
             return ""
 
 
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
 @pytest.fixture
 def broker(mosquitto_bin: str, tmp_path: Path) -> Iterator[Mosquitto]:
     """A plain (anonymous, no TLS) Mosquitto for one test."""
-    mosquitto = Mosquitto(mosquitto_bin, tmp_path / "mosquitto")
-    mosquitto.start()
-    try:
+    with Mosquitto(mosquitto_bin, tmp_path / "mosquitto") as mosquitto:
         yield mosquitto
-    finally:
-        mosquitto.stop()
 
 
 # --------------------------------------------------------------------------------------

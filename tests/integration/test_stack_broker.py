@@ -35,12 +35,8 @@ class StackMosquitto(Mosquitto):
 
 @pytest.fixture
 def stack_broker(mosquitto_bin: str, tmp_path: Path) -> Iterator[Mosquitto]:
-    mosquitto = StackMosquitto(mosquitto_bin, tmp_path / "stack-mosquitto")
-    mosquitto.start()
-    try:
+    with StackMosquitto(mosquitto_bin, tmp_path / "stack-mosquitto") as mosquitto:
         yield mosquitto
-    finally:
-        mosquitto.stop()
 
 
 def expiring(seconds: int) -> Properties:
