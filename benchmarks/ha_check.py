@@ -1033,9 +1033,11 @@ async def scenario_upgrade(rig: Rig) -> None:
         report.add("upgrade: device config retained", False, "none (run with device discovery)")
         return
     older = json.loads(held[topic])
-    component = older["cmps"][key]
+    # with writes on the day switch is a control now (set_<key>), with writes off a flag
+    component = older["cmps"].get(key) or older["cmps"][f"set_{key}"]
     older["cmps"][key] = {"p": old_platform, "en": True,
-                          **{k: component[k] for k in SENSOR_KEYS if k in component}}
+                          **{k: component[k] for k in SENSOR_KEYS if k in component},
+                          "ent_cat": "diagnostic"}  # a sensor cannot be "config"
     watch.client.publish(topic, json.dumps(older), qos=1, retain=True)
     before = await rig.settle()
     stale = [e for e in before.entity_ids if e.startswith(f"{old_platform}.")

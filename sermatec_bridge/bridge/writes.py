@@ -436,7 +436,9 @@ class Writer:
                     named: Iterable[str], result: WriteResult) -> _Plan:
         """Read the block, find what really changes, check only that against the tables.
 
-        ``named``: the settings the user asked for (``changes`` adds record counts).
+        ``named``: the settings the user asked for (``changes`` adds record counts). A
+        schedule's single settings (:mod:`.schedules`) change their period in the records
+        read; the periods a write changes or puts in use are checked as periods.
         """
         named = set(named)
         version = session.version
