@@ -1,7 +1,10 @@
 """The JSON state object of a poll group, as published on ``<base>/<serial>/<group>``.
 
 Pure functions of decoded readings: every field Home Assistant may show, by field key,
-in the units of the tables (scale already applied by the codec), plus ``last_seen``.
+in the units of the tables (scale already applied by the codec), plus ``last_seen``, the
+values computed from others (PV power, grid and battery power signed as Home Assistant's
+Energy dashboard takes them) and each schedule period member by member
+(:mod:`.schedules`).
 Values Home Assistant would reject become ``None`` (published as JSON null, shown as
 "unknown"): a coded value whose raw code has no label, a flag that is neither on nor
 off, a time of day out of range. Energy counters pass through :class:`EnergyGuard`, so
