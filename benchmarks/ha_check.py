@@ -878,8 +878,10 @@ class Rig:
         self.peers.update(remote_peers(self.pids()))
         return snap
 
-    async def bridge_settle(self, *, writes: bool, device_discovery: bool) -> Snapshot:
-        await self.bridge.restart(writes=writes, device_discovery=device_discovery)
+    async def bridge_settle(self, *, writes: bool, device_discovery: bool,
+                            time_platform: str | None = None) -> Snapshot:
+        await self.bridge.restart(writes=writes, device_discovery=device_discovery,
+                                  time_platform=time_platform)
         return await self.settle()
 
     def pids(self) -> dict[str, int]:
@@ -1037,7 +1039,9 @@ async def scenario_upgrade(rig: Rig) -> None:
     component = older["cmps"].get(key) or older["cmps"][f"set_{key}"]
     older["cmps"][key] = {"p": old_platform, "en": True,
                           **{k: component[k] for k in SENSOR_KEYS if k in component},
-                          "ent_cat": "diagnostic"}  # a sensor cannot be "config"
+                          "ent_cat": "diagnostic",  # a sensor cannot be "config"
+                          # the entity id on cores that go by default_entity_id (2025.10+)
+                          "def_ent_id": f"{old_platform}.{component['obj_id']}"}
     watch.client.publish(topic, json.dumps(older), qos=1, retain=True)
     before = await rig.settle()
     stale = [e for e in before.entity_ids if e.startswith(f"{old_platform}.")
