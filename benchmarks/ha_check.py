@@ -430,6 +430,10 @@ class HomeAssistant:
                 raise SetupError("Home Assistant's API did not come up")
             await asyncio.sleep(1)
         await self._authenticate()
+        # Newer cores take the http: block of configuration.yaml as a pending config that
+        # the user confirms: unconfirmed, it is reverted (to port 8123) after 5 minutes.
+        with contextlib.suppress(RuntimeError):  # 2025.4 has no such thing
+            await self.call("http/config/promote")
         config = await self.call("get_config")
         self.version = str(config["version"])
         # Wait until Home Assistant has finished starting (integrations set up).
