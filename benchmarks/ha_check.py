@@ -751,14 +751,23 @@ async def check_energy(report: Report, ha: HomeAssistant, snap: Snapshot,
     if not energy_sources(chosen, power, unified=False):
         report.add("energy validation", False, "no counter to put in the Energy dashboard")
         return
-    try:  # the newer form first: 2025.4 refuses it, and the newer cores the old one
-        await ha.call("energy/save_prefs", energy_sources=energy_sources(chosen, power, True),
-                      device_consumption=[])
+    # 2025.4 takes the older form and 2026.11 the newer one (each logs an error for the
+    # other); a core in between gets the other form when it refuses the first
+    unified = ha.at_least("2026.1")
+    for form in (unified, not unified):
+        try:
+            await ha.call("energy/save_prefs", device_consumption=[],
+                          energy_sources=energy_sources(chosen, power, form))
+            break
+        except RuntimeError as exc:
+            refused = exc
+    else:
+        report.add("energy validation", False, f"the preferences were refused: {refused}")
+        return
+    if form:
         report.add("energy power sources", all(power.values()), "\n".join(
             f"{slot}: {entity or 'NOT FOUND'}" for slot, entity in power.items()))
-    except RuntimeError:
-        await ha.call("energy/save_prefs", energy_sources=energy_sources(chosen, power, False),
-                      device_consumption=[])
+    else:
         power = {}
         report.add("energy power sources", None, f"core {ha.version} has none")
     # The dashboard validates against long-term statistics, compiled every 5 minutes: a
@@ -988,17 +997,43 @@ async def scenario_writes(rig: Rig) -> None:
     rig.bridge_alive("with writes off")
     left = off.of_domains(CONTROL_DOMAINS)
     alive = off.alive(left)
-    report.add("writes off: controls gone", not left,
-               f"{len(controls)} controls with writes on; {len(left)} left with writes off, "
-               f"{len(alive)} of them look alive"
+    disabled = [e for e in left if e.get("disabled_by") is not None]
+    report.add("writes off: controls gone", len(left) == len(disabled) and not alive,
+               f"{len(controls)} controls with writes on; {len(left) - len(disabled)} enabled "
+               f"ones left with writes off, {len(alive)} of them look alive"
                + (f": {abbreviate(sorted(alive))}" if alive else ""))
+    check_leftovers(report, "writes off", off, rig.watch)
     report.add("writes off: entities", None, f"{len(off.entities)} "
                f"({len(off.enabled)} enabled)")
     on = await rig.bridge_settle(writes=True, device_discovery=True)
     rig.bridge_alive("with writes on again")
-    report.add("writes on again: same entities as before", on.same_entities(before),
-               set_difference(before.entity_ids, on.entity_ids))
+    current = [e for e in on.entities if e["entity_id"] in before.entity_ids]
+    report.add("writes on again: same entities as before",
+               Snapshot(on.devices, current, on.states).same_entities(before),
+               set_difference(before.entity_ids, {str(e["entity_id"]) for e in current}))
+    check_leftovers(report, "writes on again", on, rig.watch)
     check_log(report, "writes scenario: HA log", ha.log_lines(mark))
+
+
+LEFTOVER = ("Home Assistant 2025.4 never loads a disabled entity, so discovery cannot "
+            "remove it; 2026.11 removes it")
+
+
+def check_leftovers(report: Report, name: str, snap: Snapshot, watch: BrokerWatch) -> None:
+    """Entities no longer announced: a disabled one is a known leftover (LEFTOVER), an
+    enabled one a failure."""
+    held = set(announced(watch))
+    stale = [e for e in snap.entities
+             if f"{str(e['entity_id']).split('.')[0]}:{e['unique_id']}" not in held]
+    enabled = [str(e["entity_id"]) for e in stale if e.get("disabled_by") is None]
+    if enabled or not stale:
+        report.add(f"{name}: no entity left over", not enabled,
+                   f"{len(enabled)} enabled left over" + (f": {abbreviate(sorted(enabled))}"
+                                                          if enabled else ""))
+    if len(stale) > len(enabled):
+        report.add(f"{name}: disabled leftovers, known to HA", None,
+                   f"{len(stale) - len(enabled)} disabled entities of the other mode stay in "
+                   f"the registry ({LEFTOVER})")
 
 
 async def scenario_modes(rig: Rig) -> None:
@@ -1066,10 +1101,11 @@ SCHEDULE_KEY = re.compile(r"(forced_(dis)?charge_(mode|[a-z]+day|soc_limit|perio
                           r"|tou_(count|period_\d+_\w+)|tariff_[a-z]+)$")
 
 
-def schedule_entities(snap: Snapshot) -> list[dict[str, Any]]:
-    serials = tuple(f"{serial}_" for serial in snap.serials)
-    return [e for e in snap.entities if str(e["unique_id"]).startswith(serials)
-            and SCHEDULE_KEY.search(str(e["unique_id"]))]
+def schedule_entities(snap: Snapshot, watch: BrokerWatch) -> list[dict[str, Any]]:
+    """The schedule entities the bridge announces now (not an earlier mode's leftovers)."""
+    held = set(announced(watch))
+    return [e for e in snap.entities if SCHEDULE_KEY.search(str(e["unique_id"]))
+            and f"{str(e['entity_id']).split('.')[0]}:{e['unique_id']}" in held]
 
 
 async def state_of(ha: HomeAssistant, entity_id: str) -> str:
@@ -1096,7 +1132,7 @@ async def scenario_schedules(rig: Rig) -> None:
     report, ha = rig.report, rig.ha
     mark = ha.log_mark()
     snap = await snapshot(ha)
-    entities = schedule_entities(snap)
+    entities = schedule_entities(snap, rig.watch)
     by_domain = Counter(str(e["entity_id"]).split(".")[0] for e in entities)
     report.add("schedules: entities", bool(entities), f"{len(entities)} ("
                + ", ".join(f"{d} {n}" for d, n in sorted(by_domain.items())) + f"), "
@@ -1108,7 +1144,7 @@ async def scenario_schedules(rig: Rig) -> None:
         print(f"  enabled {len(disabled)}; Home Assistant reloads MQTT in 30 s ...", flush=True)
         await asyncio.sleep(35)
     snap = await rig.settle()
-    entities = schedule_entities(snap)
+    entities = schedule_entities(snap, rig.watch)
     states = {e["entity_id"]: snap.states.get(e["entity_id"], "missing") for e in entities}
     # Unknown, as the inverter has them: a time-of-use period not in use (it keeps only
     # those), a weekday it reports as not set (0).
@@ -1220,6 +1256,12 @@ async def scenario_ha_restart(rig: Rig) -> None:
     report.add("HA restart: same entities", snap.same_entities(before),
                set_difference(before.entity_ids, snap.entity_ids))
     lost = sorted(set(before.alive(before.enabled)) - set(snap.alive(snap.enabled)))
+    # Last write shows a result, which is not retained: 2025.4 does not restore it
+    results = [e for e in lost if e == snap.find("last_write")]
+    if results:
+        report.add("HA restart: Last write, known", None, f"{results[0]} unknown until the "
+                   "next write (set/result is not retained; 2026.11 restores the state)")
+        lost = [e for e in lost if e not in results]
     report.add("HA restart: values back", not lost,
                f"{len(snap.alive(snap.enabled))} of {len(snap.enabled)} enabled show a value "
                f"({len(before.alive(before.enabled))} before)"
