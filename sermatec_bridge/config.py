@@ -287,6 +287,11 @@ class HomeAssistantSettings(_Section):
         description="Longest random delay, in seconds, before discovery is sent again "
         "after Home Assistant's birth message.",
     )
+    time_platform: Literal["time", "text"] = Field(
+        default="time",
+        description="How schedule times are set from Home Assistant: time entities "
+        "(Home Assistant 2026.5 or newer), or text entities taking HH:MM (older versions).",
+    )
 
     @property
     def status_topic(self) -> str:

@@ -13,7 +13,15 @@ MASK = "********"
 
 
 def format_value(f: Field, value: Value) -> str:
-    """One value as text; a number with as many decimals as its scale gives (0.1: one)."""
+    """One value as text; a number with as many decimals as its scale gives (0.1: one).
+
+    A switch-like setting (a flag) is on, off or not set, never its code; a code that is
+    none of these says so. Other yes/no fields (status bits) are yes or no.
+    """
+    if f.flag is not None:
+        if isinstance(value, bool) or value is None:
+            return "not set" if value is None else "on" if value else "off"
+        return f"unknown (code {value})"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None:

@@ -13,7 +13,7 @@ def test_energy_prints_with_the_precision_of_its_scale() -> None:
                "grid_export_by_half_hour": [0.5] + [0.0] * 47}
     lines = display.lines(codec.decode(command, 609, codec.encode(command, 609, values)))
     assert "Grid export today: 12.3 kWh" in lines
-    assert "Grid export: 1450 kWh" in lines
+    assert "Grid export total: 1450 kWh" in lines
     (half_hours,) = [f for f in command.layouts[252] if f.key == "grid_export_by_half_hour"]
     assert display.format_value(half_hours, [0.5, 0.30000000000000004]) == "0.5, 0.3"
 
@@ -25,18 +25,27 @@ def test_a_scale_of_a_hundredth_keeps_two_decimals() -> None:
     assert display._decimals(0.001) == 3 and display._decimals(1) == 0
 
 
-def test_switches_print_yes_no_or_not_set_never_their_code() -> None:
+def test_switches_print_on_off_or_not_set_never_their_code() -> None:
     """0xa2's 2-bit switches: 1 on, 3 off, 0 not set, as its 0xee00 / 0x00ee flags."""
     command = tables.FORCED_SCHEDULE
     payload = bytearray(codec.fixed_size(command, 609) or 0)
-    payload[0:2] = (1 | 1 << 2 | 3 << 4).to_bytes(2, "big")  # enabled, Sunday on, Monday off
+    # enabled, Sunday on, Monday off, Tuesday not set, Wednesday the code 2 (no meaning)
+    payload[0:2] = (1 | 1 << 2 | 3 << 4 | 2 << 8).to_bytes(2, "big")
     lines = display.lines(codec.decode(command, 609, bytes(payload)))
-    assert lines[:4] == ["Forced charge enabled: yes", "Forced charge on Sunday: yes",
-                         "Forced charge on Monday: no", "Forced charge on Tuesday: not set"]
-    assert "Forced discharge enabled: no" in lines
+    assert lines[:5] == ["Forced charge enabled: on", "Forced charge on Sunday: on",
+                         "Forced charge on Monday: off", "Forced charge on Tuesday: not set",
+                         "Forced charge on Wednesday: unknown (code 2)"]
+    assert "Forced discharge enabled: off" in lines
     switches = [line for line in lines if " enabled: " in line or " on " in line]
     assert len(switches) == 16
-    assert all(line.endswith((": yes", ": no", ": not set")) for line in switches)
+    assert all(line.endswith((": on", ": off", ": not set", ": unknown (code 2)"))
+               for line in switches)
+    params2 = codec.decode(tables.WORKING_PARAMETERS_2, 609,
+                           bytes.fromhex("ee00" "00ee") + bytes(100))
+    assert display.lines(params2)[:2] == ["Meter detection: on",
+                                          "Three-phase unbalanced output: off"]
+    running = codec.decode(tables.RUNNING_STATUS, 609, bytes.fromhex("40000000"))
+    assert "Grid power down: yes" in display.lines(running), "a status bit, not a switch"
 
 
 def test_records_are_shown_as_far_as_their_count_says_they_are_in_use() -> None:

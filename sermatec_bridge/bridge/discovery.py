@@ -25,12 +25,13 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import PROJECT_URL, __version__
 from ..protocol import tables
 from ..protocol.model import Command, Field
+from . import schedules
 from .groups import BY_KEY, GROUPS, Group
 from .state import LAST_SEEN, derived_fields, is_published
 
@@ -94,6 +95,9 @@ class Control:
     group: str = "settings"  # the poll group whose state shows its current value
 
 
+_FORCED = tuple(f.key for f in tables.SET_FORCED_SCHEDULE.layouts[500]
+                if f.group is None and not f.key.endswith("_period_count"))
+
 CONTROLS: tuple[Control, ...] = (
     Control("inverter_on", "switch", 0x64, group="live"),
     Control("operating_mode", "select", 0x66),
@@ -102,32 +106,47 @@ CONTROLS: tuple[Control, ...] = (
     Control("off_grid_soc_min", "number", 0x6A),
     Control("charge_power_limit", "number", 0x6A),
     Control("discharge_power_limit", "number", 0x6A),
+    *(Control(f"tariff_{name}", "number", 0x66) for name in ("tip", "peak", "flat", "valley")),
+    Control("tou_count", "number", 0x66),
+    # the forced schedule's switches (enabled, weekdays) and SOC limits; its periods are
+    # entities of their own (schedule_entities)
+    *(Control(key, "number" if key.endswith("_soc_limit") else "switch", 0x71)
+      for key in _FORCED),
 )
 CLOCK_KEY = "clock"  # set/clock, handled by the writer without a value
 LAST_WRITE = "last_write"  # the sensor showing the outcome of the last write
 
-# What a new device shows: the entities a user looks at or automates (by component id;
-# every control is one). Everything else is announced with enabled_by_default false.
+TIME_PATTERN = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)?$"
+"""What a schedule time takes in its text form: HH:MM, 24:00 for the end of the day, or
+nothing (a time-of-use period not in use shows empty)."""
+
+# What a new device shows: the entities a user looks at or automates, by key (a control's
+# component id is set_<key>). Everything else is announced with enabled_by_default false.
 ENABLED_BY_DEFAULT = frozenset({
     "proxy_clients",  # offered only when the app proxy is on
-    # battery
+    # battery; power signed for the Energy dashboard and power-flow cards
     "battery_soc", "battery_state", "battery_voltage", "battery_current",
-    "battery_temperature", "battery_soh", "dc_power",
+    "battery_temperature", "battery_soh", "battery_power",
     # PV
     "pv_power", "pv1_power", "pv2_power", "pv1_voltage", "pv2_voltage", "pv1_current",
     "pv2_current",
     # grid, load, backup output, inverter
-    "grid_active_power", "grid_frequency", "grid_power_down", "remote_load_power",
+    "grid_power", "grid_frequency", "grid_power_down", "remote_load_power",
     *(f"grid_{phase}_{quantity}" for phase in "abc" for quantity in ("voltage", "current")),
     "backup_active_power", "backup_a_voltage", "inverter_on", "inverter_temperature",
-    # energy: what the Energy dashboard needs, daily (0.1 kWh) and lifetime (1 kWh)
+    # energy: what the Energy dashboard needs, daily and lifetime
     *(f"{counter}_{period}" for period in ("today", "total") for counter in (
         "pv_energy", "load_energy", "grid_import", "grid_export", "battery_charge",
         "battery_discharge")),
     # settings a user changes or watches, alarms, freshness, write outcomes
     "operating_mode", "grid_soc_min", "off_grid_soc_min", "grid_export_limit",
-    "charge_power_limit", "discharge_power_limit",
+    "charge_power_limit", "discharge_power_limit", CLOCK_KEY,
     "problem", "active_alarms", LAST_SEEN, LAST_WRITE,
+    # schedules: forced charge / discharge on, its SOC limit and first period (what an
+    # automation sets); whether a time-of-use table is in use
+    *(f"forced_{kind}_{key}" for kind in ("charge", "discharge")
+      for key in ("mode", "soc_limit", "period_1_start", "period_1_end")),
+    "tou_count",
 })
 
 _OTHER_PHASES = re.compile(r"(^|_)([bc]|ab|bc|ca)_(voltage|current|power|temperature)$")
@@ -171,6 +190,10 @@ class DiscoveryContext:
     sw_version: str = __version__
     proxy: bool = False  # the app proxy is on: offer its diagnostic entity
     bridge_id: str | None = None  # the bridge that serves it (None: the default one)
+    time_platform: str = "time"  # schedule times as "time" (HA 2026.5+) or "text" entities
+    # Seconds a command Home Assistant publishes stays on the broker (MQTT 5's message
+    # expiry); None: not announced (a broker link in MQTT 3.1.1)
+    command_expiry: int | None = None
 
     @property
     def single_phase(self) -> bool:
@@ -280,6 +303,7 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
             out[LAST_SEEN] = _last_seen(ctx, group)
     for control, f in controls:
         out[f"set_{control.key}"] = _control(ctx, control, f)
+    out.update(schedule_entities(ctx))
     if clock_offered(ctx):
         out[f"set_{CLOCK_KEY}"] = _clock_button(ctx)
     if ctx.writes_enabled:
@@ -287,9 +311,57 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
     if ctx.proxy:
         out[PROXY_CLIENTS] = _proxy_clients(ctx)
     for cid, config in out.items():
-        if "command_topic" not in config and cid not in ENABLED_BY_DEFAULT:
+        if cid.removeprefix("set_") not in ENABLED_BY_DEFAULT:
             config["enabled_by_default"] = False
+        if "command_topic" in config and ctx.command_expiry is not None:
+            config["message_expiry_interval"] = ctx.command_expiry
     return out
+
+
+def schedule_entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
+    """Each schedule period's start, end, tariff and in-use switch as an entity of its own
+    (see :mod:`.schedules`): controls where a write carries them, sensors otherwise."""
+    group = BY_KEY["settings"]
+    writes = {c.write for c in CONTROLS} if ctx.writes_enabled else set()
+    written = {s.key for code in writes
+               for s in schedules.slots(tables.COMMANDS[code].layout(ctx.version) or (),
+                                        ctx.version)}
+    out: dict[str, dict[str, Any]] = {}
+    for command in group_commands(group, ctx.version):
+        for slot in schedules.slots(command.layout(ctx.version) or (), ctx.version):
+            if slot.key in written:
+                out[f"set_{slot.key}"] = _slot_control(ctx, slot)
+            else:
+                out[slot.key] = _read_only(ctx, group, replace(
+                    slot.field, key=slot.key, name=slot.name, category="config"))
+    return out
+
+
+
+def _slot_control(ctx: DiscoveryContext, slot: schedules.Slot) -> dict[str, Any]:
+    f = slot.field
+    platform = ("switch" if slot.in_use else "select" if f.codes is not None
+                else ctx.time_platform)
+    config = _base(ctx, platform, slot.key, slot.name)
+    config.update({
+        "state_topic": ctx.state_topic("settings"),
+        "command_topic": ctx.command_topic(slot.key),
+        "entity_category": "config",
+    })
+    v = value_of(slot.key)
+    if platform == "switch":
+        config.update({"value_template": on_off_template(slot.key), "payload_on": ON,
+                       "payload_off": OFF})
+    elif platform == "select":
+        config.update({"value_template": _select_template(slot.key, f),
+                       "options": writable_options(f)})
+    elif platform == "time":  # no 24:00 in a time entity: the end of the day is 00:00
+        config["value_template"] = (f"{{% set t = {v} %}}{{{{ 'None' if t is none else "
+                                    f"'00:00' if t == '24:00' else t }}}}")
+    else:
+        config.update({"value_template": f"{{% set t = {v} %}}{{{{ '' if t is none else t }}}}",
+                       "pattern": TIME_PATTERN, "max": 5, "icon": "mdi:clock-outline"})
+    return config
 
 
 PROXY_CLIENTS = "proxy_clients"
@@ -371,6 +443,19 @@ def _read_only(ctx: DiscoveryContext, group: Group, f: Field) -> dict[str, Any]:
     if (category := _category(f)) is not None:
         config["entity_category"] = category
     return config
+
+
+def writable_options(f: Field) -> list[str]:
+    """The options a select offers: the named codes, the ones a write takes."""
+    return list(dict.fromkeys((f.codes or {}).values()))
+
+
+def _select_template(key: str, f: Field) -> str:
+    """The current option; unknown ("None") for a code the select does not offer, which
+    Home Assistant would otherwise log as an invalid option."""
+    v = value_of(key)
+    return (f"{{% set o = {v} %}}{{{{ o if o in {json.dumps(writable_options(f))} "
+            "else 'None' }}")
 
 
 def enum_options(f: Field) -> list[str]:
@@ -481,9 +566,13 @@ def _control(ctx: DiscoveryContext, control: Control, f: Field) -> dict[str, Any
         })
     elif control.platform == "select":
         config.update({
-            "value_template": state_template(f.key),
-            "options": enum_options(f),
+            "value_template": _select_template(f.key, f),
+            "options": writable_options(f),
         })
+        if enum_options(f) != writable_options(f):  # a code without a name shows here
+            config["json_attributes_topic"] = config["state_topic"]
+            config["json_attributes_template"] = (
+                "{{ {'reported': " + value_of(f.key) + "} | to_json }}")
     else:
         config.update(_number_options(f))
         config["value_template"] = state_template(f.key)
@@ -564,12 +653,14 @@ ABBREVIATIONS: dict[str, str] = {
     "icon": "ic",
     "json_attributes_template": "json_attr_tpl",
     "json_attributes_topic": "json_attr_t",
+    "message_expiry_interval": "msg_exp_int",
     "object_id": "obj_id",
     "options": "ops",
     "origin": "o",
     "payload_off": "pl_off",
     "payload_on": "pl_on",
     "payload_press": "pl_prs",
+    "pattern": "ptrn",
     "state_class": "stat_cla",
     "state_topic": "stat_t",
     "suggested_display_precision": "sug_dsp_prc",

@@ -30,6 +30,7 @@ Interfaces for other parts of the bridge (the MQTT dispatcher, the app proxy):
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -507,4 +508,7 @@ class InverterRuntime:
             sw_version=__version__,
             proxy=self.config.proxy_port is not None,
             bridge_id=bridge_id(self.settings),
+            time_platform=self.settings.homeassistant.time_platform,
+            command_expiry=(math.ceil(self.command_deadline)
+                            if self.settings.mqtt.protocol == "5" else None),
         )

@@ -1,7 +1,10 @@
 """The JSON state object of a poll group, as published on ``<base>/<serial>/<group>``.
 
 Pure functions of decoded readings: every field Home Assistant may show, by field key,
-in the units of the tables (scale already applied by the codec), plus ``last_seen``.
+in the units of the tables (scale already applied by the codec), plus ``last_seen``, the
+values computed from others (PV power, grid and battery power signed as Home Assistant's
+Energy dashboard takes them) and each schedule period member by member
+(:mod:`.schedules`).
 Values Home Assistant would reject become ``None`` (published as JSON null, shown as
 "unknown"): a coded value whose raw code has no label, a flag that is neither on nor
 off, a time of day out of range. Energy counters pass through :class:`EnergyGuard`, so
@@ -22,6 +25,7 @@ from ..protocol import alarms
 from ..protocol.codec import Reading, layout_of
 from ..protocol.model import Field, Value, Wire, watts
 from ..protocol.records import in_use as records_in_use
+from . import schedules
 
 log = structlog.get_logger(__name__)
 
@@ -29,23 +33,42 @@ ALARMS_GROUP = "alarms"
 LAST_SEEN = "last_seen"
 
 # Values the bridge computes from others, shown like fields: PV power is the one number a
-# power-flow card or an automation needs, and the tables only have it per string.
+# power-flow card or an automation needs, and the tables only have it per string. Grid and
+# battery power come signed the other way round from what Home Assistant's Energy
+# dashboard and the power-flow cards take (grid: positive while importing; battery:
+# positive while discharging), so they are offered with that sign too.
 PV_POWER = watts("pv_power", "PV power", note="PV1 + PV2, computed by the bridge")
 PV_STRINGS = ("pv1_power", "pv2_power")
+NEGATED = {
+    "grid_active_power": watts("grid_power", "Grid power (import positive)",
+                               note="minus grid active power, which is positive while "
+                               "exporting"),
+    "dc_power": watts("battery_power", "Battery power (discharge positive)",
+                      note="minus the DC-side battery power, which is positive while "
+                      "charging"),
+}
 
 
 def derived_fields(keys: set[str]) -> list[Field]:
     """The computed fields a state object with these keys carries."""
-    return [PV_POWER] if all(k in keys for k in PV_STRINGS) else []
+    out = [PV_POWER] if all(k in keys for k in PV_STRINGS) else []
+    return out + [f for source, f in NEGATED.items() if source in keys]
 
 
 def derived_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """The computed values of a state object (None where a source is unknown)."""
-    if not all(k in values for k in PV_STRINGS):
-        return {}
-    strings = [values[k] for k in PV_STRINGS]
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in strings)
-    return {PV_POWER.key: sum(strings) if numeric else None}
+    out: dict[str, Any] = {}
+    if all(k in values for k in PV_STRINGS):
+        strings = [values[k] for k in PV_STRINGS]
+        out[PV_POWER.key] = sum(strings) if all(map(_is_number, strings)) else None
+    for source, f in NEGATED.items():
+        if source in values:
+            out[f.key] = 0 - values[source] if _is_number(values[source]) else None
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def is_published(f: Field) -> bool:
@@ -135,6 +158,9 @@ def _reading_values(reading: Reading, now: datetime, guard: EnergyGuard) -> dict
         if is_energy_counter(f):
             value = guard.check(f.key, value, now)
         out[f.key] = value
+    flat = schedules.flat(layout, reading.version, reading.values)
+    out.update((slot.key, clean(slot.field, flat[slot.key]))
+               for slot in schedules.slots(layout, reading.version))
     return out
 
 

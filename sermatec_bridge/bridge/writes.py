@@ -32,6 +32,7 @@ from ..inverter.client import InverterClient, InverterError, Session
 from ..protocol import codec, records, tables
 from ..protocol.codec import quote
 from ..protocol.model import Command, Field, Value, Wire
+from . import schedules
 
 log = structlog.get_logger(__name__)
 
@@ -81,14 +82,21 @@ class WriteResult:
 
 
 def targets(version: int) -> dict[str, tuple[Command, Field]]:
-    """Every setting an MQTT write may change at this PCU version: key -> (write, field)."""
+    """Every setting an MQTT write may change at this PCU version: key -> (write, field).
+
+    A schedule's periods are there twice: as their record group, and member by member
+    (``forced_charge_period_2_start``, see :mod:`.schedules`).
+    """
     out: dict[str, tuple[Command, Field]] = {}
     for code in MQTT_WRITES:
         command = tables.COMMANDS[code]
-        for f in command.layout(version) or ():
+        layout = command.layout(version) or ()
+        for f in layout:
             if f.wire is Wire.RESERVED:
                 continue
             out.setdefault(f.group or f.key, (command, f))
+        for slot in schedules.slots(layout, version):
+            out.setdefault(slot.key, (command, slot.field))
     return out
 
 
@@ -120,8 +128,8 @@ def parse_request(payload: bytes, key: str | None = None) -> dict[str, Any]:
         if not isinstance(request, dict):
             raise WriteRefused("the payload must be a JSON object of settings")
         if key == FORCED_SCHEDULE:
-            allowed = {f.group or f.key for v in tables.SET_FORCED_SCHEDULE.layouts.values()
-                       for f in v}
+            allowed = {k for version in tables.SET_FORCED_SCHEDULE.layouts
+                       for k in _forced_keys(version)}
             others = sorted(k for k in request if k not in allowed)
             if others:
                 raise WriteRefused(f"{_names(others)}: not part of the forced charge / "
@@ -132,6 +140,12 @@ def parse_request(payload: bytes, key: str | None = None) -> dict[str, Any]:
     except json.JSONDecodeError:
         value = text  # a bare word such as ON, OFF or an option label
     return {key: value}
+
+
+def _forced_keys(version: int) -> set[str]:
+    layout = tables.SET_FORCED_SCHEDULE.layout(version) or ()
+    return {f.group or f.key for f in layout} | {
+        s.key for s in schedules.slots(layout, version)}
 
 
 class _BadNumber(ValueError):
@@ -200,7 +214,9 @@ def coerce(command: Command, version: int, key: str, value: Any,
     members = [f for f in codec.layout_of(command, version)
                if f.group == key and f.wire is not Wire.RESERVED]
     if not members:
-        return _checked(_field(command, version, key), key, value, notes)
+        slot = schedules.find(codec.layout_of(command, version), version, key)
+        f = slot.field if slot is not None else _field(command, version, key)
+        return _checked(f, key, value, notes)
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise codec.SettingRefused(key, value, "a list of records (JSON objects)")
     slots = records.slots(codec.layout_of(command, version), key)
@@ -223,7 +239,7 @@ def coerce(command: Command, version: int, key: str, value: Any,
 
 def _checked(f: Field, name: str, value: Any, notes: list[str]) -> Value:
     """One value, coerced and rounded to its step, refused if the wire cannot carry it."""
-    coerced = _to_step(f, name, _coerce_field(f, name, value), notes)
+    coerced = _to_step(f, name, _coerce_field(f, name, value, notes), notes)
     try:
         codec.to_raw(f, coerced)
     except codec.SettingRefused as exc:
@@ -231,14 +247,19 @@ def _checked(f: Field, name: str, value: Any, notes: list[str]) -> Value:
     return coerced
 
 
-def _coerce_field(f: Field, name: str, value: Any) -> Value:
+def _coerce_field(f: Field, name: str, value: Any, notes: list[str]) -> Value:
     if f.is_bool and isinstance(value, str):
         word = value.strip().lower()
         if word in ("on", "true", "1", "yes"):
             return True
         if word in ("off", "false", "0", "no"):
             return False
-        raise codec.SettingRefused(name, value, "ON or OFF")
+        if f.unset_allowed and word in ("not set", "null", "none"):
+            return None
+        raise codec.SettingRefused(name, value, "ON or OFF" + (
+            " (or not set)" if f.unset_allowed else ""))
+    if f.clock and isinstance(value, str):
+        return _time_of_day(f, name, value, notes)
     if f.is_bool and isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
         return bool(value)
     if (f.codes is not None and isinstance(value, str) and value.strip().isascii()
@@ -255,6 +276,25 @@ def _coerce_field(f: Field, name: str, value: Any) -> Value:
     if isinstance(value, float) and value.is_integer() and f.scale == 1:
         return int(value)
     return value
+
+
+_TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]+)?)?")
+
+
+def _time_of_day(f: Field, name: str, value: str, notes: list[str]) -> str:
+    """A time of day as HH:MM. Home Assistant's time entities send HH:MM:SS and cannot
+    show 24:00, so an end of 00:00 is midnight at the end of the day (24:00)."""
+    match = _TIME.fullmatch(value.strip())
+    if match is None:
+        raise codec.SettingRefused(name, value, f.writable_values, "is not a time of day")
+    hours, minutes, seconds = match.groups()
+    if seconds is not None and int(seconds) != 0:
+        raise codec.SettingRefused(name, value, "whole minutes", "has seconds")
+    text = f"{int(hours):02d}:{minutes}"
+    if f.key == "end" and text == "00:00":
+        notes.append(f"{name} 00:00 is midnight at the end of the day: written as 24:00")
+        return "24:00"
+    return text
 
 
 def _to_step(f: Field, name: str, value: Value, notes: list[str]) -> Value:
@@ -282,10 +322,11 @@ def same(command: Command, version: int, key: str, a: Value, b: Value) -> bool:
 
 
 def _wire(command: Command, version: int, key: str, value: Value) -> Any:
-    members = [f for f in codec.layout_of(command, version)
-               if f.group == key and f.wire is not Wire.RESERVED]
+    layout = codec.layout_of(command, version)
+    members = [f for f in layout if f.group == key and f.wire is not Wire.RESERVED]
     if not members:
-        return codec.to_raw(_field(command, version, key), value)
+        slot = schedules.find(layout, version, key)
+        return codec.to_raw(slot.field if slot else _field(command, version, key), value)
     return [tuple(codec.to_raw(f, r.get(f.key)) for f in members) for r in value]
 
 
@@ -296,11 +337,13 @@ def _wire(command: Command, version: int, key: str, value: Value) -> Any:
 
 @dataclass
 class _Plan:
-    """One settings block to write: the block as read with the changes in, and which."""
+    """One settings block to write: the block as read with the changes in, which changes
+    (as asked), and which fields and record groups they touch (checked by the codec)."""
 
     command: Command
     block: dict[str, Value]
     pending: dict[str, Value]
+    touched: set[str]
 
 
 class Writer:
@@ -366,9 +409,9 @@ class Writer:
             request = {k: v for k, v in records.in_use(layout, sent).items()
                        if k in {f.group or f.key for f in layout if f.wire is not Wire.RESERVED}}
             if tables.readback(command, version) is None:  # the clock: nothing to compare
-                plans = [_Plan(command, request, request)]
+                plans = [_Plan(command, request, request, set(request))]
             else:
-                _count_records(layout, request)
+                _count_records(layout, version, request)
                 plans = [await self._plan(session, command, request, (), result)]
             await self._write(session, version, plans, result)
         except (WriteRefused, codec.CodecError) as exc:
@@ -385,7 +428,7 @@ class Writer:
         for plan in plans:
             if not plan.pending:
                 continue
-            await session.write(plan.command, plan.block, only=plan.pending)
+            await session.write(plan.command, plan.block, only=plan.touched)
             result.sent = True
             for key in plan.pending:
                 self.last_write[key] = self.clock()
@@ -410,7 +453,7 @@ class Writer:
             by_command.setdefault(command.code, {})[key] = coerce(command, version, key,
                                                                   value, notes)
         for code, changes in by_command.items():
-            _count_records(codec.layout_of(tables.COMMANDS[code], version), changes)
+            _count_records(codec.layout_of(tables.COMMANDS[code], version), version, changes)
         return by_command
 
     def _rate_limit(self, keys: Iterable[str]) -> None:
@@ -428,7 +471,9 @@ class Writer:
                     named: Iterable[str], result: WriteResult) -> _Plan:
         """Read the block, find what really changes, check only that against the tables.
 
-        ``named``: the settings the user asked for (``changes`` adds record counts).
+        ``named``: the settings the user asked for (``changes`` adds record counts). A
+        schedule's single settings (:mod:`.schedules`) change their period in the records
+        read; the periods a write changes or puts in use are checked as periods.
         """
         named = set(named)
         version = session.version
@@ -439,24 +484,35 @@ class Writer:
                     f"{', '.join(changes)} can only be changed while the inverter is off"
                 )
         layout = codec.layout_of(command, version)
+        groups = records.groups(layout)
         block = await self._current(session, command, changes)
-        shown = records.in_use(layout, block)
+        before = records.in_use(layout, block)
+        shown = before | schedules.flat(layout, version, block)
         pending = {k: v for k, v in changes.items()
                    if k not in shown or not same(command, version, k, shown[k], v)}
         result.unchanged += [k for k in changes if k not in pending and k in named]
-        for group in records.groups(layout):
+        edits = {k: v for k, v in pending.items() if schedules.find(layout, version, k)}
+        for group in groups:
             if group in pending:
                 block[group] = _merge(layout, group, block.get(group), changes[group])
-        block.update({k: v for k, v in pending.items() if k not in records.groups(layout)})
+        block.update({k: v for k, v in pending.items() if k not in groups and k not in edits})
+        touched = (set(pending) - set(edits)) | _edit_periods(layout, version, block, edits)
+        for group in groups:  # a write without fixed slots carries the periods in use only
+            if records.slots(layout, group) is None:
+                block[group] = records.in_use(layout, block)[group]
+                _add_rest_of_day(layout, group, before, block, result.notes)
+        _check_periods(layout, before, records.in_use(layout, block))
         if pending:  # raises SettingRefused with the reason
-            codec.build(command, version, block, only=pending)
-        return _Plan(command, block, pending)
+            codec.build(command, version, block, only=touched)
+        return _Plan(command, block, pending, touched)
 
     async def _current(self, session: Session, command: Command,
                        changes: Mapping[str, Value]) -> dict[str, Value]:
         """The write block as the inverter has it now, from the matching query.
 
-        A record group keeps every slot the write carries, reserved bytes included.
+        A record group keeps every slot the query shows, reserved bytes included, even
+        where the write carries only the periods in use (cut to them once the changes
+        are in: a raised count takes the periods the inverter still holds).
         """
         version = session.version
         layout = codec.layout_of(command, version)
@@ -473,9 +529,6 @@ class Writer:
                 block[name] = read[name]
             elif f.wire is not Wire.RESERVED and name not in changes:
                 raise WriteRefused(_unread(command, version, query, name))
-        for group in records.groups(layout):  # a write of only the records in use
-            if records.slots(layout, group) is None:
-                block[group] = records.in_use(layout, block)[group]
         return block
 
     async def _confirm(self, session: Session, version: int, plan: _Plan, deadline: float,
@@ -503,7 +556,8 @@ class Writer:
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
-                    shown = records.in_use(layout, await _read(session, query))
+                    read = await _read(session, query)
+                    shown = records.in_use(layout, read) | schedules.flat(layout, version, read)
                     wrong = {k: shown[k] for k, v in expected.items()
                              if k in shown and not same(plan.command, version, k, shown[k], v)}
                     if not wrong:
@@ -545,22 +599,142 @@ class Writer:
         return result
 
 
-def _count_records(layout: tuple[Field, ...], changes: dict[str, Value]) -> None:
+def _count_records(layout: tuple[Field, ...], version: int,
+                   changes: dict[str, Value]) -> None:
     """The count of a record group follows the records sent (an active schedule is the
-    one sent); a count that says otherwise is refused."""
+    one sent); a count that says otherwise is refused. A count sent alone puts the first
+    periods the inverter holds in use (:func:`_edit_periods` checks them)."""
     for group in records.groups(layout):
         key = records.count_key(layout, group)
-        if key is None:
+        if key is None or group not in changes:
             continue
-        if group in changes:
-            sent = len(changes[group])
-            if key in changes and changes[key] != sent:
-                raise codec.SettingRefused(key, changes[key], f"the number of {group} "
-                                           f"records sent ({sent})", "does not match")
-            changes[key] = sent
-        elif key in changes:
-            raise codec.SettingRefused(key, changes[key], f"{group} with it",
-                                       f"cannot change alone: send {group} and it follows")
+        sent = len(changes[group])
+        if key in changes and changes[key] != sent:
+            raise codec.SettingRefused(key, changes[key], f"the number of {group} "
+                                       f"records sent ({sent})", "does not match")
+        changes[key] = sent
+        single = [k for k in changes if (slot := schedules.find(layout, version, k))
+                  and slot.schedule.group == group]
+        if single:
+            raise WriteRefused(f"send either {group} or its single settings "
+                               f"({_names(single)}), not both")
+
+
+def _edit_periods(layout: tuple[Field, ...], version: int, block: dict[str, Value],
+                  edits: Mapping[str, Value]) -> set[str]:
+    """Single settings of periods (``forced_charge_period_2_start``, ``..._in_use``) into
+    ``block``: members into the records read, in-use switches into the counts. Returns
+    the record groups and counts they touch.
+
+    Periods are in use in order (the count says how many of the first ones are): turning
+    one on that does not follow the last in use, or off one that is not the last, is
+    refused. A period not in use can be set where the write keeps it (0x71).
+    """
+    touched: set[str] = set()
+    switched: list[tuple[schedules.Slot, bool]] = []
+    for key, value in edits.items():
+        slot = schedules.find(layout, version, key)
+        assert slot is not None  # edits are the slot keys of targets()
+        group = slot.schedule.group
+        count_key = records.count_key(layout, group) or ""
+        touched |= {group, count_key}
+        if slot.in_use:
+            switched.append((slot, bool(value)))
+            continue
+        count = block[count_key]
+        if slot.index >= count and not schedules.keeps_unused(group, version):
+            field = next(f for f in layout if f.key == count_key)
+            raise WriteRefused(f"{key}: {slot.schedule.name} {slot.index + 1} is not in "
+                               f"use (periods in use: {count}); raise {field.name} "
+                               f"({count_key}) first")
+        periods = block[group]
+        assert isinstance(periods, list) and slot.index < len(periods)
+        periods[slot.index] = {**periods[slot.index], slot.field.key: value}
+    # several in one request: on from the lowest, off from the highest
+    ons = sorted((s for s, on in switched if on), key=lambda s: s.index)
+    offs = sorted((s for s, on in switched if not on), key=lambda s: -s.index)
+    for slot, on in [(s, True) for s in ons] + [(s, False) for s in offs]:
+        count_key = records.count_key(layout, slot.schedule.group) or ""
+        count, number = block[count_key], slot.index + 1
+        if on and number > count + 1:
+            raise WriteRefused(f"{slot.key}: periods are used in order; turn "
+                               f"{slot.schedule.name} {count + 1} on first")
+        if not on and number < count:
+            raise WriteRefused(f"{slot.key}: periods are used in order; turn "
+                               f"{slot.schedule.name} {count} off first")
+        block[count_key] = number if on else number - 1
+    return touched
+
+
+def _add_rest_of_day(layout: tuple[Field, ...], group: str, before: Mapping[str, Value],
+                     block: dict[str, Value], notes: list[str]) -> None:
+    """Periods a raised count adds to a write that carries only the periods in use (the
+    time-of-use schedule of 0x66): the inverter's own slot where it holds a period that
+    fits, else the rest of the day after the last period, with the "no tariff" code 0
+    (it changes nothing until its tariff is set); a forced period is never made up."""
+    schedule = schedules.BY_GROUP.get(group)
+    old, new = before.get(group) or [], block.get(group)
+    if schedule is None or not isinstance(new, list) or len(new) <= len(old):
+        return
+    unset = {f.key: f.codes[0] for f in layout
+             if f.group == group and f.codes is not None and 0 in f.codes}
+    for index in range(len(old), len(new)):
+        others = [s for s in map(_span, new[:index]) if s is not None]
+        span = _span(new[index])
+        if span is not None and span[0] < span[1] and not any(
+                span[0] < o[1] and o[0] < span[1] for o in others):
+            continue  # what the inverter holds
+        start = max((o[1] for o in others), default=0)
+        if start >= 1440:
+            raise WriteRefused(f"{schedule.name} {index + 1}: no time of the day is left "
+                               "after the periods in use; shorten one first")
+        new[index] = {**new[index], "start": f"{start // 60:02d}:{start % 60:02d}",
+                      "end": "24:00", **unset}
+        notes.append(f"{schedule.name} {index + 1} added as {_shown(new[index])}"
+                     + "".join(f", {schedule.words.get(k, k)} {v}" for k, v in unset.items())
+                     + ": set what it should be")
+
+
+def _check_periods(layout: tuple[Field, ...], before: Mapping[str, Value],
+                   after: Mapping[str, Value]) -> None:
+    """Refuse a period put in use or changed whose end is not after its start, or that
+    overlaps another period in use of its schedule. Periods left as the inverter had
+    them are not judged (an installer may have set one this bridge would not)."""
+    for group in records.groups(layout):
+        schedule = schedules.BY_GROUP.get(group)
+        old, new = before.get(group) or [], after.get(group) or []
+        if schedule is None or not isinstance(new, list):
+            continue
+        spans = [_span(r) for r in new]
+        for i, span in enumerate(spans):
+            if i < len(old) and _span(old[i]) == span:
+                continue
+            label = f"{schedule.name} {i + 1} ({_shown(new[i])})"
+            if span is None or span[0] >= span[1]:
+                raise WriteRefused(
+                    f"{label}: its end must be after its start; a period over midnight is "
+                    "two periods, one to 24:00 and one from 00:00")
+            for j, other in enumerate(spans):
+                if j != i and other is not None and span[0] < other[1] and other[0] < span[1]:
+                    raise WriteRefused(f"{label} overlaps {schedule.name} {j + 1} "
+                                       f"({_shown(new[j])})")
+
+
+def _span(record: Any) -> tuple[int, int] | None:
+    """A period's start and end in minutes, or None when it has no valid times."""
+    if not isinstance(record, Mapping):
+        return None
+    start, end = (_minutes(record.get(k)) for k in ("start", "end"))
+    return (start, end) if start is not None and end is not None else None
+
+
+def _minutes(text: Any) -> int | None:
+    match = _TIME.fullmatch(text) if isinstance(text, str) else None
+    return int(match[1]) * 60 + int(match[2]) if match else None
+
+
+def _shown(record: Any) -> str:
+    return f"{record.get('start')}-{record.get('end')}" if isinstance(record, Mapping) else "?"
 
 
 def _merge(layout: tuple[Field, ...], group: str, read: Value,

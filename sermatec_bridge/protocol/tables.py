@@ -437,7 +437,8 @@ _WORKING_PARAMETERS: tuple[Field, ...] = (
             note="write range is the project's: below 10 % risks deep discharge"),
 )
 
-_TOU_COUNT = number("tou_count", "Tariff periods in use", limits=(0, 16), hidden=True)
+_TOU_COUNT = number("tou_count", "Time-of-use periods in use", limits=(0, 16),
+                    category=CONFIG)
 
 _CUSTOM_MODE_NAMES = (
     ("custom_charge_tip", "Custom mode: charge in tip period below 10 % SOC"),
@@ -497,7 +498,7 @@ OPERATING_MODE = Command(
     0x66, "set_mode", "Operating mode and time-of-use schedule", Kind.SETTINGS,
     readback=0x95,
     layouts={252: _WORKING_PARAMETERS + (
-        number("tou_count", "Tariff periods in use", limits=(0, 16), hidden=True),
+        _TOU_COUNT,
         *_schedule("tou_count"),
     )},
 )
@@ -614,7 +615,7 @@ OPERATING_MODE_2 = Command(
 _DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 
 
-def _forced(prefix: str, what: str) -> tuple[Field, ...]:
+def _forced(prefix: str, what: str, soc: Field) -> tuple[Field, ...]:
     days = tuple(
         bits(f"{prefix}_{day}", f"{what} on {day.capitalize()}", 2 + 2 * i, 4 + 2 * i,
              flag=DAY_FLAG, category=CONFIG)
@@ -625,8 +626,7 @@ def _forced(prefix: str, what: str) -> tuple[Field, ...]:
         bits(f"{prefix}_mode", f"{what} enabled", 0, 2, same=False, flag=(1, 0),
              category=CONFIG, note="the vendor gives no codes; 1 on, 0 off as its day switches"),
         *days,
-        percent(f"{prefix}_soc_limit", f"{what} SOC limit", limits=(0, 100), state_class=None,
-                category=CONFIG),
+        soc,
         number(f"{prefix}_period_count", f"{what} periods in use", limits=(0, 4),
                category=CONFIG),
         clock("start", "Start", group=group, repeat=4),
@@ -635,9 +635,15 @@ def _forced(prefix: str, what: str) -> tuple[Field, ...]:
     )
 
 
-_FORCED = _forced("forced_charge", "Forced charge") + _forced(
-    "forced_discharge", "Forced discharge"
-)
+_FORCED = _forced("forced_charge", "Forced charge", percent(
+    "forced_charge_soc_limit", "Forced charge SOC limit", limits=(0, 100), state_class=None,
+    category=CONFIG, note="the SOC forced charging stops at",
+)) + _forced("forced_discharge", "Forced discharge", percent(
+    "forced_discharge_soc_limit", "Forced discharge SOC limit", limits=(10, 100),
+    state_class=None, category=CONFIG,
+    note="the SOC forced discharging stops at (the vendor names it as the charge's); the "
+         "write range is the project's: below 10 % risks deep discharge",
+))
 
 FORCED_SCHEDULE = Command(
     0xA2, "forced_schedule", "Forced charge and discharge schedule", Kind.QUERY,
@@ -668,14 +674,20 @@ def _history(prefix: str) -> tuple[Field, ...]:
 
 
 _ENERGY_NOTE = "vendor table gives no unit; counters are kWh"
+_SUMMARY_NOTE = (
+    "vendor: 'load power consumption', the counter 0x9b shows as well; named after it "
+    "with the frame it comes from, so that the two load counters read alike"
+)
 
 ENERGY = Command(
     0x99, "energy", "Energy totals", Kind.QUERY, replies=(0x99,),
     layouts={252: (
         energy("pv_energy_today", "PV energy today", 0.1, note=_ENERGY_NOTE),
         energy("pv_energy_total", "PV energy total", 1, size=4, note=_ENERGY_NOTE),
-        energy("consumption_today", "Consumption today", 0.1, note=_ENERGY_NOTE),
-        energy("consumption_total", "Consumption total", 1, size=4, note=_ENERGY_NOTE),
+        energy("consumption_today", "Load energy today (summary frame)", 0.1,
+               note=_SUMMARY_NOTE),
+        energy("consumption_total", "Load energy total (summary frame)", 1, size=4,
+               note=_SUMMARY_NOTE),
         Field("savings_today", "Savings today", Wire.INT, scale=0.1, precision=1,
               category=DIAGNOSTIC),
         Field("savings_total", "Savings total", Wire.INT, size=4, scale=0.1, precision=1,
@@ -694,7 +706,7 @@ GRID_ENERGY = Command(
     0x9A, "grid_energy", "Grid export energy", Kind.QUERY, replies=(0x9A,),
     layouts={252: (
         energy("grid_export_today", "Grid export today", 0.1, note=_EXPORT_NOTE),
-        energy("grid_export_total", "Grid export", 1, size=4, note=_EXPORT_NOTE),
+        energy("grid_export_total", "Grid export total", 1, size=4, note=_EXPORT_NOTE),
         *_history("grid_export"),
     )},
 )

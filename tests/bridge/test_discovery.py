@@ -49,13 +49,15 @@ ALLOWED: dict[str | None, tuple[Any, set[str | None]]] = {
 }
 BINARY_CLASSES = {None, "problem", "running", "connectivity", "power", "battery_charging"}
 NUMBER_CLASSES: dict[str | None, Any] = {None: ANY, "power": {"W", "kW"}, "battery": {"%"}}
-PLATFORMS = {"sensor", "binary_sensor", "number", "select", "switch", "button"}
+PLATFORMS = {"sensor", "binary_sensor", "number", "select", "switch", "button", "time"}
 
 
-def ctx(version: int = 609, writes: bool = True, serial: str = SERIAL) -> DiscoveryContext:
+def ctx(version: int = 609, writes: bool = True, serial: str = SERIAL,
+        time_platform: str = "time") -> DiscoveryContext:
     return DiscoveryContext(serial=serial, model="5 kW", pcu_version=version, version=version,
                             dsp_version="1.2", base_topic=BASE, writes_enabled=writes,
-                            intervals={"live": 10, "energy": 60, "slow": 300}, timeout=5)
+                            intervals={"live": 10, "energy": 60, "slow": 300}, timeout=5,
+                            time_platform=time_platform)
 
 
 def group_payloads(version: int) -> dict[str, dict[str, Any]]:
@@ -87,8 +89,13 @@ def test_pcu_609_with_writes_offers_every_kind_of_entity(full: dict[str, Any]) -
     counts = Counter(e["platform"] for e in full.values())
     assert set(counts) == PLATFORMS
     assert counts["sensor"] > 100 and counts["binary_sensor"] > 10
-    assert counts["number"] == 5 and counts["select"] == 1
-    assert counts["switch"] == 1 and counts["button"] == 1
+    # 5 limits, 4 tariffs, the time-of-use count, the two forced SOC limits
+    assert counts["number"] == 12
+    # the operating mode and a tariff per time-of-use period
+    assert counts["select"] == 1 + 16
+    # on/off; forced charge and discharge: enabled, 7 weekdays, 4 periods in use
+    assert counts["switch"] == 1 + 2 * (1 + 7 + 4) and counts["button"] == 1
+    assert counts["time"] == 2 * 4 * 2 + 16 * 2  # each period's start and end
     energy = [e for e in full.values() if e.get("device_class") == "energy"]
     assert len(energy) == 14
     for e in energy:
@@ -129,8 +136,9 @@ def test_binary_sensors_and_controls_are_valid(full: dict[str, Any]) -> None:
     assert (export["max"], export["unit_of_measurement"], export["device_class"]) == (
         10000, "W", "power")
     select = full["set_operating_mode"]
-    # Codes 0 and 6 have no name: they are options too, so a select shows them.
-    assert select["options"] == [*tables.OPERATING_MODES.values(), "0", "6"]
+    # Codes 0 and 6 have no name and are never written: not offered (see
+    # test_a_select_shows_a_code_it_does_not_offer_as_unknown).
+    assert select["options"] == list(tables.OPERATING_MODES.values())
     assert select["state_topic"] == f"{BASE}/{SERIAL}/settings"
     assert select["command_topic"] == f"{BASE}/{SERIAL}/set/operating_mode"
     switch = full["set_inverter_on"]
@@ -163,7 +171,9 @@ def test_ids_names_and_availability(full: dict[str, Any]) -> None:
 def test_no_read_only_entity_for_a_key_that_has_a_control(full: dict[str, Any]) -> None:
     controls = {e["unique_id"] for e in full.values() if "command_topic" in e}
     read_only = {e["unique_id"] for e in full.values() if "command_topic" not in e}
-    assert len(controls) == 8
+    # and 4 tariffs with the time-of-use count; the forced switches and SOC limits; each
+    # forced period's in-use switch, start and end; each time-of-use period's 3 settings
+    assert len(controls) == 8 + 5 + 2 * (1 + 7 + 1) + 2 * 4 * 3 + 16 * 3
     assert not controls & read_only
 
 
@@ -226,7 +236,9 @@ def test_templates_render_as_home_assistant_expects(full: dict[str, Any]) -> Non
         if "json_attributes_template" in e:
             attributes = json.loads(env.from_string(e["json_attributes_template"]).render(
                 value_json=payload))
-            assert attributes == {"alarms": payload["alarms"]}
+            assert attributes == ({"reported": payload["operating_mode"]}
+                                  if cid == "set_operating_mode"
+                                  else {"alarms": payload["alarms"]})
     assert env.from_string(full["set_inverter_on"]["value_template"]).render(
         value_json=payloads[f"{BASE}/{SERIAL}/live"]) == "None"
 
@@ -248,8 +260,12 @@ def test_pcu_252_offers_only_what_it_has() -> None:
              for f in tables.COMMANDS[code].layout(609) or ()}
     assert not keys & later
     controls = {cid for cid, e in entities.items() if "command_topic" in e}
-    assert controls == {"set_inverter_on", "set_operating_mode", "set_grid_soc_min",
-                        "set_grid_export_limit", "set_clock"}
+    schedule = {f"set_tou_period_{n}_{word}" for n in range(1, 17)
+                for word in ("start", "end", "tariff")}
+    assert controls - schedule == {
+        "set_inverter_on", "set_operating_mode", "set_grid_soc_min", "set_grid_export_limit",
+        "set_clock", "set_tou_count", *(f"set_tariff_{t}" for t in ("tip", "peak", "flat",
+                                                                   "valley"))}
     assert "battery_voltage" in entities and "pv_energy_total" in entities
 
 
@@ -371,10 +387,11 @@ def announced(model: str, writes: bool = True) -> dict[str, dict[str, Any]]:
     return components
 
 
-HEADLINE = ("pv_power", "battery_soc", "battery_state", "grid_active_power",
+HEADLINE = ("pv_power", "battery_soc", "battery_state", "grid_power", "battery_power",
             "remote_load_power", "pv_energy_today", "grid_export_today", "grid_import_today",
             "battery_charge_today", "battery_discharge_today", "set_operating_mode",
-            "set_grid_soc_min", "problem", "last_write")
+            "set_grid_soc_min", "problem", "last_write", "set_forced_charge_mode",
+            "set_forced_charge_period_1_start", "set_forced_charge_period_1_end")
 
 
 @pytest.mark.parametrize("model", ["10 kW", "5 kW"])
@@ -387,9 +404,10 @@ def test_at_most_80_entities_are_enabled_on_a_new_device(model: str, writes: boo
     for cid in HEADLINE:
         if writes or (not cid.startswith("set_") and cid != "last_write"):
             assert cid in enabled, cid
-    rare = [cid for cid in components if cid.startswith(("parallel_", "drm"))
-            or re.fullmatch(r"forced_(dis)?charge_[a-z]+day", cid)]
-    assert len(rare) >= 9 + 14 + 10
+    rare = [cid for cid in components if cid.removeprefix("set_").startswith(
+        ("parallel_", "drm", "tou_period_")) or re.fullmatch(
+        r"(set_)?forced_(dis)?charge_([a-z]+day|period_[2-4]_[a-z_]+)", cid)]
+    assert len(rare) >= 9 + 14 + 10 + 16 * 3 + 2 * 3 * 2
     assert not set(rare) & enabled
     assert all(c["enabled_by_default"] is False for cid, c in components.items()
                if cid not in enabled)
@@ -418,7 +436,15 @@ def test_pv_power_total_is_published_and_announced() -> None:
 def test_energy_counters_carry_the_energy_dashboard_names() -> None:
     components = announced("5 kW")
     export, daily = components["grid_export_total"], components["grid_export_today"]
-    assert (export["name"], daily["name"]) == ("Grid export", "Grid export today")
+    counters = {c["name"] for c in components.values() if c.get("device_class") == "energy"}
+    # Every counter reads "<what> today" or "<what> total"; the two load counters (0x9b,
+    # and 0x99's copy of it) alike
+    assert all(re.fullmatch(r"[A-Z][A-Za-z]+( [a-z]+)* (today|total)( \(summary frame\))?", n)
+               for n in counters), counters
+    assert {"Load energy today", "Load energy today (summary frame)",
+            "Load energy total", "Load energy total (summary frame)"} <= counters
+    assert (export["name"], daily["name"]) == ("Grid export total", "Grid export today")
+    assert export["unique_id"] == f"{SERIAL}_grid_export_total", "renamed, same history"
     assert "grid_energy_total" not in components
     for counter in (export, daily, components["grid_import_today"]):
         assert (counter["device_class"], counter["state_class"]) == ("energy",
@@ -467,3 +493,85 @@ def test_keys_that_name_a_dict_method_are_read_by_subscript() -> None:
     assert discovery.value_of("items") == "value_json['items']"
     assert discovery.value_of("values") == "value_json['values']"
     assert discovery.value_of("pv1-power") == "value_json['pv1-power']"
+
+
+# --------------------------------------------------------------------------------------
+# Schedules: time or text entities (issue 18)
+# --------------------------------------------------------------------------------------
+
+SCHEDULE_TIMES = {f"set_{prefix}_period_{n}_{end}" for n in range(1, 5) for end in ("start", "end")
+                  for prefix in ("forced_charge", "forced_discharge")} | {
+    f"set_tou_period_{n}_{end}" for n in range(1, 17) for end in ("start", "end")}
+
+
+@pytest.mark.parametrize("platform", ["time", "text"])
+def test_schedule_times_render_what_either_platform_takes(platform: str) -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    entities = discovery.entities(ctx(time_platform=platform))
+    times = {cid: e for cid, e in entities.items() if e["platform"] == platform}
+    assert set(times) == SCHEDULE_TIMES
+    for cid, e in times.items():
+        key = cid.removeprefix("set_")
+        assert e["command_topic"] == f"{BASE}/{SERIAL}/set/{key}"
+        assert e["default_entity_id"] == f"{platform}.sermatec_{SERIAL.lower()}_{key}"
+        template = jinja2.Environment().from_string(e["value_template"])
+        shown = {value: template.render(value_json={key: value})
+                 for value in ("07:45", "00:00", "24:00", None)}
+        if platform == "time":  # parsed as a time of day; None is "unknown"
+            assert shown == {"07:45": "07:45", "00:00": "00:00", "24:00": "00:00",
+                             None: "None"}, cid
+        else:  # the text entity refuses a state its pattern does not match (a ValueError)
+            assert shown == {"07:45": "07:45", "00:00": "00:00", "24:00": "24:00",
+                             None: ""}, cid
+            assert all(re.compile(e["pattern"]).match(text) and len(text) <= e["max"]
+                       for text in shown.values()), cid
+            assert not re.compile(e["pattern"]).match("24:01")
+
+
+def test_switching_the_time_platform_hands_the_entities_over() -> None:
+    _, as_time = discovery.device_config(ctx(time_platform="time"))
+    _, as_text = discovery.device_config(ctx(time_platform="text"))
+    gone = discovery.removals(as_time, as_text)
+    assert gone == {cid: {"p": "time"} for cid in SCHEDULE_TIMES}
+    assert discovery.removals(as_text, as_time) == {cid: {"p": "text"} for cid in SCHEDULE_TIMES}
+    # the same unique ids: Home Assistant keeps each entity's settings per platform
+    assert {c["uniq_id"] for c in as_time["cmps"].values()} == {
+        c["uniq_id"] for c in as_text["cmps"].values()}
+    time_topics = [t for t, _ in discovery.entity_configs(ctx(time_platform="time"))]
+    text_topics = [t for t, _ in discovery.entity_configs(ctx(time_platform="text"))]
+    stale = discovery.stale_topics(time_topics, text_topics)
+    assert stale == [t for t in time_topics if "/time/" in t] and len(stale) == 48
+
+
+def test_a_select_shows_a_code_it_does_not_offer_as_unknown(full: dict[str, Any]) -> None:
+    """Home Assistant logs an error for a select state outside its options and keeps the
+    old one; an operating mode an installer set (6) shows as unknown, and as an attribute."""
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    env.filters["to_json"] = json.dumps
+    select = full["set_operating_mode"]
+    for mode, shown in (("Peak-valley", "Peak-valley"), (6, "None"), (None, "None")):
+        state = {"operating_mode": mode}
+        assert env.from_string(select["value_template"]).render(value_json=state) == shown
+        assert json.loads(env.from_string(select["json_attributes_template"]).render(
+            value_json=state)) == {"reported": mode}
+    discharge = full["set_forced_discharge_soc_limit"]
+    assert (discharge["min"], discharge["max"], discharge["unit_of_measurement"]) == (
+        10, 100, "%")
+    tariff = full["set_tou_period_1_tariff"]
+    assert tariff["options"] == list(tables.TARIFF_PERIODS.values())
+    assert "json_attributes_template" not in tariff  # every code has a name
+
+
+def test_command_topics_carry_a_message_expiry() -> None:
+    expiring = DiscoveryContext(serial=SERIAL, model="5 kW", pcu_version=609, version=609,
+                                writes_enabled=True, command_expiry=30)
+    _, payload = discovery.device_config(expiring)
+    commands = [c for c in payload["cmps"].values() if "cmd_t" in c]
+    assert len(commands) > 100
+    assert all(c["msg_exp_int"] == 30 for c in commands)
+    assert not [c for c in payload["cmps"].values() if "cmd_t" not in c and "msg_exp_int" in c]
+    assert "msg_exp_int" not in payload, "at device level Home Assistant 2025.4 refuses it"
+    for _, config in discovery.entity_configs(expiring):
+        assert ("msg_exp_int" in config) == ("cmd_t" in config)
+    assert "msg_exp_int" not in json.dumps(discovery.device_config(ctx())[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,11 +97,44 @@ def test_record_groups_are_trimmed_to_the_records_in_use() -> None:
     forced = reading(0xA2, forced_charge_period_count=1)
     payload = state_payload("settings", [params, forced, reading(0x9D)], NOW, EnergyGuard())
     assert payload["tou_schedule"] == [{"start": "06:00", "end": "09:00", "period": "Peak"}] * 3
-    assert "tou_count" not in payload  # hidden; the list says it
+    assert payload["tou_count"] == 3
     assert payload["forced_charge_periods"] == [{"start": "08:30", "end": "08:30"}]
     assert len(payload["forced_discharge_periods"]) == 2
     assert not any(k.startswith("reserved") for k in payload)
     assert not any(k.startswith("custom_") for k in payload)  # hidden
+
+
+def test_each_period_is_also_shown_member_by_member() -> None:
+    """One key per period member for Home Assistant's entities: time-of-use periods while
+    in use (0x66 writes only those), forced periods always (0x71 keeps every slot)."""
+    schedule = [{"start": f"0{n}:00", "end": f"0{n}:30", "period": "Peak"} for n in range(8)]
+    params = reading(0x95, tou_count=2, tou_schedule=schedule * 2)
+    forced = reading(0xA2, forced_charge_period_count=1, forced_charge_periods=[
+        {"start": "01:00", "end": "02:00"}, {"start": "03:00", "end": "04:00"}] * 2)
+    payload = state_payload("settings", [params, forced, reading(0x9D)], NOW, EnergyGuard())
+    assert (payload["tou_period_2_start"], payload["tou_period_2_end"],
+            payload["tou_period_2_tariff"]) == ("01:00", "01:30", "Peak")
+    assert payload["tou_period_3_start"] is None and payload["tou_period_16_tariff"] is None
+    assert "tou_period_1_in_use" not in payload, "the count says it"
+    assert (payload["forced_charge_period_1_start"], payload["forced_charge_period_1_in_use"]
+            ) == ("01:00", True)
+    assert (payload["forced_charge_period_2_start"], payload["forced_charge_period_2_end"],
+            payload["forced_charge_period_2_in_use"]) == ("03:00", "04:00", False)
+    assert "forced_charge_period_5_start" not in payload
+
+
+def test_grid_and_battery_power_are_also_signed_as_power_flow_cards_expect() -> None:
+    """Home Assistant's Energy dashboard and power-flow cards: grid positive while
+    importing, battery positive while discharging."""
+    exporting = state_payload("live", [reading(0x0B, grid_active_power=1500,
+                                               dc_power=-800)], NOW, EnergyGuard())
+    assert (exporting["grid_power"], exporting["battery_power"]) == (-1500, 800)
+    importing = state_payload("live", [reading(0x0B, grid_active_power=-200, dc_power=2500)],
+                              NOW, EnergyGuard())
+    assert (importing["grid_power"], importing["battery_power"]) == (200, -2500)
+    idle = state_payload("live", [reading(0x0B, grid_active_power=0, dc_power=0)], NOW,
+                         EnergyGuard())
+    assert json.dumps([idle["grid_power"], idle["battery_power"]]) == "[0, 0]"  # not -0
 
 
 def test_record_with_unknown_code_shows_none() -> None:

@@ -166,13 +166,11 @@ async def test_periods_keep_their_reserved_bytes_and_the_count_follows_them() ->
             assert result.error == ("forced_charge_period_count: 2 does not match; allowed: "
                                     "the number of forced_charge_periods records sent (1)")
 
-            # A count alone would bring back slots the state does not show as in use.
+            # A count alone puts the periods the inverter holds in use (the state shows
+            # them: forced_charge_period_2_start), checked as if they were sent.
             result = await writer.apply({"forced_charge_period_count": 2})
-            assert not result.ok and not result.sent
-            assert result.error == (
-                "forced_charge_period_count: 2 cannot change alone: send "
-                "forced_charge_periods and it follows; allowed: forced_charge_periods with it")
-            assert sim.model.values(0xA2)["forced_charge_period_count"] == 1
+            assert result.ok, result.error
+            assert sim.model.values(0xA2)["forced_charge_period_count"] == 2
 
 
 # --------------------------------------------------------------------------------------

@@ -219,6 +219,13 @@ class Mosquitto:
         except FileNotFoundError:
             return ""
 
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
 
 def password_file(directory: Path, user: str, password: str) -> Path:
     """A Mosquitto password file with one user (``password_file`` in ``extra``)."""
@@ -234,12 +241,8 @@ def password_file(directory: Path, user: str, password: str) -> Path:
 @pytest.fixture
 def broker(mosquitto_bin: str, tmp_path: Path) -> Iterator[Mosquitto]:
     """A plain (anonymous, no TLS) Mosquitto for one test."""
-    mosquitto = Mosquitto(mosquitto_bin, tmp_path / "mosquitto")
-    mosquitto.start()
-    try:
+    with Mosquitto(mosquitto_bin, tmp_path / "mosquitto") as mosquitto:
         yield mosquitto
-    finally:
-        mosquitto.stop()
 
 
 # --------------------------------------------------------------------------------------

@@ -127,15 +127,34 @@ async def test_device_discovery_with_writes_offers_controls(
     assert button["payload_press"] == "PRESS"
     # A control replaces the read-only sensor of the same setting.
     assert "grid_soc_min" not in components
+    # Schedules: time entities by default, weekdays and periods in use as switches
+    start = control("forced_charge_period_1_start", "time")
+    assert start["state_topic"] == topic("settings")
+    control("forced_discharge_period_4_in_use", "switch")
+    control("forced_charge_saturday", "switch")
+    control("tou_period_16_tariff", "select")
+    control("tou_count", "number")
+    # MQTT 5: a command queued on the broker while the bridge is away expires there after
+    # the bridge's own deadline for a write, 30 s
+    commands = [c for c in components.values() if "command_topic" in c]
+    assert {c.get("message_expiry_interval") for c in commands} == {30}
 
 
 async def test_per_entity_discovery(ha: HomeAssistant, start_bridge: BridgeFactory,
                                     broker: Mosquitto) -> None:
-    start_bridge({"homeassistant": {"device_discovery": False}, "writes": {"enabled": True}})
+    """As for Home Assistant before 2024.11: one topic per entity, schedule times as text
+    entities, and a broker link in MQTT 3.1.1 (no message expiry on command topics)."""
+    start_bridge({"homeassistant": {"device_discovery": False, "time_platform": "text"},
+                  "writes": {"enabled": True}, "mqtt": {"protocol": "3.1.1"}})
     await wait_ready(ha)
     energy = f"{PREFIX}/sensor/{SERIAL}/pv_energy_total/config"
     number = f"{PREFIX}/number/{SERIAL}/set_grid_soc_min/config"
     problem = f"{PREFIX}/binary_sensor/{SERIAL}/problem/config"
+    end = f"{PREFIX}/text/{SERIAL}/set_tou_period_1_end/config"
+    text = discovery.expand(await ha.wait_json(end))
+    assert (text["command_topic"], text["pattern"]) == (topic("set/tou_period_1_end"),
+                                                        discovery.TIME_PATTERN)
+    assert "message_expiry_interval" not in text
     for name in (energy, number, problem):
         message = await ha.wait_topic(name)
         assert message.retain, name

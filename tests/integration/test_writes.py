@@ -152,6 +152,32 @@ async def test_forced_schedule(ha: HomeAssistant, sim: Simulator) -> None:
         ("01:00", "05:00"), ("13:30", "14:00")]
 
 
+@pytest.mark.usefixtures("bridge")
+async def test_schedule_entities_round_trip(ha: HomeAssistant, sim: Simulator) -> None:
+    """What Home Assistant's time, switch and select entities send, one setting a message:
+    each reaches the inverter and comes back in the settings state."""
+    for leaf, payload, key, shown in [
+        ("set/forced_charge_period_1_end", "06:30:00", "forced_charge_period_1_end", "06:30"),
+        ("set/forced_charge_period_1_start", "01:15:00", "forced_charge_period_1_start",
+         "01:15"),
+        ("set/forced_charge_period_1_in_use", "ON", "forced_charge_period_1_in_use", True),
+        ("set/forced_charge_wednesday", "ON", "forced_charge_wednesday", True),
+        ("set/forced_charge_mode", "ON", "forced_charge_mode", True),
+        ("set/tou_period_1_tariff", "Valley", "tou_period_1_tariff", "Valley"),
+    ]:
+        mark = ha.mark()
+        result = await ha.write(leaf, payload)
+        assert result == {"ok": True, "changed": {key: shown}, "topic": leaf,
+                          "written": True}, result
+        await settings_state(ha, mark, key, shown)
+    forced = sim.model.values(0xA2)
+    assert forced["forced_charge_periods"][0]["start"] == "01:15"
+    assert (forced["forced_charge_period_count"], forced["forced_charge_wednesday"],
+            forced["forced_charge_mode"]) == (1, True, True)
+    assert sim.model.values(0x95)["tou_schedule"][0]["period"] == "Valley"
+    assert writes_sent(sim) == [0x71] * 5 + [0x66]
+
+
 def tou(settings: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
     return [(p["start"], p["end"], p["period"]) for p in settings["tou_schedule"]]
 
@@ -240,6 +266,9 @@ async def test_several_settings_in_one_message(
     ("set", '{"forced_charge_periods": [{"start": "25:00", "end": "26:00"}]}', "forced"),
     ("set/forced_schedule", '{"forced_charge_periods": "none"}', "list of records"),
     ("set/forced_schedule", '{"grid_soc_min": 30}', "not part of the forced charge"),
+    ("set/forced_charge_period_1_in_use", "ON", "its end must be after its start"),
+    ("set/tou_period_2_start", "01:00:00", "is not in use"),
+    ("set/forced_charge_period_1_start", "01:00:30", "has seconds"),
 ])
 async def test_refused_with_a_reason(ha: HomeAssistant, sim: Simulator, leaf: str,
                                      payload: str, reason: str) -> None:
@@ -360,7 +389,11 @@ async def test_settings_outside_the_policy_do_not_block_a_write(
     assert state["operating_mode"] == 6, "a mode without a name shows as its code"
     config = discovery.expand(await ha.wait_json(f"{PREFIX}/device/{SERIAL}/config"))
     mode = config["cmps"]["set_operating_mode"]
-    assert str(state["operating_mode"]) in mode["options"], "the select can show it"
+    # The select offers only modes a write takes: it shows this one as unknown (not an
+    # invalid option, which Home Assistant logs as an error), its code as an attribute.
+    assert mode["options"] == ["General", "Energy storage", "Micro-grid", "Peak-valley",
+                               "AC coupling"]
+    assert "reported" in mode["json_attributes_template"]
     sim.received.clear()
 
     mark = ha.mark()

@@ -512,7 +512,8 @@ def test_forced_schedule_switches_keep_their_wire_codes() -> None:
     values = dict(codec.decode(forced, 609, bytes(60)).values)
     assert values["forced_charge_monday"] is None and values["forced_charge_mode"] is False
     values |= {"forced_charge_mode": True, "forced_charge_sunday": True,
-               "forced_charge_monday": False, "forced_discharge_saturday": True}
+               "forced_charge_monday": False, "forced_discharge_saturday": True,
+               "forced_discharge_soc_limit": 20}  # a whole block is checked: 10 % at least
     payload = codec.build(forced, 609, values)
     assert payload[0:2] == (1 | 1 << 2 | 3 << 4).to_bytes(2, "big")
     assert payload[30:32] == (1 << 14).to_bytes(2, "big")
