@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import user_directories
+from ports import free_port
 
 from sermatec_bridge import cli
 from sermatec_bridge.inverter import identity_cache
@@ -245,12 +246,6 @@ def test_list_needs_no_inverter(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------
 # Against the simulator: the configuration is honoured, one connection, exit codes
 # --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ports import free_port
 from structlog.testing import capture_logs
 
 from sermatec_bridge.bridge import health
@@ -17,12 +18,6 @@ from sermatec_bridge.bridge.health import check
 from sermatec_bridge.bridge.service import Bridge
 from sermatec_bridge.config import load_settings
 from sermatec_bridge.simulator import Simulator
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_a_part_that_dies_stops_the_bridge_with_a_failure(tmp_path: Path) -> None:

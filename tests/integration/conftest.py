@@ -31,6 +31,7 @@ import pytest
 import structlog
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from ports import free_port
 
 from sermatec_bridge.bridge.service import Bridge
 from sermatec_bridge.config import Settings, load_settings
@@ -53,13 +54,6 @@ VENV_BIN = Path(sys.executable).parent
 # --------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

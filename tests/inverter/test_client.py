@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
+from ports import free_port
 
 from sermatec_bridge.inverter.client import (
     InverterBusy,
@@ -31,12 +31,6 @@ async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "the condition did not hold"
         await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_reads_identity_and_every_query_through_latency_and_one_byte_chunks() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from ports import free_port
 from structlog.testing import capture_logs
 
 from sermatec_bridge.protocol import codec, frame, tables
@@ -97,12 +97,6 @@ async def cloud() -> AsyncIterator[StandInCloud]:
 
 def station(cloud: StandInCloud, **kw: Any) -> Simulator:
     return Simulator(seed=3, cloud=cloud.address, dial_interval=0.05, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def values(reply: frame.Frame) -> dict[str, Any]:
