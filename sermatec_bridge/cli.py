@@ -713,7 +713,9 @@ def _app(args: argparse.Namespace) -> Exit:
         raise Failure(str(exc), Exit.ERROR) from None
     mqtt = app.settings.mqtt
     return _bridge(app.settings, app.zone, args.debug, options=str(app.options_file),
-                   broker=f"{mqtt.host}:{mqtt.port} (from {app.broker_from})")
+                   broker=f"{mqtt.host}:{mqtt.port} (from {app.broker_from})",
+                   home_assistant=app.home_assistant or "unknown",
+                   time_platform=app.settings.homeassistant.time_platform)
 
 
 def _home_zone() -> HomeZone:

@@ -4,8 +4,10 @@ The Supervisor starts the app's container with ``SUPERVISOR_TOKEN`` set and writ
 options the user saved in the app's Configuration tab to ``/data/options.json``. They use
 the keys of the YAML configuration (``inverter: {host, port}``, ``writes: {enabled}``, ...),
 so the same models validate them. When they name no MQTT broker, the broker, its port,
-credentials and TLS come from the Supervisor (the Mosquitto app provides them), and the
-time zone is always Home Assistant's.
+credentials and TLS come from the Supervisor (the Mosquitto app provides them), the
+time zone is always Home Assistant's, and schedule times take the form that Home
+Assistant's version understands (``time`` entities from 2026.5, ``text`` before) unless the
+options say otherwise.
 
 Every way this can fail (no Supervisor, a refusal, no MQTT service, options that are not
 valid) ends the start with one line naming the cause, never a traceback.
@@ -30,6 +32,7 @@ DEFAULT_URL = "http://supervisor"
 DEFAULT_OPTIONS = "/data/options.json"
 TIMEOUT = 10.0  # seconds for each request to the Supervisor
 MAX_REPLY = 1 << 20  # bytes; the Supervisor's answers are far smaller
+TIME_ENTITIES = (2026, 5)  # the Home Assistant release with MQTT time entities
 
 # The Supervisor is on the app's own network: never through an HTTP proxy, which would
 # also see the token.
@@ -53,6 +56,7 @@ class AppStart:
     zone: HomeZone
     options_file: Path
     broker_from: str  # "the Supervisor" or "the options"
+    home_assistant: str | None  # Home Assistant's version, as the Supervisor says it
 
 
 class Supervisor:
@@ -104,15 +108,26 @@ class Supervisor:
                 broker[key] = str(service[key])
         return broker
 
-    def zone(self) -> HomeZone:
-        """Home Assistant's time zone."""
-        name = self.get("/info").get("timezone")
-        if not isinstance(name, str) or not name:
-            raise SupervisorError("the Supervisor's /info names no time zone")
-        try:
-            return named(name, "Home Assistant's time zone")
-        except ZoneError as exc:
-            raise SupervisorError(str(exc)) from None
+
+def zone_of(info: Mapping[str, Any]) -> HomeZone:
+    """Home Assistant's time zone, from the Supervisor's ``/info``."""
+    name = info.get("timezone")
+    if not isinstance(name, str) or not name:
+        raise SupervisorError("the Supervisor's /info names no time zone")
+    try:
+        return named(name, "Home Assistant's time zone")
+    except ZoneError as exc:
+        raise SupervisorError(str(exc)) from None
+
+
+def time_platform(version: str | None) -> str | None:
+    """The schedule-time form Home Assistant ``version`` (``2026.11.0``) takes: ``time``
+    entities came to MQTT in 2026.5. None when the version cannot be read."""
+    try:
+        year, month = (int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return None
+    return "time" if (year, month) >= TIME_ENTITIES else "text"
 
 
 def _reason(exc: urllib.error.HTTPError) -> str:
@@ -163,13 +178,19 @@ def start(environ: Mapping[str, str]) -> AppStart:
         raise ConfigError(["no inverter address: enter it under inverter → host in the "
                            "app's Configuration tab"])
     supervisor = Supervisor(environ.get(URL_ENV) or DEFAULT_URL, environ[TOKEN_ENV])
-    zone = supervisor.zone()
+    info = supervisor.get("/info")
+    zone = zone_of(info)
+    version = info.get("homeassistant")
+    version = version if isinstance(version, str) and version else None
     # Readable lines in the app's log, unless the options ask for JSON.
     layer = {**options, "log": {"format": "console", **_section(options, "log")}}
+    form = time_platform(version)
+    if form is not None:  # the options still win
+        layer["homeassistant"] = {"time_platform": form, **_section(options, "homeassistant")}
     broker_from = "the options"
     if not _section(options, "mqtt").get("host"):
         layer["mqtt"] = {**_section(options, "mqtt"), **supervisor.broker()}
         broker_from = "the Supervisor"
     # The options are the user's configuration: they win over the image's environment.
     settings = load_settings(overrides=layer, env=environ)
-    return AppStart(settings, zone, path, broker_from)
+    return AppStart(settings, zone, path, broker_from, version)

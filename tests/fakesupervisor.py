@@ -29,9 +29,11 @@ class FakeSupervisor:
     """``routes``: path -> (status, body); change them before the request is made."""
 
     def __init__(self, *, timezone: str = "Pacific/Auckland",
-                 broker: dict[str, Any] | None = None) -> None:
+                 broker: dict[str, Any] | None = None,
+                 home_assistant: str = "2026.11.0") -> None:
         self.routes: dict[str, tuple[int, bytes]] = {
-            "/info": ok({"timezone": timezone, "hostname": "homeassistant"}),
+            "/info": ok({"timezone": timezone, "hostname": "homeassistant",
+                         "homeassistant": home_assistant}),
             "/services/mqtt": ok({"app": "core_mosquitto", "ssl": False,
                                   "protocol": "3.1.1", **(broker or {})}),
         }

@@ -54,6 +54,19 @@ def test_the_broker_and_the_zone_come_from_the_supervisor(fake: FakeSupervisor,
                              ("/services/mqtt", f"Bearer {TOKEN}")]
 
 
+@pytest.mark.parametrize(("version", "form"), [
+    ("2026.11.0", "time"), ("2026.5.0", "time"), ("2026.4.3", "text"), ("2025.4.4", "text"),
+    ("2027.1.0b2", "time"), ("landingpage", "time"), ("", "time")])
+def test_schedule_times_take_the_form_home_assistants_version_understands(
+        tmp_path: Path, version: str, form: str) -> None:
+    """MQTT time entities came with Home Assistant 2026.5: an older core would refuse the
+    whole device. A version that cannot be read leaves the default (the newest form)."""
+    with FakeSupervisor(broker=BROKER, home_assistant=version).running() as fake:
+        app = supervisor.start(app_env(fake, tmp_path))
+    assert app.settings.homeassistant.time_platform == form
+    assert app.home_assistant == (version or None)
+
+
 def test_tls_of_the_supervisors_broker(fake: FakeSupervisor, tmp_path: Path) -> None:
     fake.routes["/services/mqtt"] = (200, json.dumps({"result": "ok", "data": {
         **BROKER, "port": 8883, "ssl": True}}).encode())
