@@ -108,6 +108,21 @@ def _check_command(value: Any) -> str:
 CommandName = Annotated[str, BeforeValidator(_check_command)]
 
 
+def _check_named_only(label: str) -> str:
+    """A command that passes a foreign requester only where a setting names it; a settings
+    write is none of them (it follows writes.enabled)."""
+    from .bridge.policy import NAMED_ONLY
+
+    if int(label, 16) not in NAMED_ONLY:
+        raise ValueError(f"{label} is not a command to name here: settings writes follow "
+                         "writes.enabled, queries always pass; name the reset, network or "
+                         "register commands, or 0xb1")
+    return label
+
+
+NamedOnlyCommand = Annotated[CommandName, AfterValidator(_check_named_only)]
+
+
 def _check_network(value: str) -> str:
     """A client network in CIDR notation (a single address is a network of one)."""
     try:
@@ -330,7 +345,7 @@ class ProxySettings(_Section):
         "disconnected at once. Empty: any client.",
         examples=[["192.168.1.0/24"]],
     )
-    allow: list[CommandName] = Field(
+    allow: list[NamedOnlyCommand] = Field(
         default_factory=list,
         description="Commands a client may send beyond queries (and settings writes, which "
         "follow writes.enabled), by code or name: the reset 0x70, the network writes 0x94, "

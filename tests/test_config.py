@@ -441,6 +441,18 @@ def test_bad_proxy_settings_say_what_is_wrong(tmp_path: Path) -> None:
                for line in lines), lines
 
 
+def test_naming_a_settings_write_in_proxy_allow_cannot_turn_writes_on(tmp_path: Path) -> None:
+    """Settings writes follow writes.enabled: proxy.allow names only what passes nowhere
+    else (a LAN client must not switch the inverter off with writes disabled)."""
+    path = write_yaml(tmp_path, {"inverter": {"host": "a"},
+                                 "proxy": {"allow": ["0x64", "0x0a", "0x9f"]}})
+    lines = problems(config_file=path, env={})
+    assert any(line.startswith("proxy.allow[0]") and "writes.enabled" in line
+               for line in lines), lines
+    assert any(line.startswith("proxy.allow[1]") for line in lines), lines
+    assert not any(line.startswith("proxy.allow[2]") for line in lines), lines
+
+
 def test_metrics_listen_on_this_host_only_unless_told(tmp_path: Path) -> None:
     assert load_settings(env=ONE).health.metrics_host == "127.0.0.1"
 

@@ -33,6 +33,11 @@ from .writes import Writer, WriteResult
 SETTINGS_WRITES = frozenset(
     code for code, c in COMMANDS.items() if c.kind is Kind.SETTINGS and c is not RESET)
 GUARDED_QUERIES = frozenset({0xB1, 0xBB})  # queries that only pass when named
+# What passes only where a setting names it: the reset, the network and register commands,
+# and the guarded queries. Settings writes are not among them: they follow writes.enabled.
+NAMED_ONLY = frozenset(
+    code for code, c in COMMANDS.items()
+    if c is RESET or c.kind in (Kind.NETWORK, Kind.SPECIAL) or code in GUARDED_QUERIES)
 
 
 class Refused(Exception):
