@@ -76,6 +76,9 @@ def from_environment(environ: Mapping[str, str], localtime: Path = LOCALTIME) ->
                             str(localtime))
     except FileNotFoundError:
         return HomeZone(UTC, "UTC", f"neither TZ nor {localtime} is set")
+    except IsADirectoryError:  # Docker makes a missing bind source a directory
+        return HomeZone(UTC, "UTC", f"TZ is not set and {localtime} is a directory (the "
+                        "host has no zone file to mount): set TZ")
     except (OSError, ValueError) as exc:
         raise ZoneError(f"{localtime} is not a time zone file ({exc}); set TZ to a zone "
                         "name such as Europe/Berlin") from None
