@@ -2,17 +2,22 @@
 
 A connection attempt fails, or a connection ends, in one of three ways:
 
-* **The broker cannot be reached** (it restarts, the network is down, a TLS handshake
-  fails): try again every 0.25 to 0.5 s, however long the outage. An attempt at a
-  closed port costs nothing, and the bridge is back, subscribed, within about half a
-  second of the broker's return: states are published again at once, and a write
-  published right after the return finds the bridge listening.
+* **The broker cannot be reached.** Its port is closed (it restarts): try again every
+  0.25 to 0.5 s, however long the outage. An attempt at a closed port costs nothing, and
+  the bridge is back, subscribed, within about half a second of the broker's return:
+  states are published again at once, and a write published right after the return
+  finds the bridge listening. Anything else (no answer, no route, a name that does not
+  resolve, a TLS handshake that fails) costs the broker or the network more and is often
+  a setting: back off from 0.5 s to at most 4 s, so the bridge is still back within a few
+  seconds, and say which setting to check where one is to blame.
 * **The broker refuses the bridge** (a wrong password, a client id it rejects): back off
   from 1 s to a minute. The log says once, in one line, which setting to check.
 * **The broker closes the connection soon after accepting it**, twice in a row, or says
-  "session taken over": another client uses the same client id. The bridge that is
-  pushed out that soon gives way (30 s, doubling up to 10 min), so that the one that was
-  connected first keeps the broker; the log says so once, naming ``mqtt.client_id``.
+  "session taken over": another client uses the same client id (Mosquitto 2.0 gives no
+  reason when it pushes a client out; the rare broker that drops a client for a message
+  it refuses looks the same, and the log line says so). The bridge that is pushed out
+  that soon gives way (30 s, doubling up to 10 min), so that the one that was connected
+  first keeps the broker; the log says so once, naming ``mqtt.client_id``.
 
 Everything is logged once per cause: the first failure, not the next thousand.
 """
@@ -20,6 +25,8 @@ Everything is logged once per cause: the first failure, not the next thousand.
 from __future__ import annotations
 
 import random
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +38,8 @@ from ..config import MqttSettings, env_name
 from ..inverter.client import backoff
 
 SETTLED = 5.0  # seconds a connection must last before it counts as this bridge's own
-REACH = (0.25, 0.5)  # seconds between attempts while the broker cannot be reached
+REACH = (0.25, 0.5)  # seconds between attempts while the broker's port is closed
+UNREACHABLE = (0.5, 4.0)  # first and longest wait while it does not answer at all
 REFUSED = (1.0, 60.0)  # first and longest wait after the broker refused the bridge
 GIVE_WAY = (30.0, 600.0)  # first and longest wait while another client has our id
 
@@ -56,6 +64,16 @@ def reason_code(error: BaseException) -> int | None:
         if isinstance(seen, MqttCodeError) and seen.rc is not None:
             rc = seen.rc
             return int(rc.value) if hasattr(rc, "value") else int(rc)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def os_error(error: BaseException) -> OSError | None:
+    """The socket error behind ``error`` (aiomqtt raises its text, with it as context)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -88,6 +106,7 @@ class BrokerRetry:
         self.since: float | None = None  # when the current connection was accepted
         self.away_since: float | None = None  # when the broker was lost, until it is back
         self.refused = 0  # refusals in a row
+        self.unanswered = 0  # attempts in a row that got no answer at all
         self.short = 0  # connections in a row that ended before SETTLED
         self.given_way = 0  # times in a row this bridge gave way to another client
         self.said: str | None = None  # the cause logged last
@@ -95,7 +114,7 @@ class BrokerRetry:
     def connected(self) -> float | None:
         """The broker accepted the bridge; how long it was away (None: it was not)."""
         now = self.clock()
-        self.since, self.refused, self.said = now, 0, None
+        self.since, self.refused, self.unanswered, self.said = now, 0, 0, None
         away, self.away_since = self.away_since, None
         return None if away is None else now - away
 
@@ -117,12 +136,24 @@ class BrokerRetry:
                 fields["check"] = check
             return self._say("mqtt connection failed, retrying", delay, "error", fields)
         fields = {"error": str(error)}
-        if "timed out" in str(error).lower():
+        cause = os_error(error)
+        if isinstance(cause, ConnectionRefusedError | ConnectionResetError):
+            self.unanswered = 0
+            return self._say("mqtt connection failed, retrying", random.uniform(*REACH),
+                             "warning", fields)
+        self.unanswered += 1
+        if isinstance(cause, socket.gaierror):
+            fields["check"] = (f"mqtt.host ({env_name(['mqtt', 'host'])}): "
+                               f"{self.mqtt.host!r} is not a name this machine can resolve")
+        elif isinstance(cause, ssl.SSLError):
+            fields["check"] = ("mqtt.tls (ca_file, cert_file, key_file, insecure): the TLS "
+                               "handshake with the broker failed")
+        elif "timed out" in str(error).lower():
             fields["hint"] = ("the broker did not answer: is it a TLS listener "
                               "(mqtt.tls.enabled)?" if not self.mqtt.tls.enabled
                               else "the broker did not answer")
-        return self._say("mqtt connection failed, retrying", random.uniform(*REACH),
-                         "warning", fields)
+        return self._say("mqtt connection failed, retrying",
+                         backoff(self.unanswered, *UNREACHABLE), "warning", fields)
 
     def _ended(self, lasted: float, code: int | None, error: BaseException) -> Step:
         if lasted >= SETTLED:
@@ -138,7 +169,9 @@ class BrokerRetry:
                 f"bridge its own mqtt.client_id ({env_name(['mqtt', 'client_id'])})",
                 delay, "error", {"client_id": client_id,
                                  "seen": "the broker closed the connection "
-                                         f"{lasted:.1f} s after accepting it"})
+                                         f"{lasted:.1f} s after accepting it",
+                                 "hint": "no other bridge with this id? then the broker "
+                                         "refuses something of this one's: see its log"})
         self.said = None  # a new episode: its first failure is worth a line again
         event = ("another MQTT client connected with this bridge's client id; "
                  "taking the connection back" if code == TAKEN_OVER

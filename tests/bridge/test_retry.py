@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 from typing import Any
 
 import pytest
@@ -9,7 +11,14 @@ from aiomqtt.exceptions import MqttCodeError, MqttConnectError, MqttError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sermatec_bridge.bridge.retry import GIVE_WAY, REACH, REFUSED, SETTLED, BrokerRetry
+from sermatec_bridge.bridge.retry import (
+    GIVE_WAY,
+    REACH,
+    REFUSED,
+    SETTLED,
+    UNREACHABLE,
+    BrokerRetry,
+)
 from sermatec_bridge.config import MqttSettings
 
 
@@ -33,20 +42,47 @@ def dropped(code: int = 128) -> MqttError:
     return error
 
 
+def unreachable(cause: OSError) -> MqttError:
+    """What aiomqtt raises when its socket fails: the text, with the error as context."""
+    error = MqttError(str(cause))
+    error.__context__, error.__suppress_context__ = cause, True
+    return error
+
+
 def loud(step: Any) -> bool:
     return step.level != "debug"
 
 
-def test_an_unreachable_broker_is_tried_every_half_second_however_long_it_is_away() -> None:
+def test_a_closed_broker_port_is_tried_every_half_second_however_long_it_is_away() -> None:
     clock = Clock()
     retry = BrokerRetry(MqttSettings(), clock)
     steps = []
     for _ in range(2000):  # about a quarter of an hour of attempts
-        steps.append(retry.failed(MqttError("[Errno 111] Connection refused")))
+        steps.append(retry.failed(unreachable(ConnectionRefusedError(111, "refused"))))
         clock.now += steps[-1].delay
     assert all(REACH[0] <= s.delay <= REACH[1] for s in steps)
     assert [loud(s) for s in steps[:3]] == [True, False, False], "said once, not 2000 times"
     assert retry.connected() == pytest.approx(clock.now - 100.0), "how long it was away"
+
+
+@pytest.mark.parametrize(("cause", "check"), [
+    (socket.gaierror(-2, "Name or service not known"), "mqtt.host (SERMATEC_MQTT__HOST): "
+     "'broker.lan' is not a name this machine can resolve"),
+    (ssl.SSLError(1, "certificate verify failed"), "mqtt.tls (ca_file, cert_file, key_file, "
+     "insecure): the TLS handshake with the broker failed"),
+    (OSError(113, "No route to host"), None)])
+def test_a_broker_that_does_not_answer_is_tried_less_often_up_to_every_four_seconds(
+        cause: OSError, check: str | None) -> None:
+    """A name that does not resolve or a TLS handshake that fails is a setting: the bridge
+    does not knock several times a second, names the setting, and is back within seconds."""
+    clock = Clock()
+    retry = BrokerRetry(MqttSettings(host="broker.lan"), clock)
+    steps = [retry.failed(unreachable(cause)) for _ in range(50)]
+    assert steps[0].fields.get("check") == check
+    assert steps[0].delay <= UNREACHABLE[0] < max(s.delay for s in steps) <= UNREACHABLE[1]
+    assert all(s.delay >= UNREACHABLE[1] / 2 for s in steps[10:]), "backed off"
+    retry.connected()
+    assert retry.failed(unreachable(cause)).delay <= UNREACHABLE[0], "a success starts over"
 
 
 def test_wrong_credentials_name_the_settings_once_and_back_off_to_a_minute() -> None:
@@ -119,3 +155,4 @@ def test_a_connection_that_lasted_forgets_earlier_short_ones() -> None:
     retry.connected()
     clock.now += 0.4
     assert retry.failed(dropped()).delay <= REACH[1]
+
