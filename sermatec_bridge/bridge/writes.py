@@ -566,7 +566,7 @@ class Writer:
                         resends -= 1
                         log.info("the read-back does not show the write yet: sent again",
                                  command=plan.command.label, settings=", ".join(wrong))
-                        await session.write(plan.command, plan.block, only=plan.pending)
+                        await session.write(plan.command, plan.block, only=plan.touched)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         except TimeoutError:
