@@ -145,7 +145,13 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
         timeout = {"timeout": args.timeout} if args.timeout else {}
         return {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or DEFAULT_PORT,
                 **timeout}
-    chosen = _settings(args, any_inverter=True).all_inverters()[0]
+    settings = _settings(args, any_inverter=True)
+    # the first the bridge dials (one that dials in has no address to ask)
+    chosen = next((i for i in settings.all_inverters() if i.host is not None), None)
+    if chosen is None:
+        unlisted = settings.unlisted
+        return {"host": DEFAULT_INVERTER, "port": DEFAULT_PORT,
+                "timeout": args.timeout or unlisted.timeout, "retries": unlisted.retries}
     return {"host": chosen.host, "port": chosen.port, "name": chosen.name,
             "timeout": args.timeout or chosen.timeout, "retries": chosen.retries}
 

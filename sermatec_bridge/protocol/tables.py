@@ -830,6 +830,10 @@ COMMANDS: dict[int, Command] = {
         ROUTER_AND_CLOUD_QUERY, REGISTER_WRITE, REGISTER_QUERY,
     )
 }
+# The settings writes: what Home Assistant (and, where allowed, the app or the cloud)
+# may change. The reset is a settings command too, but never one of them.
+SETTINGS_WRITES = frozenset(
+    code for code, c in COMMANDS.items() if c.kind is Kind.SETTINGS and c is not RESET)
 
 GROUP_NAMES = {
     "tou_schedule": "Time-of-use schedule",
