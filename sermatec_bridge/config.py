@@ -540,7 +540,8 @@ class Settings(BaseSettings):
             if entry.dials_in and not listening:
                 raise ValueError(f"{where}.serial: an inverter known by its serial dials in: "
                                  "set cloud.listen_port (SERMATEC_CLOUD__LISTEN_PORT)")
-        if template and (given := sorted({"name", "proxy_port"} & self.inverter.model_fields_set)):
+        if self.inverter is not None and template and (
+                given := sorted({"name", "proxy_port"} & self.inverter.model_fields_set)):
             raise ValueError(f"inverter.{given[0]}: inverter has no host or serial, so its "
                              "settings serve every inverter that dials in unlisted; name or "
                              "proxy_port need one inverter: give its serial")

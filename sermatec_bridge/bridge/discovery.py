@@ -110,6 +110,7 @@ LAST_WRITE = "last_write"  # the sensor showing the outcome of the last write
 # every control is one). Everything else is announced with enabled_by_default false.
 ENABLED_BY_DEFAULT = frozenset({
     "proxy_clients",  # offered only when the app proxy is on
+    "cloud_link",  # offered only when the vendor cloud is relayed
     # battery
     "battery_soc", "battery_state", "battery_voltage", "battery_current",
     "battery_temperature", "battery_soh", "dc_power",
@@ -170,6 +171,7 @@ class DiscoveryContext:
     timeout: float = 5.0
     sw_version: str = __version__
     proxy: bool = False  # the app proxy is on: offer its diagnostic entity
+    cloud: bool = False  # the vendor cloud is relayed: offer its link's diagnostic entity
     bridge_id: str | None = None  # the bridge that serves it (None: the default one)
 
     @property
@@ -286,6 +288,8 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         out[LAST_WRITE] = _last_write(ctx)
     if ctx.proxy:
         out[PROXY_CLIENTS] = _proxy_clients(ctx)
+    if ctx.cloud:
+        out[CLOUD_LINK] = _cloud_link(ctx)
     for cid, config in out.items():
         if "command_topic" not in config and cid not in ENABLED_BY_DEFAULT:
             config["enabled_by_default"] = False
@@ -305,6 +309,25 @@ def _proxy_clients(ctx: DiscoveryContext) -> dict[str, Any]:
         "state_class": "measurement",
         "entity_category": "diagnostic",
         "icon": "mdi:cellphone-link",
+    })
+    return config
+
+
+CLOUD_LINK = "cloud_link"
+
+
+def _cloud_link(ctx: DiscoveryContext) -> dict[str, Any]:
+    """The link to the vendor cloud, up or down; what the cloud asked, relayed or
+    refused, as attributes (bridge/cloud.py)."""
+    config = _base(ctx, "binary_sensor", CLOUD_LINK, "Cloud link")
+    config.update({
+        "state_topic": ctx.state_topic("cloud"),
+        "value_template": f"{{% if value_json.link == 'up' %}}{ON}{{% else %}}{OFF}{{% endif %}}",
+        "payload_on": ON,
+        "payload_off": OFF,
+        "json_attributes_topic": ctx.state_topic("cloud"),
+        "device_class": "connectivity",
+        "entity_category": "diagnostic",
     })
     return config
 

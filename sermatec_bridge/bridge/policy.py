@@ -1,9 +1,9 @@
 """What a requester that is not the bridge may ask of the inverter.
 
 Clients of the app proxy (``bridge/proxy.py``) are such requesters, and so is the vendor
-cloud through the relay (``bridge/cloud.py``). They all ask this module, in two steps: :meth:`Policy.check` says whether a
-request may reach the inverter at all, :meth:`Policy.forward` runs it in the inverter's
-queue slot. What passes:
+cloud through the relay (``bridge/cloud.py``). They all ask this module, in two steps:
+:meth:`Policy.check` says whether a request may reach the inverter at all,
+:meth:`Policy.forward` runs it in the inverter's queue slot. What passes:
 
 - queries, except 0xb1, whose reply carries the router password in clear;
 - settings writes, when the requester's policy allows them (the app proxy's follows
@@ -29,6 +29,7 @@ from ..protocol import codec, frame
 from ..protocol.model import Command, Kind
 from ..protocol.tables import COMMANDS, SETTINGS_WRITES
 from .writes import Writer, WriteResult
+
 GUARDED_QUERIES = frozenset({0xB1, 0xBB})  # queries that only pass when named
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
@@ -324,7 +324,7 @@ class InverterClient:
         reply (learnt from the round trips); unset, always ``timeout``."""
         self.host, self.port = host, port
         self.dialled_in = dialled_in
-        self._dialled = asyncio.Event()  # attach() handed a connection over
+        self._next_dial = asyncio.Event()  # set (and replaced) when attach() hands one over
         self.timeout = timeout
         self.timer = timer or ReplyTimer.fixed(timeout)
         self.retries = retries
@@ -411,7 +411,12 @@ class InverterClient:
             old.close(InverterUnreachable(f"the inverter {self.where} dialled in again: "
                                           "its new connection replaces this one"))
         self.reconnects += 1
-        self._dialled.set()
+        self._next_dial.set()
+        self._next_dial = asyncio.Event()
+
+    async def next_dial(self) -> None:
+        """Wait until :meth:`attach` hands over the next connection."""
+        await self._next_dial.wait()
 
     async def _ready(self) -> Connection:
         """The open, identified connection; one is opened when there is none."""
@@ -447,10 +452,9 @@ class InverterClient:
     async def _open(self) -> None:
         """A new connection: dialled, or (``dialled_in``) the next one handed over."""
         if self.dialled_in:
-            self._dialled.clear()
             try:
                 async with asyncio.timeout(self.timeout):
-                    await self._dialled.wait()
+                    await self.next_dial()
             except TimeoutError:
                 raise InverterUnreachable(f"the inverter {self.where} has not dialled in "
                                           f"(waited {self.timeout:g} s)") from None
