@@ -56,16 +56,16 @@ class Policy:
 
     allow: frozenset[int] = frozenset()
     setting: str = "proxy.allow"  # where the user names them, for refusal messages
-    writes_setting: str = "writes.enabled"  # what lets settings writes through
+    writes_off: str = "settings writes are off (writes.enabled)"  # why one is refused
 
     @classmethod
     def of(cls, names: Iterable[str], *, settings_writes: bool, setting: str = "proxy.allow",
-           writes_setting: str = "writes.enabled") -> Policy:
+           writes_off: str = "settings writes are off (writes.enabled)") -> Policy:
         """From command labels as the configuration gives them (``0xb1``), plus every
         settings write when ``settings_writes``."""
         allowed = {int(name, 16) for name in names}
         return cls(frozenset(allowed | (SETTINGS_WRITES if settings_writes else set())),
-                   setting, writes_setting)
+                   setting, writes_off)
 
     def check(self, request: frame.Frame) -> Command:
         """The command of ``request`` if it may reach the inverter; :class:`Refused` if not."""
@@ -82,7 +82,7 @@ class Policy:
 
     def _why(self, command: Command) -> str:
         if command.code in SETTINGS_WRITES:
-            return f"settings writes are off ({self.writes_setting})"
+            return self.writes_off
         if command.code == 0xB1:
             return f"its reply carries the Wi-Fi password; only when {self.setting} names it"
         return f"a {command.kind.value} command; only when {self.setting} names it"

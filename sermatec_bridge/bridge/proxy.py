@@ -286,7 +286,8 @@ class Requester:
         command = self.server.policy.check(item)
         if not self.server.budget.take():
             raise Refused("throttled", f"more than {self.limits.rate:g} requests per second "
-                          "from the proxy's clients")
+                          + ("from the proxy's clients" if self.who == "app" else
+                             f"from the {self.who}"))
         if command.code == 0xBB:
             await self._register_query(item)
             return

@@ -60,8 +60,8 @@ class Bridge:
         self.dialling: dict[str, InverterRuntime] = {}  # the inverters that dial in, by serial
         self.relays: dict[InverterRuntime, cloud.Relay] = {}
         self.cloud_policy = Policy.of(settings.cloud.allow, settings_writes=False,
-                                      setting="cloud.allow",
-                                      writes_setting="cloud.allow, with writes.enabled")
+                                      setting="cloud.allow", writes_off="a settings write; "
+                                      "only when cloud.allow names it (and writes.enabled)")
         inverters = settings.all_inverters()
         # Their first rounds spread over one live interval: 500 inverters do not all poll
         # (and publish) at the same moment.

@@ -540,7 +540,7 @@ async def test_identify_tries_the_remembered_encoding_first() -> None:
 
 async def test_a_connection_that_never_answers_who_it_is_times_out() -> None:
     async with Listener() as listener:
-        reader, writer = await asyncio.open_connection(*listener.address)
+        _reader, writer = await asyncio.open_connection(*listener.address)
         connection = await listener.connection()
         writer.write(b"\xfe\x55\x14\x64")  # half a frame, then nothing
         with pytest.raises(InverterTimeout, match="plain or RC4"):
@@ -575,7 +575,7 @@ async def test_a_dial_replaces_an_open_connection_and_fails_the_exchange_waiting
         sim.latency = 1.0
         asked = asyncio.create_task(client.query(0x0C))
         await eventually(lambda: 0x0C in sim.received)
-        reader, writer = await asyncio.open_connection(*listener.address)  # a second dial
+        _reader, writer = await asyncio.open_connection(*listener.address)  # a second dial
         client.attach(await listener.connection(), client.identity)  # type: ignore[arg-type]
         with pytest.raises(InverterUnreachable, match="dialled in again"):
             await asked
