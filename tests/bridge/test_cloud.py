@@ -1,0 +1,110 @@
+"""The cloud listener on its own, over real TCP on loopback: its limits, what it
+remembers of each peer, and the file limit it keeps under."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from sermatec_bridge.bridge import cloud
+from sermatec_bridge.bridge.cloud import Listener
+from sermatec_bridge.inverter.client import Connection, Identity, InverterUnreachable
+from sermatec_bridge.simulator import Simulator
+
+HOST = "127.0.0.1"
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition did not hold"
+        await asyncio.sleep(0.02)
+
+
+class Taken:
+    """What the listener handed over: the service's part, played by the test."""
+
+    def __init__(self) -> None:
+        self.links: list[tuple[Connection, Identity]] = []
+
+    def __call__(self, connection: Connection, identity: Identity) -> str | None:
+        self.links.append((connection, identity))
+        return None
+
+
+@pytest.fixture
+async def listening() -> AsyncIterator[Callable[..., Listener]]:
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(hand_over: Callable[[Connection, Identity], str | None], **kw: float) -> Listener:
+        listener = Listener(hand_over, **{"timeout": 1.0, "cap": 10, **kw})  # type: ignore[arg-type]
+        tasks.append(asyncio.create_task(listener.serve(HOST, 0)))
+        return listener
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_connections_beyond_the_cap_are_refused_at_once(
+        listening: Callable[..., Listener]) -> None:
+    taken = Taken()
+    listener = listening(taken, cap=1)
+    await listener.listening.wait()
+    assert listener.port is not None
+    async with Simulator(cloud=(HOST, listener.port), dial_interval=0.05):
+        await eventually(lambda: len(taken.links) == 1)
+        async with Simulator(cloud=(HOST, listener.port), dial_interval=0.05,
+                             serial="ST5K0SECOND0000001") as second:
+            await eventually(lambda: listener.refusals["more than 1 connections"] >= 2)
+            assert 0x98 not in second.received  # hung up on before a word
+        assert listener.connected == 1
+
+
+async def test_strangers_waiting_to_be_identified_are_few(
+        listening: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cloud, "IDENTIFYING", 2)
+    listener = listening(Taken(), timeout=5.0)
+    await listener.listening.wait()
+    assert listener.port is not None
+    silent = [await asyncio.open_connection(HOST, listener.port) for _ in range(3)]
+    reader, writer = silent[-1]
+    assert await asyncio.wait_for(reader.read(4096), 5) == b""  # the third: at once
+    assert listener.refusals == {"more than 2 waiting to be identified": 1}
+    for _, writer in silent:
+        writer.close()
+
+
+async def test_a_peer_that_spoke_rc4_is_asked_in_rc4_first(
+        listening: Callable[..., Listener]) -> None:
+    taken = Taken()
+    listener = listening(taken)
+    await listener.listening.wait()
+    assert listener.port is not None
+    with capture_logs() as logs:
+        async with Simulator(cloud=(HOST, listener.port), rc4=True, dial_interval=0.05):
+            await eventually(lambda: len(taken.links) == 1)
+            first, _ = taken.links[0]
+            assert first.rc4
+            first.close(InverterUnreachable("test: the link drops"))  # it dials again
+            await eventually(lambda: len(taken.links) == 2)
+    unanswered = [line for line in logs if line["event"].startswith("cloud link: request not")]
+    assert len(unanswered) == 1  # the plain 0x98 of the first dial, not of the second
+    assert taken.links[1][0].rc4
+
+
+def test_the_listener_keeps_the_bridge_under_its_file_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def limit(soft: int) -> None:
+        monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, 1 << 20))
+
+    limit(20000)  # 64 for the bridge, 100 for its other parts, 128 + 64 not accepted yet
+    assert cloud.link_cap(100, relayed=False) == 20000 - 64 - 100 - 128 - 64
+    assert cloud.link_cap(100, relayed=True) == (20000 - 64 - 100 - 128 - 64) // 2  # + cloud
+    limit(256)
+    assert cloud.link_cap(100, relayed=True) == 1  # never none
