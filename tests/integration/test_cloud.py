@@ -165,6 +165,19 @@ async def test_a_listed_inverter_is_served_by_serial_with_its_writes_and_app_pro
     assert bridge.bridge.workers[0].config.label == "garage"
 
 
+async def test_a_write_for_an_inverter_not_seen_yet_waits_for_its_first_dial(
+        cloud_bridge: BridgeStarter, ha: HomeAssistant, listen_port: int) -> None:
+    """No inverter listed: any serial may still dial in, so its writes are held."""
+    cloud_bridge({"writes": {"enabled": True}})
+    await ha.wait_text(f"{BASE}/bridge/state", "online")
+    mark = ha.mark()
+    await ha.publish(topic("set/grid_soc_min"), "34")
+    async with station(listen_port) as sim:
+        result = await ha.wait_json(topic("set/result"), after=mark, within=15)
+        assert result["ok"], result
+        assert sim.model.settings["grid_soc_min"] == 34
+
+
 async def test_an_unlisted_inverter_is_refused_when_only_listed_ones_are_accepted(
         cloud_bridge: BridgeStarter, ha: HomeAssistant, listen_port: int,
         bridge_log: Callable[[], list[dict[str, Any]]]) -> None:
