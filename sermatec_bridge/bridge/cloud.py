@@ -40,7 +40,15 @@ from ..inverter.client import Connection, Identity, InverterError, Session, back
 from ..log import Tally
 from .metrics import CloudStats
 from .policy import Forwarded, Policy, allowed_address
-from .proxy import BACKLOG, RESERVED_FILES, Budget, Limits, Requester
+from .proxy import (
+    BACKLOG,
+    RESERVED_FILES,
+    Budget,
+    Limits,
+    Requester,
+    peer_of,
+    serve_until_cancelled,
+)
 from .runtime import CloudExchange, InverterRuntime
 
 log = structlog.get_logger(__name__)
@@ -104,12 +112,8 @@ class Listener:
                  networks=list(self.networks) or "any")
         self.listening.set()
         try:
-            async with server:
-                await server.serve_forever()
+            await serve_until_cancelled(server, self._identifying)
         finally:
-            for task in list(self._identifying):
-                task.cancel()
-            await asyncio.gather(*self._identifying, return_exceptions=True)
             self.refused.flush()
 
     def _refuse(self, reason: str, **fields: Any) -> None:
@@ -118,9 +122,7 @@ class Listener:
 
     async def _accepted(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
-        address = writer.get_extra_info("peername")
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        host = address[0] if isinstance(address, tuple) else ""
+        peer, host = peer_of(writer)
         if not allowed_address(host, self.networks):
             writer.close()
             self._refuse("not in cloud.allowed_networks", peer=peer)

@@ -121,6 +121,26 @@ def client_cap(listeners: int, inverters: int, wanted: int = Limits.clients) -> 
     return max(1, min(wanted, spare // max(1, listeners)))
 
 
+def peer_of(writer: asyncio.StreamWriter) -> tuple[str, str]:
+    """Who is on the other end: ``host:port`` for the log, and the host alone."""
+    address = writer.get_extra_info("peername")
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}", str(address[0])
+    return str(address), ""
+
+
+async def serve_until_cancelled(server: asyncio.Server,
+                                handlers: set[asyncio.Task[None]]) -> None:
+    """Serve until cancelled; then end the handlers of the connections still open."""
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
 class Budget:
     """A token bucket: ``rate`` requests per second, never more than ``burst`` at once."""
 
@@ -172,18 +192,12 @@ class ProxyServer:
                       allowed=sorted(f"0x{code:02x}" for code in self.policy.allow))
         self.listening.set()
         try:
-            async with server:
-                await server.serve_forever()
+            await serve_until_cancelled(server, self._clients)
         finally:
-            for task in list(self._clients):
-                task.cancel()
-            await asyncio.gather(*self._clients, return_exceptions=True)
             self.refused.flush()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        address = writer.get_extra_info("peername")
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        host = address[0] if isinstance(address, tuple) else ""
+        peer, host = peer_of(writer)
         if not allowed_address(host, self.networks):
             self.refused.add("not in proxy.allowed_networks", client=peer)
             writer.close()
