@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
 RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
+SPREAD_PER_INVERTER = 0.01  # seconds the first rounds of dialled-in inverters spread, each
 
 
 class Bridge:
@@ -118,7 +119,11 @@ class Bridge:
             assert self.listener is not None
             if len(self.dialling) >= self.listener.cap:
                 return f"more than {self.listener.cap} inverters dial in"
-            worker = self._add(self.settings.unlisted.model_copy(update={"serial": serial}))
+            # A fleet that dials in at once (a bridge restarted, a router back) spreads its
+            # first rounds: the more inverters, the longer, at most one live interval.
+            spread = min(self.settings.poll.live, len(self.dialling) * SPREAD_PER_INVERTER)
+            worker = self._add(self.settings.unlisted.model_copy(update={"serial": serial}),
+                               start=random.uniform(0, spread))
             log.info("an inverter that is not listed dialled in: serving it with the "
                      "settings of inverter", serial=serial, peer=connection.peer,
                      rc4=connection.rc4)
