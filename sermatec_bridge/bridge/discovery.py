@@ -109,8 +109,8 @@ LAST_WRITE = "last_write"  # the sensor showing the outcome of the last write
 # What a new device shows: the entities a user looks at or automates (by component id;
 # every control is one). Everything else is announced with enabled_by_default false.
 ENABLED_BY_DEFAULT = frozenset({
-    "proxy_clients",  # offered only when the app proxy is on
     "cloud_link",  # offered only when the vendor cloud is relayed
+    "proxy_clients",  # offered only when the app proxy is on
     # battery
     "battery_soc", "battery_state", "battery_voltage", "battery_current",
     "battery_temperature", "battery_soh", "dc_power",
