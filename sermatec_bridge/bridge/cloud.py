@@ -4,8 +4,9 @@ In station mode an inverter dials its cloud server (the vendor's listens on TCP 
 every second while it is not connected, and answers the requests that come over that
 link, in plain or RC4-encrypted frames. With ``cloud.listen_port`` the bridge is that
 server. The :class:`Listener` accepts each connection, asks who is there with 0x98
-(plain first, RC4 when plain gets no answer; a peer that spoke RC4 before is asked in
-RC4 first) and hands the identified connection to the service, which hands it to that
+(plain first, RC4 when plain gets no answer; a peer is asked first in the encoding it
+spoke last time, a new one in the encoding the last inverter spoke, as a fleet speaks
+one) and hands the identified connection to the service, which hands it to that
 inverter's runtime: the same runtime as for an inverter the bridge dials itself.
 
 Whoever connects is a stranger until it answers 0x98: a connection from outside
@@ -96,6 +97,7 @@ class Listener:
         self._links: set[Connection] = set()  # handed over, open or closed since
         self._identifying: set[asyncio.Task[None]] = set()
         self._rc4: OrderedDict[str, bool] = OrderedDict()  # peer address -> speaks RC4
+        self._last_rc4 = False  # whether the last inverter identified spoke RC4
 
     @property
     def connected(self) -> int:
@@ -142,7 +144,7 @@ class Listener:
                                 dialled_in=True)
         try:
             identity = await identify(connection, self.timeout,
-                                      rc4_first=self._rc4.get(host, False))
+                                      rc4_first=self._rc4.get(host, self._last_rc4))
         except InverterError as exc:
             connection.close(exc)
             self._refuse("no answer to 0x98 (the identity query)", peer=peer, error=str(exc))
@@ -152,7 +154,7 @@ class Listener:
             return  # quietly: asyncio logs a connection handler that ends cancelled
         finally:
             self._identifying.discard(task)
-        self._rc4[host] = connection.rc4
+        self._rc4[host] = self._last_rc4 = connection.rc4
         self._rc4.move_to_end(host)
         if len(self._rc4) > ENCODINGS_KEPT:
             self._rc4.popitem(last=False)

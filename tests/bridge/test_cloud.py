@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from sermatec_bridge.bridge import cloud
 from sermatec_bridge.bridge.cloud import Listener
 from sermatec_bridge.inverter.client import Connection, Identity, InverterUnreachable
+from sermatec_bridge.protocol import frame
 from sermatec_bridge.simulator import Simulator
 
 HOST = "127.0.0.1"
@@ -80,7 +81,7 @@ async def test_strangers_waiting_to_be_identified_are_few(
         writer.close()
 
 
-async def test_a_peer_that_spoke_rc4_is_asked_in_rc4_first(
+async def test_who_spoke_rc4_and_who_is_new_after_an_rc4_fleet_is_asked_in_rc4_first(
         listening: Callable[..., Listener]) -> None:
     taken = Taken()
     listener = listening(taken)
@@ -96,6 +97,15 @@ async def test_a_peer_that_spoke_rc4_is_asked_in_rc4_first(
     unanswered = [line for line in logs if line["event"].startswith("cloud link: request not")]
     assert len(unanswered) == 1  # the plain 0x98 of the first dial, not of the second
     assert taken.links[1][0].rc4
+    # an inverter never seen before, from another address, is asked as the last one was
+    reader, writer = await asyncio.open_connection(HOST, listener.port,
+                                                   local_addr=("127.0.0.2", 0))
+    frames = frame.FrameReader(rc4=True)
+    first: list[frame.Frame | frame.FrameError] = []
+    while not first:
+        first += frames.feed(await asyncio.wait_for(reader.read(4096), 5))
+    assert isinstance(first[0], frame.Frame) and first[0].command == 0x98 and first[0].rc4
+    writer.close()
 
 
 def test_the_listener_keeps_the_bridge_under_its_file_limit(
