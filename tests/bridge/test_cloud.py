@@ -1,10 +1,11 @@
 """The cloud listener on its own, over real TCP on loopback: its limits, what it
-remembers of each peer, and the file limit it keeps under."""
+remembers of each peer, and the file limit it keeps under; a runtime handed a dial."""
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -12,9 +13,12 @@ from structlog.testing import capture_logs
 
 from sermatec_bridge.bridge import cloud
 from sermatec_bridge.bridge.cloud import Listener
+from sermatec_bridge.bridge.publisher import Broker
+from sermatec_bridge.bridge.runtime import InverterRuntime
+from sermatec_bridge.config import InverterSettings, load_settings
 from sermatec_bridge.inverter.client import Connection, Identity, InverterUnreachable
-from sermatec_bridge.protocol import frame
-from sermatec_bridge.simulator import Simulator
+from sermatec_bridge.protocol import codec, frame
+from sermatec_bridge.simulator import InverterModel, Simulator
 
 HOST = "127.0.0.1"
 
@@ -118,3 +122,22 @@ def test_the_listener_keeps_the_bridge_under_its_file_limit(
     assert cloud.link_cap(100, relayed=True) == (20000 - 64 - 100 - 128 - 64) // 2  # + cloud
     limit(256)
     assert cloud.link_cap(100, relayed=True) == 1  # never none
+
+
+async def test_an_inverter_back_after_a_while_is_read_at_once_without_its_backoff() -> None:
+    settings = load_settings(env={"SERMATEC_CLOUD__LISTEN_PORT": "19042"})
+    runtime = InverterRuntime(InverterSettings(serial="ST5K0SIMULATOR0001"), settings,
+                              Broker(settings))
+    runtime.attempts = 5  # it has not dialled in for a while: the next try is far off
+    runtime.scheduler.hold(60)
+    assert runtime.scheduler.due() is None
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    identity = Identity.from_reading(
+        codec.decode_payload(0x98, 0, InverterModel().payload(0x98)))
+    runtime.attach(Connection(reader, writer, peer="dialled", logger=runtime.log,
+                              dialled_in=True), identity)
+    assert (runtime.scheduler.due(), runtime.attempts) == ("live", 0)
+    assert runtime.client.identity == identity and runtime.client.connected
+    await runtime.client.close()
+    theirs.close()
