@@ -1,12 +1,18 @@
 """Scale: one bridge process with many inverters (1, 100, 500 by default).
 
     .venv/bin/python benchmarks/scale.py [--sizes 1,100,500] [--seconds 60] [--live 10]
-                                         [--profile DIR]
+                                         [--dial-in [--rc4]] [--profile DIR]
 
 For each size N it starts ``sermatec-bridge simulate --count N`` (its own process), a
 Mosquitto on a free loopback port and the daemon (``python -m sermatec_bridge run`` with
 a YAML ``inverters:`` list of N entries, live interval ``--live``), waits until every
-inverter has published its live state once, then measures for ``--seconds``:
+inverter has published its live state once, then measures for ``--seconds``.
+
+With ``--dial-in`` the inverters dial the bridge instead (issue 17): the daemon runs
+with ``cloud.listen_port`` and no inverter listed, then the N simulators start in station
+mode (``simulate --count N --cloud ...``, with ``--rc4`` speaking RC4), each dialling in
+on its own link; "ready" counts from the simulators' start. Goal: 1,000 inverters at a
+10 s live interval under half a core and 300 MB. The figures:
 
 - CPU share: the daemon's CPU time (user + system) over the wall time of the window,
   where 1.0 is one whole core;
@@ -16,7 +22,9 @@ inverter has published its live state once, then measures for ``--seconds``:
   how many inverters published at all in the window.
 
 Goal (issue 7): 500 inverters at a 10 s live interval, under half a core and 300 MB.
-``--profile DIR`` runs the daemon under cProfile and writes DIR/scale-N.prof.
+``--profile DIR`` runs the daemon under cProfile and writes DIR/scale-N.prof. Each
+inverter costs the daemon a socket (two with ``--dial-in``, the simulators' side too):
+the soft limit on open files is raised to the hard one for both processes.
 """
 
 from __future__ import annotations
@@ -25,17 +33,20 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import resource
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 from harness import (
     HOST,
     Mosquitto,
     cpu_seconds,
+    free_port,
     free_port_range,
     memory_mib,
     percentile,
@@ -44,10 +55,11 @@ from harness import (
 )
 
 
-async def start_simulators(first_port: int, count: int) -> asyncio.subprocess.Process:
+async def start_simulators(first_port: int, count: int,
+                           *dialling: str) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sermatec_bridge", "simulate", "--port", str(first_port),
-        "--count", str(count), "--seed", "1", stdout=asyncio.subprocess.PIPE,
+        "--count", str(count), "--seed", "1", *dialling, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 120)
@@ -56,16 +68,34 @@ async def start_simulators(first_port: int, count: int) -> asyncio.subprocess.Pr
     return process
 
 
-async def measure(count: int, seconds: float, live: float, profile: Path | None) -> dict[
-        str, float]:
+async def listening(port: int, within: float = 60.0) -> None:
+    """Return once something accepts connections on ``port``."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {port}") from None
+            await asyncio.sleep(0.1)
+
+
+async def measure(count: int, seconds: float, live: float, profile: Path | None,
+                  dial_in: bool = False, rc4: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="sermatec-scale-") as tmp:
         workdir = Path(tmp)
         broker = Mosquitto(workdir / "mosquitto")
         await broker.start()
         first = free_port_range(count)
-        simulators = await start_simulators(first, count)
+        listen = free_port()
+        simulators = None if dial_in else await start_simulators(first, count)
+        where: dict[str, Any] = {"cloud": {"listen_port": listen, "listen_host": HOST}} \
+            if dial_in else {"inverters": [{"host": HOST, "port": first + i}
+                                           for i in range(count)]}
         config = write_config(workdir / "bridge.yaml", {
-            "inverters": [{"host": HOST, "port": first + i} for i in range(count)],
+            **where,
             "poll": {"live": live},
             "mqtt": {"host": HOST, "port": broker.port, "client_id": "scale-bench"},
             "log": {"level": "warning"},
@@ -83,6 +113,10 @@ async def measure(count: int, seconds: float, live: float, profile: Path | None)
                 daemon = await asyncio.create_subprocess_exec(
                     *command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
                 log.close()
+                if simulators is None:  # the inverters dial in, once the bridge listens
+                    await listening(listen)
+                    simulators = await start_simulators(
+                        first, count, "--cloud", f"{HOST}:{listen}", *(["--rc4"] if rc4 else []))
                 started = time.monotonic()
                 all_live = asyncio.Event()
                 collector = asyncio.create_task(collect(observer, arrivals, count, all_live))
@@ -104,7 +138,8 @@ async def measure(count: int, seconds: float, live: float, profile: Path | None)
                         await collector
                     await stop_process(daemon, 30)
         finally:
-            await stop_process(simulators)
+            if simulators is not None:
+                await stop_process(simulators)
             await broker.stop()
         window_end = window_start + wall
         intervals = []
@@ -136,7 +171,8 @@ async def collect(observer: aiomqtt.Client, arrivals: dict[str, list[float]], co
 
 def report(row: dict[str, float], live: float) -> None:
     n = int(row["inverters"])
-    print(f"{n:>4} inverters: ready (all live once) after {row['ready_s']:.1f} s; "
+    how = " dialling in" if row.get("dial_in") else ""
+    print(f"{n:>4} inverters{how}: ready (all live once) after {row['ready_s']:.1f} s; "
           f"{int(row['publishing'])}/{n} published in the {row['window_s']:.0f} s window")
     print(f"      CPU share {row['cpu_share']:.4f} core; RSS {row['rss_mib']:.1f} MiB "
           f"(peak {row['peak_mib']:.1f}), {row['rss_per_inverter_mib'] * 1024:.0f} KiB per "
@@ -154,12 +190,19 @@ def main() -> None:
     parser.add_argument("--live", type=float, default=10.0, help="live interval (default 10)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="run the daemon under cProfile, one .prof file per size in DIR")
+    parser.add_argument("--dial-in", action="store_true",
+                        help="the inverters dial the bridge's cloud listener (station mode)")
+    parser.add_argument("--rc4", action="store_true", help="with --dial-in: they speak RC4")
     args = parser.parse_args()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the children inherit it
     rows = []
     for count in (int(size) for size in args.sizes.split(",")):
-        row = asyncio.run(measure(count, args.seconds, args.live, args.profile))
+        row = asyncio.run(measure(count, args.seconds, args.live, args.profile,
+                                  args.dial_in, args.rc4))
+        row["dial_in"] = args.dial_in
         report(row, args.live)
         rows.append(row)
     if len(rows) > 1 and rows[0]["inverters"] < rows[-1]["inverters"]:

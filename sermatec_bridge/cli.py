@@ -145,7 +145,13 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
         timeout = {"timeout": args.timeout} if args.timeout else {}
         return {"host": args.inverter or DEFAULT_INVERTER, "port": args.port or DEFAULT_PORT,
                 **timeout}
-    chosen = _settings(args, any_inverter=True).all_inverters()[0]
+    settings = _settings(args, any_inverter=True)
+    # the first the bridge dials (one that dials in has no address to ask)
+    chosen = next((i for i in settings.all_inverters() if i.host is not None), None)
+    if chosen is None:
+        unlisted = settings.unlisted
+        return {"host": DEFAULT_INVERTER, "port": DEFAULT_PORT,
+                "timeout": args.timeout or unlisted.timeout, "retries": unlisted.retries}
     return {"host": chosen.host, "port": chosen.port, "name": chosen.name,
             "timeout": args.timeout or chosen.timeout, "retries": chosen.retries}
 
@@ -368,6 +374,104 @@ def _print_lines(reading: Reading) -> None:
 
     for line in display.lines(reading):
         print(line)
+
+
+# --------------------------------------------------------------------------------------
+# cloud show / cloud set
+# --------------------------------------------------------------------------------------
+
+READ_BACK_WITHIN = 60.0  # seconds for the inverter to answer again after 0x9f
+
+
+def _cloud(args: argparse.Namespace) -> Coroutine[Any, Any, Exit]:
+    return _cloud_show(args) if args.cloud_action == "show" else _cloud_set(args)
+
+
+async def _network(client: InverterClient) -> dict[str, Any]:
+    """What 0xb1 tells, without the router password (it is never shown)."""
+    (reading,) = await client.query(0xB1)
+    values = reading.values
+    port = str(values["cloud_port"])
+    return {"wifi_mode": values["wifi_mode"], "router_ssid": values["router_ssid"],
+            "cloud_server": values["cloud_server"],
+            "cloud_port": int(port) if port.isdigit() else port}
+
+
+def _server_of(network: dict[str, Any]) -> str:
+    return f"{network['cloud_server']}:{network['cloud_port']}"
+
+
+async def _cloud_show(args: argparse.Namespace) -> Exit:
+    from .protocol.tables import ROUTER_AND_CLOUD_QUERY
+
+    async with _connected(args, [ROUTER_AND_CLOUD_QUERY]) as client:
+        network = await _network(client)
+    if args.json:
+        import json
+
+        print(json.dumps(network, ensure_ascii=False))
+    else:
+        print(f"cloud server: {_server_of(network)}")
+        print(f"Wi-Fi mode: {network['wifi_mode']}")
+        print(f"router SSID: {network['router_ssid']}")
+        print("router password: not shown")
+    return Exit.OK
+
+
+def _ipv4(text: str) -> str:
+    """``cloud set`` HOST: the inverter's field holds an IPv4 address (no name, no IPv6)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IPv4 address (the inverter's cloud server field holds one, "
+            "e.g. 192.168.1.10)") from None
+
+
+async def _cloud_set(args: argparse.Namespace) -> Exit:
+    import asyncio
+
+    from .inverter.client import InverterTimeout, InverterUnreachable
+    from .protocol.tables import CLOUD, ROUTER_AND_CLOUD_QUERY
+
+    wanted = f"{args.host}:{args.cloud_port}"
+    if not args.yes:
+        raise Failure(f"cloud set makes the inverter drop its connection and dial {wanted} "
+                      "as its cloud server from now on, instead of its vendor's (which then "
+                      "hears from it only if a bridge relays it: cloud.upstream); add --yes "
+                      f"to do it ({args.prog} cloud show shows the server now)", Exit.REFUSED)
+    async with _connected(args, [ROUTER_AND_CLOUD_QUERY, CLOUD]) as client:
+        before = await _network(client)
+        if _server_of(before) == wanted:
+            print(f"cloud server: {wanted} already; nothing to do")
+            return Exit.OK
+        where = f" -i {_where(client.host, client.port)}" if args.inverter else ""
+        print(f"cloud server was {_server_of(before)}; to go back: {args.prog} cloud set "
+              f"{before['cloud_server']} {before['cloud_port']} --yes{where}")
+        async with client.session() as session:
+            await session.write(CLOUD, {"cloud_server": args.host,
+                                        "cloud_port": str(args.cloud_port)})
+        print(f"wrote {wanted}: the inverter drops this connection (and its cloud link) now, "
+              "and dials the new server; reading it back once it answers again...",
+              flush=True)
+        deadline = asyncio.get_running_loop().time() + READ_BACK_WITHIN
+        while True:
+            try:
+                after = await _network(client)
+                break
+            except (InverterUnreachable, InverterTimeout) as exc:  # it restarts its network
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Failure(f"wrote {wanted}, but the inverter did not answer again "
+                                  f"within {READ_BACK_WITHIN:g} s ({exc}); check with "
+                                  f"{args.prog} cloud show", Exit.UNREACHABLE) from None
+                await asyncio.sleep(1.0)
+    if _server_of(after) != wanted:
+        raise Failure(f"wrote {wanted}, but the inverter reports {_server_of(after)}",
+                      Exit.ERROR)
+    print(f"cloud server now: {wanted} (read back)")
+    return Exit.OK
 
 
 # --------------------------------------------------------------------------------------
@@ -992,6 +1096,13 @@ def parser(prog: str = "sermatec-bridge") -> argparse.ArgumentParser:
                  "the inverter answers. The inverter is the configured one (YAML file, "
                  "SERMATEC_INVERTER__HOST) unless -i says otherwise, else "
                  f"{DEFAULT_INVERTER}.")
+    commands.add("cloud", _cloud_arguments,
+                 help="show or set the inverter's cloud server (where its cloud link goes)",
+                 description="The inverter's cloud link: in station mode it dials its cloud "
+                 "server (the vendor's, unless changed) and answers what that server asks. "
+                 "'show' reads the server, the Wi-Fi mode and SSID (never the router "
+                 "password); 'set' points the link elsewhere, e.g. at the bridge's "
+                 "cloud.listen_port.")
     commands.add("decode", _decode_arguments, help="decode frames given in hex, offline",
                  description="Decode captured frames, replies and the app's requests, "
                  "whatever their spacing and chunking. Everything skipped or rejected is "
@@ -1029,6 +1140,25 @@ def _get_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow the two-part 0xbb exchange, which blocks the inverter until "
                    "it is power-cycled if it is interrupted")
     _options(p, "inverter", "timeout", "config", "debug")
+
+
+def _cloud_arguments(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="cloud_action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="the cloud server and port, the Wi-Fi mode and "
+                              "SSID (0xb1; never the router password)")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    change = actions.add_parser(
+        "set", help="point the inverter's cloud link at HOST:PORT (0x9f)",
+        description="Write the cloud server (0x9f): the inverter drops the connection and "
+        "dials HOST:PORT from then on. Prints the server before, and the command that "
+        "restores it; reads the new one back once the inverter answers again.")
+    change.add_argument("host", type=_ipv4, metavar="HOST", help="IPv4 address, e.g. the "
+                        "bridge's (the vendor's: 8.209.71.159)")
+    change.add_argument("cloud_port", type=_port, metavar="PORT",
+                        help="TCP port (the bridge's cloud.listen_port; the vendor's: 19042)")
+    change.add_argument("--yes", action="store_true", help="do it (without: refused)")
+    for action in (show, change):
+        _options(action, "inverter", "timeout", "config", "debug")
 
 
 def _decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -1110,6 +1240,7 @@ Action = Callable[[argparse.Namespace], Coroutine[Any, Any, Exit | None] | Exit 
 COMMANDS: dict[str, Action] = {
     "list": _list,
     "get": _get,
+    "cloud": _cloud,
     "decode": _decode,
     "simulate": _simulate,
     "run": _run,
@@ -1150,7 +1281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return Exit.USAGE
         args.port = port or args.port
     quiet: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    asks = args.action == "get" or getattr(args, "from_inverter", False)
+    asks = args.action in ("get", "cloud") or getattr(args, "from_inverter", False)
     if args.action == "simulate" or asks:
         from . import log
 

@@ -53,8 +53,9 @@ SECRET_MASK = "********"
 
 NO_INVERTER = (
     "no inverter configured: set SERMATEC_INVERTER__HOST, or inverter.host or inverters "
-    "in the YAML file"
+    "in the YAML file (or cloud.listen_port, for inverters that dial in)"
 )
+NO_HOST = "inverter.host (SERMATEC_INVERTER__HOST): required, but not set"
 
 README_START = "<!-- config-reference:start -->"
 README_END = "<!-- config-reference:end -->"
@@ -111,7 +112,7 @@ CommandName = Annotated[str, BeforeValidator(_check_command)]
 def _check_named_only(label: str) -> str:
     """A command that passes a foreign requester only where a setting names it; a settings
     write is none of them (it follows writes.enabled)."""
-    from .bridge.policy import NAMED_ONLY
+    from .protocol.tables import NAMED_ONLY  # only here: the tables load slowly
 
     if int(label, 16) not in NAMED_ONLY:
         raise ValueError(f"{label} is not a command to name here: settings writes follow "
@@ -134,6 +135,18 @@ def _check_network(value: str) -> str:
 
 Network = Annotated[str, AfterValidator(_check_network)]
 
+
+def _check_server(value: str) -> str:
+    """HOST:PORT ([ADDRESS]:PORT for IPv6)."""
+    host, colon, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("not HOST:PORT (a port from 1 to 65535)")
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
+Server = Annotated[str, AfterValidator(_check_server)]
+
 MOVED = {
     "proxy_host": "it is proxy.host now (SERMATEC_PROXY__HOST)",
     "proxy_writes": "the app's settings writes follow writes.enabled now, and other writes "
@@ -148,16 +161,23 @@ class _Section(BaseModel):
 
 
 class InverterSettings(_Section):
-    """One inverter on the local network."""
+    """One inverter: reached at its ``host``, or known by the ``serial`` it dials in with."""
 
-    host: str = Field(
-        min_length=1,
-        description="IP address or host name of the inverter's network module.",
+    host: str | None = Field(
+        default=None, min_length=1,
+        description="IP address or host name of the inverter's network module. Required, "
+        "unless the inverter dials in (serial).",
         examples=["192.168.1.50"],
     )
     port: int = Field(default=8899, ge=1, le=65535, description="TCP port of the inverter.")
+    serial: str | None = Field(
+        default=None, min_length=1,
+        description="Instead of host: the serial number of an inverter that dials in to "
+        "cloud.listen_port (its cloud link); the bridge then never connects to it.",
+    )
     name: str | None = Field(
-        default=None, min_length=1, description="A label for logs; unset: host:port."
+        default=None, min_length=1,
+        description="A label for logs; unset: host:port, or the serial."
     )
     timeout: float = Field(
         default=5.0, ge=0.01, le=3600,
@@ -184,10 +204,27 @@ class InverterSettings(_Section):
                 raise ValueError(f"{old} is no longer a setting of an inverter: {new}")
         return data
 
+    @model_validator(mode="after")
+    def _host_or_serial(self) -> Self:
+        if self.host is not None and self.serial is not None:
+            raise ValueError("host and serial: give one (host: the bridge connects to the "
+                             "inverter; serial: the inverter dials in)")
+        return self
+
+    @property
+    def dials_in(self) -> bool:
+        """Known by its serial: it connects to the bridge's cloud listener."""
+        return self.serial is not None
+
+    @property
+    def template(self) -> bool:
+        """Neither host nor serial: the settings of inverters that dial in unlisted."""
+        return self.host is None and self.serial is None
+
     @property
     def label(self) -> str:
-        """The name in logs: ``name``, or ``host:port``."""
-        return self.name or f"{self.host}:{self.port}"
+        """The name in logs: ``name``, else ``host:port``, else the serial."""
+        return self.name or (f"{self.host}:{self.port}" if self.host else str(self.serial))
 
 
 class PollSettings(_Section):
@@ -355,6 +392,54 @@ class ProxySettings(_Section):
     )
 
 
+class CloudSettings(_Section):
+    """The inverters' cloud link: the bridge as their cloud server, the vendor cloud optional."""
+
+    listen_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port where the bridge takes the connections that inverters in station "
+        "mode open to their cloud server (the vendor's is 19042), and serves them over it "
+        "as over a connection of its own; unset: off. `sermatec-bridge cloud set` points an "
+        "inverter here.",
+    )
+    listen_host: str = Field(
+        default="0.0.0.0", min_length=1,
+        description="Address the cloud listener listens on (0.0.0.0: every interface).",
+    )
+    allowed_networks: list[Network] = Field(
+        default_factory=list,
+        description="Networks inverters may dial in from, in CIDR notation; others are "
+        "disconnected at once. Empty: any.",
+        examples=[["192.168.1.0/24"]],
+    )
+    accept_unlisted: bool = Field(
+        default=True,
+        description="Serve an inverter that dials in and is not listed by serial, with the "
+        "timeout and retries of `inverter`; false: refuse it.",
+    )
+    upstream: Server | None = Field(
+        default=None,
+        description="The vendor cloud as HOST:PORT (the factory setting is "
+        "8.209.71.159:19042): while an inverter is connected, the bridge keeps a link "
+        "there on its behalf and answers the cloud's queries; unset: the vendor cloud never "
+        "hears from the inverters.",
+    )
+    allow: list[CommandName] = Field(
+        default_factory=list,
+        description="Commands the vendor cloud may send beyond queries, by code or name: "
+        "settings writes (only with writes.enabled), the reset 0x70, the network writes, "
+        "the register commands, the network query 0xb1 (its reply carries the Wi-Fi "
+        "password). Empty: the cloud only reads.",
+    )
+
+    @property
+    def upstream_address(self) -> tuple[str, int] | None:
+        if self.upstream is None:
+            return None
+        host, _, port = self.upstream.rpartition(":")
+        return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 class LogSettings(_Section):
     """Logging to stderr."""
 
@@ -436,6 +521,11 @@ class Settings(BaseSettings):
         default_factory=ProxySettings,
         description="The app proxy: who may use it, and for what.",
     )
+    cloud: CloudSettings = Field(
+        default_factory=CloudSettings,
+        description="The inverters' cloud link: the bridge as their cloud server, and the "
+        "vendor cloud on a leash.",
+    )
     log: LogSettings = Field(default_factory=LogSettings, description="Log output, to stderr.")
     health: HealthSettings = Field(
         default_factory=HealthSettings,
@@ -457,25 +547,58 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_inverters(self) -> Self:
         found = self.all_inverters()
-        if not found:
+        listening = self.cloud.listen_port is not None
+        template = self.inverter is not None and self.inverter.template
+        if template and not listening:
+            raise ValueError(NO_HOST)
+        if not found and not listening:
             raise ValueError(NO_INVERTER)
-        addresses = [f"{i.host}:{i.port}" for i in found]
-        names = [i.name for i in found if i.name is not None]
-        twice = sorted({a for a in addresses if addresses.count(a) > 1})
-        if twice:
-            raise ValueError(f"inverter {', '.join(twice)} configured more than once")
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"inverter name {', '.join(map(repr, twice))} used more than once")
-        ports = [i.proxy_port for i in found if i.proxy_port is not None]
-        twice = sorted({str(p) for p in ports if ports.count(p) > 1})
-        if twice:
-            raise ValueError(f"proxy_port {', '.join(twice)} used by more than one inverter")
+        for index, entry in enumerate(self.inverters):
+            if entry.template:
+                raise ValueError(f"inverters[{index}]: host or serial is required")
+        for where, entry in self._entries():
+            if entry.dials_in and not listening:
+                raise ValueError(f"{where}.serial: an inverter known by its serial dials in: "
+                                 "set cloud.listen_port (SERMATEC_CLOUD__LISTEN_PORT)")
+        if self.inverter is not None and template and (
+                given := sorted({"name", "proxy_port"} & self.inverter.model_fields_set)):
+            raise ValueError(f"inverter.{given[0]}: inverter has no host or serial, so its "
+                             "settings serve every inverter that dials in unlisted; name or "
+                             "proxy_port need one inverter: give its serial")
+        for what, keys in (("inverter", [f"{i.host}:{i.port}" for i in found if i.host]),
+                           ("inverter serial", [str(i.serial) for i in found if i.serial]),
+                           ("inverter name", [repr(i.name) for i in found if i.name]),
+                           ("proxy_port", [str(i.proxy_port) for i in found if i.proxy_port])):
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:
+                raise ValueError(f"{what} {', '.join(twice)} " + (
+                    "used by more than one inverter" if what == "proxy_port" else
+                    "used more than once" if what == "inverter name" else
+                    "configured more than once"))
+        if listening and self.cloud.listen_port in {i.proxy_port for i in found}:
+            raise ValueError(f"cloud.listen_port {self.cloud.listen_port} is also a proxy_port")
+        from .protocol.tables import SETTINGS_WRITES  # only here: the tables load slowly
+
+        writes = [c for c in self.cloud.allow if int(c, 16) in SETTINGS_WRITES]
+        if writes and not self.writes.enabled:
+            raise ValueError(f"cloud.allow names the settings write {writes[0]}, but "
+                             "writes.enabled is false: settings writes from anywhere need it")
         return self
 
+    def _entries(self) -> list[tuple[str, InverterSettings]]:
+        out = [("inverter", self.inverter)] if self.inverter is not None else []
+        return out + [(f"inverters[{n}]", i) for n, i in enumerate(self.inverters)]
+
     def all_inverters(self) -> list[InverterSettings]:
-        """The single ``inverter`` (if set) followed by the ``inverters`` list."""
-        return ([self.inverter] if self.inverter is not None else []) + list(self.inverters)
+        """The single ``inverter`` (if it names one) followed by the ``inverters`` list."""
+        return [i for _, i in self._entries() if not i.template]
+
+    @property
+    def unlisted(self) -> InverterSettings:
+        """The settings of an inverter that dials in and is not listed: the timeout and
+        retries of ``inverter``, or the defaults."""
+        base = self.inverter or InverterSettings()
+        return InverterSettings(timeout=base.timeout, retries=base.retries)
 
     @property
     def heartbeat_file(self) -> Path:
@@ -773,7 +896,9 @@ def load_settings(
     except ValidationError as exc:
         problems.extend(_describe(error, from_files) for error in exc.errors())
         # The check of the whole model only runs once every field is valid: say it now.
-        no_inverter = not merged.get("inverter") and not merged.get("inverters")
+        cloud = merged.get("cloud")
+        listening = isinstance(cloud, Mapping) and cloud.get("listen_port")
+        no_inverter = not (merged.get("inverter") or merged.get("inverters") or listening)
         if no_inverter and NO_INVERTER not in problems:
             problems.append(NO_INVERTER)
         raise ConfigError(problems) from None
@@ -959,7 +1084,7 @@ def _example_model(model: type[BaseModel], indent: int, lines: list[str]) -> Non
             value = example if example is not None else default
             lines.extend(pad + line for line in _dump({name: value}).splitlines())
         else:
-            value = example if info.is_required() else default
+            value = example if info.is_required() or (default is None and example) else default
             lines.append(f"{pad}{name}: {_yaml_scalar(value)}")
 
 

@@ -119,6 +119,10 @@ def run_cli(*args: str, stdin: str = "",
      "-i 127.0.0.1:51449 and -p 8899 name two ports; give one"),
     (["daemon", "-m", "127.0.0.1", "-i", "[::1]:8899", "-p", "1883"], cli.Exit.USAGE,
      "-i [::1]:8899 and -p 1883 name two ports"),
+    (["cloud", "set", "bridge.lan", "19042", "--yes"], cli.Exit.USAGE,
+     "'bridge.lan' is not an IPv4 address"),
+    (["cloud", "set", "192.168.1.10", "0", "--yes"], cli.Exit.USAGE, "0 is not a TCP port"),
+    (["cloud"], cli.Exit.USAGE, "required: ACTION"),
 ])
 def test_bad_input_gets_its_error(args: list[str], code: int, message: str) -> None:
     status, _, err = run_cli(*args)
@@ -693,3 +697,54 @@ def test_a_reply_that_does_not_fit_the_tables_exits_as_malformed() -> None:
                                              "(2 bytes): shorter than its layout"))
     assert failure.code == cli.Exit.MALFORMED
     assert str(failure).startswith("malformed reply 0x0a")
+
+
+# --------------------------------------------------------------------------------------
+# cloud show / cloud set
+# --------------------------------------------------------------------------------------
+
+VENDOR = {"cloud_server": "8.209.71.159", "cloud_port": "19042", "router_ssid": "HomeNet",
+          "router_password": "pa55-w0rd-never-shown"}
+
+
+async def test_cloud_show_tells_the_server_and_never_the_password() -> None:
+    async with Simulator(settings=VENDOR) as sim:
+        where = f"127.0.0.1:{sim.port}"
+        status, out, err = await cli_async("cloud", "show", "-i", where)
+        assert status == cli.Exit.OK, err
+        assert out.splitlines() == ["cloud server: 8.209.71.159:19042", "Wi-Fi mode: Station",
+                                    "router SSID: HomeNet", "router password: not shown"]
+        status, out_json, err_json = await cli_async("cloud", "show", "--json", "-d", "-i", where)
+        assert status == cli.Exit.OK, err_json
+        assert json.loads(out_json) == {"wifi_mode": "Station", "router_ssid": "HomeNet",
+                                        "cloud_server": "8.209.71.159", "cloud_port": 19042}
+        assert '"event": "connected"' in err_json  # the debug log, on stderr
+    for text in (out, err, out_json, err_json):
+        assert "pa55-w0rd" not in text
+
+
+async def test_cloud_set_points_the_link_elsewhere_and_says_how_to_go_back() -> None:
+    async with Simulator(settings=VENDOR) as sim:
+        where = f"127.0.0.1:{sim.port}"
+        status, _, err = await cli_async("cloud", "set", "192.168.1.10", "19042", "-i", where)
+        assert status == cli.Exit.REFUSED and "add --yes" in err
+        assert sim.clients == 0 and sim.model.cloud_server() == ("8.209.71.159", 19042)
+
+        status, out, err = await cli_async("cloud", "set", "192.168.1.10", "19042", "--yes",
+                                           "-i", where)
+        assert status == cli.Exit.OK, err
+        assert sim.model.cloud_server() == ("192.168.1.10", 19042)
+        lines = out.splitlines()
+        assert lines[0] == ("cloud server was 8.209.71.159:19042; to go back: sermatec-bridge "
+                            f"cloud set 8.209.71.159 19042 --yes -i {where}")
+        assert "the inverter drops this connection" in lines[1]
+        assert lines[-1] == "cloud server now: 192.168.1.10:19042 (read back)"
+        assert sim.clients == 2  # the write ended the first connection; the read-back
+
+        back = lines[0].split("to go back: sermatec-bridge ")[1].split()
+        status, out, err = await cli_async(*back)
+        assert status == cli.Exit.OK, err
+        assert sim.model.cloud_server() == ("8.209.71.159", 19042)
+        status, out, _ = await cli_async(*back)  # once more: nothing to do
+        assert out == "cloud server: 8.209.71.159:19042 already; nothing to do\n"
+        assert sim.model.settings["router_password"] == VENDOR["router_password"]

@@ -19,7 +19,8 @@ from sermatec_bridge.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / ".venv-tools" / "bin" / "docker-compose"
-FILES = ("docker-compose.yml", "docker-compose.config.yml", ".env.example")
+FILES = ("docker-compose.yml", "docker-compose.config.yml", "docker-compose.cloud.yml",
+         ".env.example")
 
 pytestmark = pytest.mark.skipif(not COMPOSE.exists(),
                                 reason="docker compose is not installed (make test installs it)")
@@ -122,3 +123,16 @@ def test_a_yaml_config_for_several_inverters(tmp_path: Path, how: str) -> None:
     env["SERMATEC_CONFIG"] = mount["source"]
     settings = load_settings(env=env)
     assert [i.name for i in settings.all_inverters()] == ["garage", "roof"]
+
+
+@pytest.mark.parametrize("env", [None, example()], ids=["no .env", ".env.example"])
+def test_inverters_that_dial_in_need_no_address_and_reach_the_published_port(
+        tmp_path: Path, env: str | None) -> None:
+    config = render(tmp_path, env, "-f", "docker-compose.yml", "-f", "docker-compose.cloud.yml")
+    bridge = config["services"]["bridge"]
+    settings = load_settings(env=bridge_env(config))
+    assert settings.all_inverters() == []  # whoever dials in, not the demo's simulator
+    assert settings.cloud.listen_port == 19042 and settings.cloud.upstream is None
+    (published,) = bridge["ports"]
+    assert (published["target"], published["published"], published["host_ip"]) == (
+        19042, "19042", "0.0.0.0")

@@ -427,6 +427,74 @@ def test_proxy_settings(tmp_path: Path) -> None:
     assert load_settings(env=ONE).proxy.allow == []  # nothing beyond queries by default
 
 
+LISTEN = {"SERMATEC_CLOUD__LISTEN_PORT": "19042"}
+
+
+def test_with_the_cloud_listener_no_inverter_entry_is_needed() -> None:
+    settings = load_settings(env=LISTEN)
+    assert settings.all_inverters() == []
+    assert (settings.cloud.listen_port, settings.cloud.listen_host) == (19042, "0.0.0.0")
+    assert settings.cloud.accept_unlisted and settings.cloud.upstream is None  # no vendor
+    assert settings.unlisted == InverterSettings()  # the defaults serve who dials in
+    assert problems(env={}) == [config.NO_INVERTER]  # without it, one is
+
+
+def test_inverter_without_host_or_serial_is_what_unlisted_inverters_get() -> None:
+    settings = load_settings(env={**LISTEN, "SERMATEC_INVERTER__TIMEOUT": "9",
+                                  "SERMATEC_INVERTER__RETRIES": "4"})
+    assert settings.all_inverters() == []
+    assert (settings.unlisted.timeout, settings.unlisted.retries) == (9, 4)
+    # an inverter with a host lends them too, and stays an inverter of its own
+    settings = load_settings(env={**LISTEN, **ONE, "SERMATEC_INVERTER__TIMEOUT": "7"})
+    assert [i.host for i in settings.all_inverters()] == ["192.168.1.50"]
+    assert (settings.unlisted.timeout, settings.unlisted.host) == (7, None)
+    (line,) = problems(env={**LISTEN, "SERMATEC_INVERTER__PROXY_PORT": "8899"})
+    assert line.startswith("inverter.proxy_port: ") and "give its serial" in line
+
+
+def test_inverters_known_by_serial(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"cloud": {"listen_port": 19042},
+                                 "inverters": [{"serial": "ST5K0A", "proxy_port": 8899},
+                                               {"host": "192.168.1.51"}]})
+    a, b = load_settings(path, env={}).all_inverters()
+    assert (a.dials_in, a.label, a.proxy_port, b.dials_in) == (True, "ST5K0A", 8899, False)
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"inverter": {"serial": "ST5K0A"}},
+     "inverter.serial: an inverter known by its serial dials in: set cloud.listen_port"),
+    ({"inverters": [{"host": "a", "serial": "ST5K0A"}], "cloud": {"listen_port": 1}},
+     "inverters[0]: host and serial: give one"),
+    ({"inverters": [{"serial": "A"}, {"serial": "A"}], "cloud": {"listen_port": 1}},
+     "inverter serial A configured more than once"),
+    ({"inverters": [{"port": 1}], "cloud": {"listen_port": 1}},
+     "inverters[0]: host or serial is required"),
+    ({"inverters": [{"serial": "A", "proxy_port": 1}], "cloud": {"listen_port": 1}},
+     "cloud.listen_port 1 is also a proxy_port"),
+    ({"inverter": {"host": "a"}, "cloud": {"allow": ["0x66"]}},
+     "cloud.allow names the settings write 0x66, but writes.enabled is false"),
+    ({"inverter": {"host": "a"}, "cloud": {"upstream": "8.209.71.159"}},
+     "cloud.upstream (SERMATEC_CLOUD__UPSTREAM): not HOST:PORT"),
+])
+def test_bad_cloud_settings_say_what_is_wrong(tmp_path: Path, data: dict[str, Any],
+                                              expected: str) -> None:
+    (line,) = problems(config_file=write_yaml(tmp_path, data), env={})
+    assert line.startswith(expected), line
+
+
+def test_cloud_settings() -> None:
+    settings = load_settings(env={**ONE, "SERMATEC_CLOUD__UPSTREAM": "8.209.71.159:019042",
+                                  "SERMATEC_CLOUD__ALLOW": '["0x66", "network"]',
+                                  "SERMATEC_WRITES__ENABLED": "true",
+                                  "SERMATEC_CLOUD__ALLOWED_NETWORKS": '["192.168.1.7/24"]'})
+    cloud = settings.cloud
+    assert (cloud.upstream, cloud.upstream_address) == (
+        "8.209.71.159:19042", ("8.209.71.159", 19042))
+    assert (cloud.allow, cloud.allowed_networks) == (["0x66", "0xb1"], ["192.168.1.0/24"])
+    v6 = load_settings(env={**ONE, "SERMATEC_CLOUD__UPSTREAM": "[fd00::1]:19042"}).cloud
+    assert v6.upstream_address == ("fd00::1", 19042)
+
+
 def test_bad_proxy_settings_say_what_is_wrong(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, {"inverter": {"host": "a", "proxy_writes": True},
                                  "proxy": {"allow": ["0xzz", "0x42"],

@@ -123,6 +123,7 @@ nothing (a time-of-use period not in use shows empty)."""
 # What a new device shows: the entities a user looks at or automates, by key (a control's
 # component id is set_<key>). Everything else is announced with enabled_by_default false.
 ENABLED_BY_DEFAULT = frozenset({
+    "cloud_link",  # offered only when the vendor cloud is relayed
     "proxy_clients",  # offered only when the app proxy is on
     # battery; power signed for the Energy dashboard and power-flow cards
     "battery_soc", "battery_state", "battery_voltage", "battery_current",
@@ -189,6 +190,7 @@ class DiscoveryContext:
     timeout: float = 5.0
     sw_version: str = __version__
     proxy: bool = False  # the app proxy is on: offer its diagnostic entity
+    cloud: bool = False  # the vendor cloud is relayed: offer its link's diagnostic entity
     bridge_id: str | None = None  # the bridge that serves it (None: the default one)
     time_platform: str = "time"  # schedule times as "time" (HA 2026.5+) or "text" entities
     # Seconds a command Home Assistant publishes stays on the broker (MQTT 5's message
@@ -310,6 +312,8 @@ def entities(ctx: DiscoveryContext) -> dict[str, dict[str, Any]]:
         out[LAST_WRITE] = _last_write(ctx)
     if ctx.proxy:
         out[PROXY_CLIENTS] = _proxy_clients(ctx)
+    if ctx.cloud:
+        out[CLOUD_LINK] = _cloud_link(ctx)
     for cid, config in out.items():
         if cid.removeprefix("set_") not in ENABLED_BY_DEFAULT:
             config["enabled_by_default"] = False
@@ -377,6 +381,25 @@ def _proxy_clients(ctx: DiscoveryContext) -> dict[str, Any]:
         "state_class": "measurement",
         "entity_category": "diagnostic",
         "icon": "mdi:cellphone-link",
+    })
+    return config
+
+
+CLOUD_LINK = "cloud_link"
+
+
+def _cloud_link(ctx: DiscoveryContext) -> dict[str, Any]:
+    """The link to the vendor cloud, up or down; what the cloud asked, relayed or
+    refused, as attributes (bridge/cloud.py)."""
+    config = _base(ctx, "binary_sensor", CLOUD_LINK, "Cloud link")
+    config.update({
+        "state_topic": ctx.state_topic("cloud"),
+        "value_template": f"{{% if value_json.link == 'up' %}}{ON}{{% else %}}{OFF}{{% endif %}}",
+        "payload_on": ON,
+        "payload_off": OFF,
+        "json_attributes_topic": ctx.state_topic("cloud"),
+        "device_class": "connectivity",
+        "entity_category": "diagnostic",
     })
     return config
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -38,12 +38,29 @@ class ProxyStats:
     writes: Counter[str] = field(default_factory=Counter)  # "passed" / "refused"
     dropped: Counter[str] = field(default_factory=Counter)  # requests not forwarded, by reason
 
-    def state(self) -> dict[str, int]:
+    def state(self) -> dict[str, Any]:
         """The diagnostic entity's state object."""
         return {"clients": self.clients, "forwarded": self.forwarded,
                 "writes_passed": self.writes["passed"],
                 "writes_refused": self.writes["refused"],
                 "dropped": sum(self.dropped.values())}
+
+
+@dataclass
+class CloudStats(ProxyStats):
+    """The cloud relay's counters for one inverter (bridge/cloud.py): the vendor cloud is
+    served as one more client of the inverter, ``clients`` 1 while its link is up."""
+
+    def refused(self) -> Counter[str]:
+        """Requests that did not reach the inverter, by reason (garbage is no request)."""
+        return Counter({r: n for r, n in self.dropped.items() if r != "garbage"})
+
+    def state(self) -> dict[str, Any]:
+        """The diagnostic entity's state object."""
+        refused = self.refused()
+        return {"link": "up" if self.clients else "down", "relayed": self.forwarded,
+                "refused": sum(refused.values()), "reasons": dict(sorted(refused.items())),
+                "writes_refused": self.writes["refused"]}
 
 
 @dataclass
@@ -55,6 +72,7 @@ class Stats:
     poll_seconds: float = 0.0  # summed over successful polls
     writes: Counter[str] = field(default_factory=Counter)  # "ok" / "refused"
     proxy: ProxyStats = field(default_factory=ProxyStats)
+    cloud: CloudStats = field(default_factory=CloudStats)
 
 
 def exposition(bridge: Bridge) -> str:
@@ -93,6 +111,23 @@ def exposition(bridge: Bridge) -> str:
            "App proxy requests not forwarded, by reason.",
            [(f'{{inverter="{i}",reason="{label(r)}"}}', n) for i, p in proxied
             for r, n in sorted(p.dropped.items())])
+    relayed = [(i, w.stats.cloud) for i, w in workers if w.relayed]
+    metric("cloud_link_up", "gauge", "1 while the link to the vendor cloud is up.",
+           [(f'{{inverter="{i}"}}', c.clients) for i, c in relayed])
+    metric("cloud_requests_relayed_total", "counter",
+           "Vendor cloud requests that reached the inverter.",
+           [(f'{{inverter="{i}"}}', c.forwarded) for i, c in relayed])
+    metric("cloud_requests_refused_total", "counter",
+           "Vendor cloud requests that did not reach the inverter, by reason.",
+           [(f'{{inverter="{i}",reason="{label(r)}"}}', n) for i, c in relayed
+            for r, n in sorted(c.refused().items())])
+    if (listener := bridge.listener) is not None:
+        metric("cloud_inverters_connected", "gauge",
+               "Inverters connected to the cloud listener.",
+               [("", listener.connected)])
+        metric("cloud_connections_refused_total", "counter",
+               "Connections to the cloud listener refused, by reason.",
+               [(f'{{reason="{label(r)}"}}', n) for r, n in sorted(listener.refusals.items())])
     metric("mqtt_connected", "gauge", "1 while the MQTT broker is connected.",
            [("", int(bridge.broker.client is not None))])
     return "\n".join(lines) + "\n"

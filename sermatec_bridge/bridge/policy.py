@@ -1,9 +1,9 @@
 """What a requester that is not the bridge may ask of the inverter.
 
-Clients of the app proxy (``bridge/proxy.py``) are such requesters, and so will be the
-vendor cloud. They all ask this module, in two steps: :meth:`Policy.check` says whether a
-request may reach the inverter at all, :meth:`Policy.forward` runs it in the inverter's
-queue slot. What passes:
+Clients of the app proxy (``bridge/proxy.py``) are such requesters, and so is the vendor
+cloud through the relay (``bridge/cloud.py``). They all ask this module, in two steps:
+:meth:`Policy.check` says whether a request may reach the inverter at all,
+:meth:`Policy.forward` runs it in the inverter's queue slot. What passes:
 
 - queries, except 0xb1, whose reply carries the router password in clear;
 - settings writes, when the requester's policy allows them (the app proxy's follows
@@ -27,17 +27,8 @@ from dataclasses import dataclass
 from ..inverter.client import NotOffered, Session
 from ..protocol import codec, frame
 from ..protocol.model import Command, Kind
-from ..protocol.tables import COMMANDS, RESET
+from ..protocol.tables import COMMANDS, GUARDED_QUERIES, SETTINGS_WRITES
 from .writes import Writer, WriteResult
-
-SETTINGS_WRITES = frozenset(
-    code for code, c in COMMANDS.items() if c.kind is Kind.SETTINGS and c is not RESET)
-GUARDED_QUERIES = frozenset({0xB1, 0xBB})  # queries that only pass when named
-# What passes only where a setting names it: the reset, the network and register commands,
-# and the guarded queries. Settings writes are not among them: they follow writes.enabled.
-NAMED_ONLY = frozenset(
-    code for code, c in COMMANDS.items()
-    if c is RESET or c.kind in (Kind.NETWORK, Kind.SPECIAL) or code in GUARDED_QUERIES)
 
 
 class Refused(Exception):
@@ -63,15 +54,16 @@ class Policy:
 
     allow: frozenset[int] = frozenset()
     setting: str = "proxy.allow"  # where the user names them, for refusal messages
+    writes_off: str = "settings writes are off (writes.enabled)"  # why one is refused
 
     @classmethod
-    def of(cls, names: Iterable[str], *, settings_writes: bool,
-           setting: str = "proxy.allow") -> Policy:
+    def of(cls, names: Iterable[str], *, settings_writes: bool, setting: str = "proxy.allow",
+           writes_off: str = "settings writes are off (writes.enabled)") -> Policy:
         """From command labels as the configuration gives them (``0xb1``), plus every
         settings write when ``settings_writes``."""
         allowed = {int(name, 16) for name in names}
         return cls(frozenset(allowed | (SETTINGS_WRITES if settings_writes else set())),
-                   setting)
+                   setting, writes_off)
 
     def check(self, request: frame.Frame) -> Command:
         """The command of ``request`` if it may reach the inverter; :class:`Refused` if not."""
@@ -88,7 +80,7 @@ class Policy:
 
     def _why(self, command: Command) -> str:
         if command.code in SETTINGS_WRITES:
-            return "settings writes are off (writes.enabled)"
+            return self.writes_off
         if command.code == 0xB1:
             return f"its reply carries the Wi-Fi password; only when {self.setting} names it"
         return f"a {command.kind.value} command; only when {self.setting} names it"

@@ -27,6 +27,10 @@ proxy therefore answers part 1 itself, with the acknowledgement the inverter giv
 count, echoed; see ``inverter/client.py``), keeps it, and forwards both parts in one
 queue slot only once the matching part 2 has arrived. A client that vanishes, stalls or
 sends anything else in between has sent nothing to the inverter.
+
+A client's stream is served by a :class:`Requester`, which the cloud relay
+(``cloud.py``) uses too, for the vendor cloud: the same checks, counts and limits for
+every foreign requester.
 """
 
 from __future__ import annotations
@@ -75,6 +79,27 @@ class InverterRuntime(Protocol):
         ...
 
 
+class Gate(Protocol):
+    """What a :class:`Requester` is served through (the app proxy, the cloud relay)."""
+
+    @property
+    def runtime(self) -> InverterRuntime: ...
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def stats(self) -> ProxyStats: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def budget(self) -> Budget:
+        """Shared by all the gate's requesters."""
+        ...
+
+    async def turn(self, job: Callable[[Session], Awaitable[Forwarded]]) -> Forwarded:
+        """Run ``job`` in the inverter's queue slot; InverterError when that cannot be."""
+        ...
+
+
 @dataclass(frozen=True)
 class Limits:
     """What the clients of one proxy may ask of the inverter, together."""
@@ -94,6 +119,26 @@ def client_cap(listeners: int, inverters: int, wanted: int = Limits.clients) -> 
         return wanted
     spare = soft - RESERVED_FILES - inverters - listeners * BACKLOG
     return max(1, min(wanted, spare // max(1, listeners)))
+
+
+def peer_of(writer: asyncio.StreamWriter) -> tuple[str, str]:
+    """Who is on the other end: ``host:port`` for the log, and the host alone."""
+    address = writer.get_extra_info("peername")
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}", str(address[0])
+    return str(address), ""
+
+
+async def serve_until_cancelled(server: asyncio.Server,
+                                handlers: set[asyncio.Task[None]]) -> None:
+    """Serve until cancelled; then end the handlers of the connections still open."""
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 class Budget:
@@ -135,6 +180,9 @@ class ProxyServer:
         self.listening = asyncio.Event()
         self._clients: set[asyncio.Task[None]] = set()
 
+    async def turn(self, job: Callable[[Session], Awaitable[Forwarded]]) -> Forwarded:
+        return await self.runtime.exchange(job, timeout=self.limits.turn)
+
     async def serve(self, host: str, port: int) -> None:
         """Listen on ``host:port`` until cancelled; then hang up on every client."""
         server = await asyncio.start_server(self._client, host, port, backlog=BACKLOG)
@@ -144,18 +192,12 @@ class ProxyServer:
                       allowed=sorted(f"0x{code:02x}" for code in self.policy.allow))
         self.listening.set()
         try:
-            async with server:
-                await server.serve_forever()
+            await serve_until_cancelled(server, self._clients)
         finally:
-            for task in list(self._clients):
-                task.cancel()
-            await asyncio.gather(*self._clients, return_exceptions=True)
             self.refused.flush()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        address = writer.get_extra_info("peername")
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        host = address[0] if isinstance(address, tuple) else ""
+        peer, host = peer_of(writer)
         if not allowed_address(host, self.networks):
             self.refused.add("not in proxy.allowed_networks", client=peer)
             writer.close()
@@ -172,7 +214,7 @@ class ProxyServer:
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         writer.transport.set_write_buffer_limits(high=SEND_BUFFER)
-        client = _Client(self, writer, self.log.bind(client=peer))
+        client = Requester(self, writer, self.log.bind(client=peer))
         self.stats.clients += 1
         client.log.info("app proxy client connected", clients=self.stats.clients)
         try:
@@ -192,20 +234,27 @@ class ProxyServer:
             self._clients.discard(task)
 
 
-class _Client:
-    """One client: its byte stream, its drops, and a register query part 1 held back."""
+class Requester:
+    """One requester's stream: its requests, its drops, and a register query part 1
+    held back. ``who`` names it in log lines (``app``, ``cloud``); with ``rc4`` its
+    frames may be RC4-encrypted (the vendor cloud's are), and each reply goes back in the
+    encoding of its request."""
 
-    def __init__(self, server: ProxyServer, writer: asyncio.StreamWriter, logger: Any) -> None:
+    def __init__(self, server: Gate, writer: asyncio.StreamWriter, logger: Any, *,
+                 who: str = "app", rc4: bool = False) -> None:
         self.server = server
         self.limits = server.limits
         self.stats = server.stats
         self.writer = writer
         self.log = logger
-        self.frames = frame.FrameReader()
-        self.dropped = Tally(logger, "app requests dropped")
+        self.who = who
+        self.frames = frame.FrameReader(rc4=rc4)
+        self.dropped = Tally(logger, f"{who} requests dropped")
         self.part1: frame.Frame | None = None  # a register query waiting for its part 2
 
     async def run(self, reader: asyncio.StreamReader) -> None:
+        """Serve requests until the stream ends, or brings no whole request for
+        ``limits.idle`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.idle
         while True:
@@ -213,8 +262,7 @@ class _Client:
                 async with asyncio.timeout_at(deadline):
                     data = await reader.read(4096)
             except TimeoutError:
-                self.log.warning("app proxy client stalled: disconnected",
-                                 idle=self.limits.idle)
+                self.log.warning(f"{self.who} stalled: disconnected", idle=self.limits.idle)
                 return
             if not data:
                 if self.part1 is not None:
@@ -252,7 +300,8 @@ class _Client:
         command = self.server.policy.check(item)
         if not self.server.budget.take():
             raise Refused("throttled", f"more than {self.limits.rate:g} requests per second "
-                          "from the proxy's clients")
+                          + ("from the proxy's clients" if self.who == "app" else
+                             f"from the {self.who}"))
         if command.code == 0xBB:
             await self._register_query(item)
             return
@@ -272,7 +321,7 @@ class _Client:
             self.server.runtime.refresh(*REFRESHED_AFTER_WRITE)
             self.stats.writes["passed"] += 1
             (self.log.info if result.ok else self.log.warning)(
-                "app write applied" if result.ok else "app write not confirmed",
+                f"{self.who} write applied" if result.ok else f"{self.who} write not confirmed",
                 command=command.label, changed=sorted(result.changed), error=result.error)
         elif not result.ok:
             self.stats.writes["refused"] += 1
@@ -295,12 +344,13 @@ class _Client:
             raise Refused("bad register query", f"part 1 announces {count} registers, or is "
                           f"{len(item.payload)} bytes long; 1 to 10 registers, in 2 bytes")
         self.part1 = item
-        await self._send([frame.Frame(0xBB, item.payload, frame.INVERTER, frame.APP)])
+        await self._send([frame.Frame(0xBB, item.payload, frame.INVERTER, frame.APP,
+                                      rc4=item.rc4)])
 
     async def _forward(self, command: Command,
                        job: Callable[[Session], Awaitable[Forwarded]]) -> Forwarded:
         try:
-            forwarded = await self.server.runtime.exchange(job, timeout=self.limits.turn)
+            forwarded = await self.server.turn(job)
         except NotOffered as exc:
             raise Refused("not offered", str(exc)) from exc
         except InverterError as exc:

@@ -18,10 +18,21 @@ got no answer keeps its own interval; when the inverter comes back, the other gr
 read again at once. An inverter that cannot be reached is tried again after 1, 2, 4 ...
 seconds, at most every :data:`RECONNECT_MAX` seconds.
 
-Interfaces for other parts of the bridge (the MQTT dispatcher, the app proxy):
+An inverter that dials in (``inverter.serial``, station mode: its cloud link) is the same
+runtime over another kind of connection: the cloud listener identifies each connection
+it accepts and hands it over with :meth:`InverterRuntime.attach`, which replaces the one
+before. A poll that finds no connection waits up to ``inverter.timeout`` for the next
+dial (the inverter dials again every second), so a link that drops and comes back
+between two polls costs nothing; an inverter that stays away fails its polls and goes
+offline as one that cannot be reached does. Requests go out in the encoding the
+inverter speaks on its link (plain or RC4).
+
+Interfaces for other parts of the bridge (the MQTT dispatcher, the app proxy, the
+cloud listener and relay):
 
 - :meth:`InverterRuntime.exchange` runs a job with a client :class:`Session` in one
   queue slot, taking its turn with the polls and writes;
+- :meth:`InverterRuntime.attach` hands over a connection the inverter opened;
 - :meth:`InverterRuntime.refresh` makes poll groups due now;
 - :meth:`InverterRuntime.submit` queues a settings write (a :class:`WriteCommand`);
 - :meth:`InverterRuntime.stop` answers what is queued and ends the loop.
@@ -43,6 +54,7 @@ from paho.mqtt.properties import Properties
 from .. import __version__
 from ..config import InverterSettings, Settings
 from ..inverter.client import (
+    Connection,
     Identity,
     InverterBusy,
     InverterClient,
@@ -96,6 +108,13 @@ class ExchangeCommand(Command):
     started: bool = False
 
 
+@dataclass(eq=False, kw_only=True)
+class CloudExchange(ExchangeCommand):
+    """A request of the vendor cloud (``cloud.py``): a room apart from the app proxy's."""
+
+    lane = "cloud"
+
+
 class Availability:
     """Online while polls get answers; offline after ``threshold`` failures in a row."""
 
@@ -144,10 +163,12 @@ class InverterRuntime:
         self.command_deadline = command_deadline
         self.log = log.bind(inverter=config.label)
         self.client = InverterClient(
-            config.host, config.port, timeout=config.timeout, retries=config.retries,
-            backoff=RETRY_PAUSE, connect_attempts=1, name=config.label,
-            timer=ReplyTimer(config.timeout),
+            config.host or config.label, config.port, timeout=config.timeout,
+            retries=config.retries, backoff=RETRY_PAUSE, connect_attempts=1,
+            name=config.label, timer=ReplyTimer(config.timeout), dialled_in=config.dials_in,
         )
+        # the vendor cloud is relayed for it (cloud.py): offer the cloud link's entity
+        self.relayed = config.dials_in and settings.cloud.upstream is not None
         self.writer = Writer(self.client, min_interval=settings.writes.min_interval,
                              confirm_timeout=settings.writes.confirm_timeout)
         poll = settings.poll
@@ -201,8 +222,10 @@ class InverterRuntime:
     async def exchange(
         self, job: Callable[[Session], Awaitable[T]],
         *, timeout: float,  # noqa: ASYNC109 (the wait for the turn times out, not the job)
+        kind: type[ExchangeCommand] = ExchangeCommand,
     ) -> T:
-        """Run ``job`` with a client session in one queue slot, in its turn.
+        """Run ``job`` with a client session in one queue slot, in its turn; ``kind``
+        says whose it is (each kind has its own room in the intake).
 
         Raises :class:`InverterError` when the inverter is offline or not identified,
         the bridge is stopping, or the turn does not come within ``timeout`` seconds.
@@ -213,7 +236,7 @@ class InverterRuntime:
             raise InverterError(f"the inverter {self.config.label} is offline"
                                 if self.identity else
                                 f"the inverter {self.config.label} is not identified yet")
-        command = ExchangeCommand(
+        command = kind(
             deadline=time.monotonic() + timeout, job=job,
             expired=f"no turn at the inverter within {timeout:g} s")
         # An answer nobody waits for any more (the caller was cancelled) is still taken,
@@ -231,6 +254,15 @@ class InverterRuntime:
             raise InverterError(command.expired)
         result: T = await command.future
         return result
+
+    def attach(self, connection: Connection, identity: Identity) -> None:
+        """The inverter dialled in: its new connection replaces the one before. One that
+        was away is read again at once, with no backoff left to wait."""
+        self.client.attach(connection, identity)
+        if self.attempts:
+            self.attempts = 0
+            self.scheduler.refresh()
+        self._wake.set()
 
     # ----------------------------------------------------------------------------------
     # The loop
@@ -373,6 +405,8 @@ class InverterRuntime:
                                          **payload})
         if key == "live" and self.config.proxy_port is not None:
             await self.publisher.state("proxy", self.stats.proxy.state())
+        if key == "live" and self.relayed:
+            await self.publisher.state("cloud", self.stats.cloud.state())
         self.last_publish = time.time()
 
     async def _query(self, session: Session, command: Query, group: str) -> list[Reading]:
@@ -422,9 +456,11 @@ class InverterRuntime:
             self.log.warning("inverter offline", reason=quote(reason), failures=failures,
                              **fields)
         elif failures == 1:
+            where = (f"{self.config.host}:{self.config.port}" if self.config.host else
+                     "dials in to cloud.listen_port")
             self.log.warning("inverter not answering" if was_online or self.identity
                              else "inverter not reachable yet", reason=quote(reason),
-                             host=f"{self.config.host}:{self.config.port}", **fields)
+                             host=where, **fields)
         else:
             self.log.debug("inverter still not answering", reason=quote(reason),
                            failures=failures, **fields)
@@ -507,6 +543,7 @@ class InverterRuntime:
             timeout=self.config.timeout,
             sw_version=__version__,
             proxy=self.config.proxy_port is not None,
+            cloud=self.relayed,
             bridge_id=bridge_id(self.settings),
             time_platform=self.settings.homeassistant.time_platform,
             command_expiry=(math.ceil(self.command_deadline)

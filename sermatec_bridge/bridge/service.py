@@ -6,6 +6,12 @@ carries everything. On every connection the bridge first learns what the broker 
 then publishes what is missing or changed. Commands are dispatched here: a write that
 cannot be applied (retained, bad, disabled, for an unknown inverter) gets its refusal at
 once; the others join their inverter's intake.
+
+Inverters that dial in (``cloud.listen_port``) are known by serial: a listed one
+(``serial:``) has its runtime from the start, waiting for its dial; one that is not
+listed gets a runtime when it first dials in (``cloud.accept_unlisted``), with the
+settings of ``inverter``. Each identified connection is handed to its runtime, and with
+``cloud.upstream`` the runtime's :class:`~.cloud.Relay` holds the vendor cloud's link.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ import structlog
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..config import Settings
-from ..inverter.client import backoff
+from ..config import InverterSettings, Settings
+from ..inverter.client import Connection, Identity, backoff
 from ..log import Tally
-from . import health, metrics, proxy
+from . import cloud, health, metrics, proxy
 from .intake import Intake, Refusal
 from .policy import Policy
 from .publisher import OFFLINE, Broker, publish_result, quote, refusal, valid_topic_name
@@ -40,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
 RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
+SPREAD_PER_INVERTER = 0.01  # seconds the first rounds of dialled-in inverters spread, each
 
 
 class Bridge:
@@ -50,22 +57,87 @@ class Bridge:
         self.settings = settings
         self.command_deadline = command_deadline
         self.broker = Broker(settings)
+        self.workers: list[InverterRuntime] = []
+        self.dialling: dict[str, InverterRuntime] = {}  # the inverters that dial in, by serial
+        self.relays: dict[InverterRuntime, cloud.Relay] = {}
+        self.cloud_policy = Policy.of(settings.cloud.allow, settings_writes=False,
+                                      setting="cloud.allow", writes_off="a settings write; "
+                                      "only when cloud.allow names it (and writes.enabled)")
         inverters = settings.all_inverters()
         # Their first rounds spread over one live interval: 500 inverters do not all poll
         # (and publish) at the same moment.
-        self.workers = [InverterRuntime(c, settings, self.broker,
-                                        command_deadline=command_deadline,
-                                        start=i * settings.poll.live / len(inverters))
-                        for i, c in enumerate(inverters)]
-        for worker in self.workers:
-            worker.on_identified = self._claim_held
+        for i, config in enumerate(inverters):
+            self._add(config, start=i * settings.poll.live / len(inverters))
         self.proxies = self._proxies()
+        self.listener = self._listener()
         # Writes to an inverter not identified yet wait here, with their deadline.
         self.held = Intake(limit=64)
         self.stopping = asyncio.Event()
         self.refused = Tally(log, "writes refused")
         self.failed = False
         self._birth: asyncio.Task[None] | None = None
+        self._tasks: dict[InverterRuntime, asyncio.Task[None]] = {}
+
+    def _add(self, config: InverterSettings, start: float = 0.0) -> InverterRuntime:
+        worker = InverterRuntime(config, self.settings, self.broker,
+                                 command_deadline=self.command_deadline, start=start)
+        worker.on_identified = self._claim_held
+        self.workers.append(worker)
+        if config.serial is not None:
+            self.dialling[config.serial] = worker
+        upstream = self.settings.cloud.upstream_address
+        if worker.relayed and upstream is not None:
+            self.relays[worker] = cloud.Relay(worker, upstream, self.cloud_policy)
+        return worker
+
+    def _listener(self) -> cloud.Listener | None:
+        config = self.settings.cloud
+        if config.listen_port is None:
+            return None
+        proxies = len(self.proxies)
+        reserved = cloud.reserved_files(
+            proxies, self.proxies[0][1].limits.clients if proxies else 0,
+            sum(not w.config.dials_in for w in self.workers))
+        return cloud.Listener(self._dialled_in, timeout=self.settings.unlisted.timeout,
+                              cap=cloud.link_cap(reserved, config.upstream is not None),
+                              networks=config.allowed_networks)
+
+    def _dialled_in(self, connection: Connection, identity: Identity) -> str | None:
+        """An inverter dialled in and said who it is: hand the connection to its runtime
+        (made now for one that is not listed); None, or why it is not taken."""
+        if self.stopping.is_set():
+            return "the bridge is stopping"
+        serial = identity.serial
+        worker = self.dialling.get(serial)
+        if worker is None:
+            dialled = next((w for w in self.workers if w.serial == serial), None)
+            if dialled is not None:
+                return (f"inverter {serial} is served at its host {dialled.config.label}: "
+                        "to serve it over its cloud link, list it by serial instead")
+            if not self.settings.cloud.accept_unlisted:
+                return "not listed by serial (cloud.accept_unlisted is false)"
+            assert self.listener is not None
+            if len(self.dialling) >= self.listener.cap:
+                return f"more than {self.listener.cap} inverters dial in"
+            # A fleet that dials in at once (a bridge restarted, a router back) spreads its
+            # first rounds: the more inverters, the longer, at most one live interval.
+            spread = min(self.settings.poll.live, len(self.dialling) * SPREAD_PER_INVERTER)
+            worker = self._add(self.settings.unlisted.model_copy(update={"serial": serial}),
+                               start=random.uniform(0, spread))
+            log.info("an inverter that is not listed dialled in: serving it with the "
+                     "settings of inverter", serial=serial, peer=connection.peer,
+                     rc4=connection.rc4)
+            self._start(worker)
+        elif worker.client.connected:
+            log.info("inverter dialled in again: its new connection replaces the old one",
+                     inverter=worker.config.label, peer=connection.peer)
+        else:
+            log.info("inverter dialled in", inverter=worker.config.label, peer=connection.peer,
+                     rc4=connection.rc4)
+        worker.attach(connection, identity)
+        if (relay := self.relays.get(worker)) is not None:
+            relay.follow()
+        return None
 
     def _proxies(self) -> list[tuple[int, proxy.ProxyServer]]:
         """The app proxies to serve, by port: one per inverter with a ``proxy_port``."""
@@ -87,11 +159,16 @@ class Bridge:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
-        workers = [asyncio.create_task(self._keep_running(w), name=f"inverter {w.config.label}")
-                   for w in self.workers]
+        for worker in self.workers:
+            self._start(worker)
         proxies = [self._supervised(server.serve(self.settings.proxy.host, port),
                                     f"proxy {server.name}")
                    for port, server in self.proxies]
+        if self.listener is not None:
+            config = self.settings.cloud
+            assert config.listen_port is not None
+            proxies.append(self._supervised(
+                self.listener.serve(config.listen_host, config.listen_port), "cloud listener"))
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat"),
                   self._supervised(self._expire_held(), "held writes")]
@@ -103,8 +180,10 @@ class Bridge:
             await self.stopping.wait()
         finally:
             log.info("stopping")
-            await _cancel(proxies)  # no app request joins the queue any more
-            await self._shutdown(workers)
+            await _cancel(proxies)  # no app request (nor inverter dialling in) comes any more
+            for relay in self.relays.values():
+                await relay.stop()  # nor a cloud request
+            await self._shutdown(list(self._tasks.values()))
             await _cancel(others + ([self._birth] if self._birth else []))
             for w in self.workers:
                 await w.client.close()
@@ -123,6 +202,10 @@ class Bridge:
         for w in self.workers:
             await w.publisher.availability(False)
         await self.broker.publish(self.broker.bridge_topic, OFFLINE)
+
+    def _start(self, worker: InverterRuntime) -> None:
+        self._tasks[worker] = asyncio.create_task(self._keep_running(worker),
+                                                  name=f"inverter {worker.config.label}")
 
     async def _keep_running(self, worker: InverterRuntime) -> None:
         """Run one inverter's runtime until the bridge stops.
@@ -277,7 +360,8 @@ class Bridge:
             command.expired = (f"expired: not applied within {self.command_deadline:g} s "
                                "(the inverter is offline or busy)")
             await worker.submit(command)
-        elif all(w.topic_id is not None for w in self.workers):
+        elif all(w.topic_id is not None for w in self.workers) and not (
+                self.listener is not None and self.settings.cloud.accept_unlisted):
             known = ", ".join(sorted(str(w.topic_id) for w in self.workers))
             await self._answer(command, refusal(
                 f"refused: no inverter {quote(topic_id)!r} here (known: {known})"), None)

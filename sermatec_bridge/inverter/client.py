@@ -13,6 +13,11 @@ that waits with that error. The client drops a connection after any failed or ca
 exchange (a late reply must never reach the next caller) and opens a new one for the
 next request. Whatever the inverter sends (nothing, garbage, a reply too short for its
 layout) ends as an :class:`InverterError` of this inverter: nothing else leaves here.
+
+A connection either is dialled by the client (the inverter's TCP 8899) or was opened by
+the inverter itself (its cloud link, accepted by the bridge's cloud listener) and is
+handed over with :meth:`InverterClient.attach`. On such a link the inverter may speak
+RC4-encrypted frames: the connection then encrypts every request.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
 from ..log import Tally, get_logger
@@ -150,9 +155,10 @@ class Connection:
     """One TCP connection to an inverter: requests out, the awaited reply frames in.
 
     It does not care how its byte stream was opened: :class:`InverterClient` dials the
-    inverter and hands the stream over; a listener could hand over a stream that an
-    inverter opened to it. One exchange waits at a time (the client's queue slot sees to
-    it), and the only frames kept are that exchange's replies: the inbox is bounded by
+    inverter, or a listener accepts a stream that the inverter opened to it
+    (``dialled_in``: its frames may then be RC4-encrypted, and :attr:`rc4` says whether
+    requests are). One exchange waits at a time (the client's queue slot sees to it), and
+    the only frames kept are that exchange's replies: the inbox is bounded by
     construction, and a peer that sends more than it is asked costs nothing but a count.
 
     :meth:`close` is the only teardown: idempotent, and the first error it is given is
@@ -161,15 +167,19 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  peer: str, logger: Any,
-                 on_bad_frame: Callable[[frame.FrameError], None] | None = None) -> None:
+                 on_bad_frame: Callable[[frame.FrameError], None] | None = None,
+                 dialled_in: bool = False) -> None:
         self.peer = peer
         self.state = State.OPEN
         self.error: InverterError | None = None  # the first one: why it closed
+        self.rc4 = False  # requests go out RC4-encrypted (only on a link the inverter opened)
+        self.closed = asyncio.Event()  # set by close()
         self._writer = writer
         self._awaited: _Awaited | None = None
         self._on_bad_frame = on_bad_frame
         self._dropped = Tally(logger, "inverter frames dropped")
-        self._reader = asyncio.create_task(self._read(reader), name=f"inverter {peer}")
+        self._reader = asyncio.create_task(self._read(reader, frame.FrameReader(rc4=dialled_in)),
+                                           name=f"inverter {peer}")
 
     @property
     def open(self) -> bool:
@@ -180,6 +190,7 @@ class Connection:
         if self.state is State.CLOSED:
             return
         self.state, self.error = State.CLOSED, error
+        self.closed.set()
         awaited = self._awaited
         if awaited is not None and not awaited.future.done():
             awaited.future.set_exception(error)
@@ -195,11 +206,12 @@ class Connection:
                 await asyncio.wait([self._reader])
                 await self._writer.wait_closed()
 
-    async def exchange(self, code: int, request: bytes, replies: tuple[int, ...],
+    async def exchange(self, request: frame.Frame, replies: tuple[int, ...],
                        timeout: float,  # noqa: ASYNC109 (the exchange's own deadline)
                        accept: Callable[[frame.Frame], bool] | None = None,
                        ) -> list[frame.Frame]:
-        """Send ``request`` and return its reply frames ``replies``, in order.
+        """Send ``request`` (encrypted if :attr:`rc4`) and return its reply frames
+        ``replies``, in order, as the inverter sent them.
 
         Raises :class:`InverterTimeout` when they do not all come within ``timeout``
         seconds (the connection stays open: the caller decides), and the connection's
@@ -207,11 +219,12 @@ class Connection:
         """
         if self.error is not None:
             raise self.error
+        code = request.command
         awaited = _Awaited(replies, accept, asyncio.get_running_loop().create_future())
         self._awaited = awaited
         try:
             async with asyncio.timeout(timeout):
-                self._writer.write(request)
+                self._writer.write(replace(request, rc4=self.rc4).encode())
                 await self._writer.drain()
                 return await awaited.future if replies else []
         except TimeoutError:
@@ -224,8 +237,7 @@ class Connection:
         finally:
             self._awaited = None
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        frames = frame.FrameReader()
+    async def _read(self, reader: asyncio.StreamReader, frames: frame.FrameReader) -> None:
         try:
             while data := await reader.read(4096):
                 for item in frames.feed(data):
@@ -250,20 +262,46 @@ class Connection:
         self._dropped.add(f"unexpected {kind} 0x{item.command:02x}", peer=self.peer)
 
 
+async def identify(connection: Connection, timeout: float, rc4_first: bool = False,  # noqa: ASYNC109
+                   ) -> Identity:
+    """Who opened ``connection`` (an inverter dialling in): its answer to 0x98.
+
+    The inverter speaks plain or RC4-encrypted frames on its cloud link and leaves the
+    other kind unanswered, so 0x98 goes out plain, then, if that gets no answer within
+    ``timeout`` seconds, encrypted (``rc4_first``: the other way round). The connection
+    then speaks what the answer was in (:attr:`Connection.rc4`). Raises
+    :class:`InverterTimeout` when neither is answered, and what the connection raises
+    when it breaks.
+    """
+    for rc4 in (rc4_first, not rc4_first):
+        connection.rc4 = rc4
+        try:
+            (reply,) = await connection.exchange(frame.Frame(0x98), (0x98,), timeout)
+        except InverterTimeout:
+            continue
+        connection.rc4 = reply.rc4  # a late answer to the first try counts too
+        try:
+            return Identity.from_reading(codec.decode_payload(0x98, 0, reply.payload))
+        except (codec.CodecError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedReply(f"malformed reply 0x98 from {connection.peer} "
+                                 f"({len(reply.payload)} bytes): {exc}") from None
+    raise InverterTimeout(f"no reply 0x98 (the identity query) from {connection.peer}, "
+                          f"plain or RC4, within {timeout:g} s each")
+
+
 # --------------------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------------------
 
 
-Streams = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-
-
 class InverterClient:
     """An inverter at ``host:port``. Use ``async with`` or :meth:`connect` / :meth:`close`.
 
-    ``streams`` is how the client gets a byte stream for each new connection: by default
-    it dials ``host:port``; a listener can instead hand over the streams that inverters
-    open to it (``host:port`` then only names the inverter in messages).
+    With ``dialled_in`` the client never dials: the inverter opens its connections itself
+    (its cloud link) and a listener hands each one over, identified, with :meth:`attach`;
+    a new one replaces the one before. The client then waits for a connection as it
+    would wait for one to open (at most ``timeout`` seconds), and ``host`` only names the
+    inverter in messages.
     """
 
     def __init__(
@@ -278,14 +316,15 @@ class InverterClient:
         connect_attempts: int | None = 1,
         name: str | None = None,
         identity: Identity | None = None,
-        streams: Streams | None = None,
+        dialled_in: bool = False,
         timer: ReplyTimer | None = None,
     ) -> None:
         """``identity``: who the inverter is, if known (the CLI caches it); the first
         connection then skips the identity query. ``timer``: how long to wait for each
         reply (learnt from the round trips); unset, always ``timeout``."""
         self.host, self.port = host, port
-        self.streams = streams or (lambda: asyncio.open_connection(host, port))
+        self.dialled_in = dialled_in
+        self._next_dial = asyncio.Event()  # set (and replaced) when attach() hands one over
         self.timeout = timeout
         self.timer = timer or ReplyTimer.fixed(timeout)
         self.retries = retries
@@ -293,7 +332,7 @@ class InverterClient:
         self.connect_attempts = connect_attempts
         self.identity: Identity | None = None
         self._known = identity
-        self.log = log.bind(inverter=name or f"{host}:{port}")
+        self.log = log.bind(inverter=name or self.where)
         self._lock = asyncio.Lock()
         self._connection: Connection | None = None
         self.reconnects = 0
@@ -308,11 +347,16 @@ class InverterClient:
 
     @property
     def where(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.host if self.dialled_in else f"{self.host}:{self.port}"
 
     @property
     def connected(self) -> bool:
         return self._connection is not None and self._connection.open
+
+    @property
+    def connection(self) -> Connection | None:
+        """The current connection, open or not (None before the first)."""
+        return self._connection
 
     @property
     def version(self) -> int:
@@ -350,6 +394,30 @@ class InverterClient:
         if connection is not None:
             connection.close(error)
 
+    def _lose(self, connection: Connection, error: InverterError) -> None:
+        """Close ``connection`` after its exchange failed; forget it only if it is still
+        the current one (the inverter may have dialled in again meanwhile)."""
+        if connection is self._connection:
+            self._drop(error)
+        else:
+            connection.close(error)
+
+    def attach(self, connection: Connection, identity: Identity) -> None:
+        """Use ``connection``, which the inverter opened and a listener identified, from
+        now on. The connection before it is closed: an exchange waiting on it fails (and
+        may be sent again, on this one)."""
+        old, self._connection, self.identity = self._connection, connection, identity
+        if old is not None and old is not connection:
+            old.close(InverterUnreachable(f"the inverter {self.where} dialled in again: "
+                                          "its new connection replaces this one"))
+        self.reconnects += 1
+        self._next_dial.set()
+        self._next_dial = asyncio.Event()
+
+    async def next_dial(self) -> None:
+        """Wait until :meth:`attach` hands over the next connection."""
+        await self._next_dial.wait()
+
     async def _ready(self) -> Connection:
         """The open, identified connection; one is opened when there is none."""
         if self._connection is not None and self._connection.open and self.identity:
@@ -361,7 +429,8 @@ class InverterClient:
             self._drop(InverterUnreachable(f"reconnecting to {self.where}"))
             try:
                 await self._open()
-                self.identity = self._known or await self._identify()
+                if self.identity is None:  # a handed-over connection comes identified
+                    self.identity = self._known or await self._identify()
                 self._known = None  # a reconnection asks again
             except asyncio.CancelledError:
                 self._drop(InverterError("connect cancelled"))
@@ -381,10 +450,18 @@ class InverterClient:
             return self._connection
 
     async def _open(self) -> None:
-        """A new connection, on a byte stream from :attr:`streams`."""
+        """A new connection: dialled, or (``dialled_in``) the next one handed over."""
+        if self.dialled_in:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self.next_dial()
+            except TimeoutError:
+                raise InverterUnreachable(f"the inverter {self.where} has not dialled in "
+                                          f"(waited {self.timeout:g} s)") from None
+            return
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await self.streams()
+                reader, writer = await asyncio.open_connection(self.host, self.port)
         except TimeoutError:
             raise InverterUnreachable(f"cannot reach the inverter at {self.where}: no answer "
                                       f"within {self.timeout:g} s") from None
@@ -410,7 +487,7 @@ class InverterClient:
         while True:
             attempt += 1
             try:
-                (reply,) = await self._attempt(SYSTEM_INFO, frame.request(0x98), (0x98,))
+                (reply,) = await self._attempt(SYSTEM_INFO, frame.Frame(0x98), (0x98,))
             except (InverterTimeout, InverterUnreachable) as exc:
                 if attempt > self.retries:
                     # Frames that came but were broken are no sign of another client.
@@ -443,7 +520,7 @@ class InverterClient:
     # Exchanges (the caller holds the lock)
     # ----------------------------------------------------------------------------------
 
-    async def _attempt(self, command: Command, request: bytes, replies: tuple[int, ...],
+    async def _attempt(self, command: Command, request: frame.Frame, replies: tuple[int, ...],
                        accept: Callable[[frame.Frame], bool] | None = None,
                        ) -> list[frame.Frame]:
         """One exchange on the current connection; a failure or a cancel drops it."""
@@ -453,15 +530,15 @@ class InverterClient:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            answer = await connection.exchange(command.code, request, replies,
-                                               self.reply_timeout(command), accept)
+            answer = await connection.exchange(request, replies, self.reply_timeout(command),
+                                               accept)
         except InverterError as exc:
             if replies and isinstance(exc, InverterTimeout):
                 self.timer.unanswered()
-            self._drop(exc)
+            self._lose(connection, exc)
             raise
         except BaseException:  # cancelled: the reply may still come, to no one
-            self._drop(InverterError(f"{command.label} abandoned"))
+            self._lose(connection, InverterError(f"{command.label} abandoned"))
             raise
         if replies:
             self.timer.answered(loop.time() - started)
@@ -510,7 +587,7 @@ class InverterClient:
         self._require_slot()
         await self._ready()  # the version may be unknown after a hang-up
         _refuse_unless_offered(command, self.version)
-        request = frame.request(command.code, payload)
+        request = frame.Frame(command.code, payload)
         attempt = 0
         while True:
             attempt += 1
@@ -535,7 +612,8 @@ class InverterClient:
     # ----------------------------------------------------------------------------------
 
     async def relay(self, request: frame.Frame) -> list[frame.Frame]:
-        """Send ``request`` as it is; return its reply frames exactly as the inverter sent them.
+        """Send ``request`` as it is; return its reply frames exactly as the inverter sent
+        them, in the requester's encoding (plain, or RC4 like ``request``).
 
         One exchange, no retry: a failure drops the connection (a late reply must reach no
         one) and raises. Writes get no reply; one that makes the inverter hang up ends the
@@ -546,9 +624,9 @@ class InverterClient:
         await self._ready()
         _refuse_unless_offered(command, self.version)
         expect = () if command.is_write else tables.replies(command, self.version)
-        replies = await self._attempt(command, request.encode(), expect)
+        replies = await self._attempt(command, request, expect)
         self._after(command)
-        return replies
+        return [replace(reply, rc4=request.rc4) for reply in replies]
 
     async def relay_register_query(self, part1: frame.Frame, part2: frame.Frame) -> frame.Frame:
         """A client's whole 0xbb exchange in this slot; the reply frame to part 2.
@@ -560,7 +638,7 @@ class InverterClient:
         _refuse_unless_offered(REGISTER_QUERY, self.version)
         task = asyncio.ensure_future(self._register_pair(part1, part2))
         try:
-            return await asyncio.shield(task)
+            return replace(await asyncio.shield(task), rc4=part2.rc4)
         except asyncio.CancelledError:
             with contextlib.suppress(BaseException):
                 await task  # part 2 goes out before the slot is released
@@ -572,7 +650,7 @@ class InverterClient:
         assert connection is not None
         timeout = self.reply_timeout(REGISTER_QUERY)
         try:
-            await connection.exchange(0xBB, part1.encode(), (0xBB,), timeout)
+            await connection.exchange(part1, (0xBB,), timeout)
         except InverterTimeout:  # the connection stays open: part 2 still goes out
             self.log.warning("no acknowledgement of register query part 1; sending part 2")
         except InverterError:
@@ -582,10 +660,10 @@ class InverterClient:
                            "stay blocked until it is power-cycled")
         try:
             (reply,) = await connection.exchange(
-                0xBB, part2.encode(), (0xBB,), timeout,
+                part2, (0xBB,), timeout,
                 accept=lambda f: len(f.payload) != 2)  # not a late acknowledgement of part 1
         except InverterError as exc:
-            self._drop(exc)
+            self._lose(connection, exc)
             raise
         return reply
 

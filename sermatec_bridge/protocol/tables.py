@@ -842,6 +842,18 @@ COMMANDS: dict[int, Command] = {
         ROUTER_AND_CLOUD_QUERY, REGISTER_WRITE, REGISTER_QUERY,
     )
 }
+# The settings writes: what Home Assistant (and, where allowed, the app or the cloud)
+# may change. The reset is a settings command too, but never one of them.
+SETTINGS_WRITES = frozenset(
+    code for code, c in COMMANDS.items() if c.kind is Kind.SETTINGS and c is not RESET)
+# Queries a foreign requester may send only where a setting names them: 0xb1's reply
+# carries the Wi-Fi password, and a lone 0xbb part 1 blocks the inverter.
+GUARDED_QUERIES = frozenset({0xB1, 0xBB})
+# What passes a foreign requester only where a setting names it: the reset, the network
+# and register commands, and the guarded queries (settings writes follow writes.enabled).
+NAMED_ONLY = frozenset(
+    code for code, c in COMMANDS.items()
+    if c is RESET or c.kind in (Kind.NETWORK, Kind.SPECIAL) or code in GUARDED_QUERIES)
 
 GROUP_NAMES = {
     "tou_schedule": "Time-of-use schedule",

@@ -13,16 +13,20 @@ from faultproxy import FaultProxy
 from ports import free_port
 
 from sermatec_bridge.inverter.client import (
+    Connection,
     InverterBusy,
     InverterClient,
     InverterTimeout,
     InverterUnreachable,
     MalformedReply,
     NotOffered,
+    identify,
 )
+from sermatec_bridge.log import get_logger
 from sermatec_bridge.protocol import frame, tables
 from sermatec_bridge.simulator import Fault, Simulator
 
+log = get_logger(__name__)
 STATIC = (0x98, 0x95, 0x9D, 0xA1, 0xA2, 0xB1, 0x1E, 0x1F)
 
 
@@ -467,34 +471,122 @@ async def test_the_connection_is_not_used_after_a_write_that_makes_the_inverter_
     assert fake.received[-2:] == [(2, 0x98), (2, 0x0C)]
 
 
-async def test_a_connection_can_run_on_a_stream_the_inverter_opened() -> None:
-    """The inverter dials us (as in station mode, to its cloud server): the client runs
-    its exchanges on the stream a listener accepted."""
-    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+class Listener:
+    """A cloud server stand-in: the connections that simulators in station mode open."""
 
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await accepted.put((reader, writer))
+    def __init__(self) -> None:
+        self.accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue())
+        self.server: asyncio.Server | None = None
 
-    listener = await asyncio.start_server(accept, "127.0.0.1", 0)
-    async with listener, Simulator(pcu=609) as sim:
-        inverter_side = await asyncio.open_connection("127.0.0.1", sim.port or 0)
-        relay = asyncio.create_task(splice(inverter_side, listener.sockets[0].getsockname()))
-        client = InverterClient("dialled-in", 0, timeout=2, streams=accepted.get)
-        identity = await client.connect()
-        assert identity.serial == sim.model.serial
+    async def __aenter__(self) -> Listener:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self.accepted.put((reader, writer))
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        return "127.0.0.1", int(self.server.sockets[0].getsockname()[1])
+
+    async def connection(self) -> Connection:
+        """The next connection an inverter opened, not identified yet."""
+        reader, writer = await asyncio.wait_for(self.accepted.get(), 10)
+        return Connection(reader, writer, peer="dialled", logger=log, dialled_in=True)
+
+
+@pytest.mark.parametrize("rc4", [False, True])
+async def test_a_connection_the_inverter_opened_is_identified_and_serves_the_client(
+        rc4: bool) -> None:
+    """The inverter dials us (station mode, its cloud link): the connection is identified
+    with 0x98, plain first, then RC4, and the client runs its exchanges on it in the
+    encoding the inverter speaks, without asking who it is again."""
+    async with Listener() as listener, Simulator(
+            pcu=609, cloud=listener.address, rc4=rc4, serial="ST5K0CLOUD0000007") as sim:
+        connection = await listener.connection()
+        identity = await identify(connection, timeout=0.5)
+        assert (identity.serial, connection.rc4) == ("ST5K0CLOUD0000007", rc4)
+        client = InverterClient("ST5K0CLOUD0000007", timeout=2, dialled_in=True)
+        client.attach(connection, identity)
         assert (await client.query(0x0C))[0].values["inverter_on"] is True
+        assert (await client.query(0x95))[1].command.code == 0x9D
+        # 0x98 answered once, then the queries: the client did not ask who it is again
+        assert list(sim.received) == [0x98, 0x0C, 0x95]
         await client.close()
-        relay.cancel()
 
 
-async def splice(inverter: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                 listener: tuple[str, int]) -> None:
-    """Dial ``listener`` and pass bytes both ways between it and the inverter's stream."""
-    reader, writer = await asyncio.open_connection(*listener[:2])
+async def test_identify_tries_the_remembered_encoding_first() -> None:
+    async with Listener() as listener, Simulator(pcu=609, cloud=listener.address, rc4=True):
+        connection = await listener.connection()
+        started = asyncio.get_running_loop().time()
+        identity = await identify(connection, timeout=3, rc4_first=True)
+        assert identity.version == 609 and connection.rc4
+        # no plain try waited for its 3 s first
+        assert asyncio.get_running_loop().time() - started < 3
+        connection.close(InverterUnreachable("done"))
 
-    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        while data := await source.read(4096):
-            sink.write(data)
-            await sink.drain()
 
-    await asyncio.gather(pump(reader, inverter[1]), pump(inverter[0], writer))
+async def test_a_connection_that_never_answers_who_it_is_times_out() -> None:
+    async with Listener() as listener:
+        _reader, writer = await asyncio.open_connection(*listener.address)
+        connection = await listener.connection()
+        writer.write(b"\xfe\x55\x14\x64")  # half a frame, then nothing
+        with pytest.raises(InverterTimeout, match="plain or RC4"):
+            await identify(connection, timeout=0.2)
+        connection.close(InverterUnreachable("done"))
+        writer.close()
+
+
+async def test_a_new_dial_replaces_the_connection_and_a_failed_request_goes_out_on_it(
+) -> None:
+    async with Listener() as listener, Simulator(pcu=609, cloud=listener.address,
+                                                 dial_interval=0.05) as sim:
+        client = InverterClient("dialled", timeout=2, retries=1, backoff=0.01,
+                                dialled_in=True)
+        first = await listener.connection()
+        client.attach(first, await identify(first, timeout=1))
+        sim.inject(Fault.DROP)  # the inverter hangs up instead of answering, and dials again
+        asked = asyncio.create_task(client.query(0x0C))
+        second = await listener.connection()
+        client.attach(second, await identify(second, timeout=1))
+        assert (await asked)[0].command.code == 0x0C  # sent again, answered on the new one
+        assert not first.open and second.open and client.connection is second
+        await client.close()
+
+
+async def test_a_dial_replaces_an_open_connection_and_fails_the_exchange_waiting_on_it(
+) -> None:
+    async with Listener() as listener, Simulator(pcu=609, cloud=listener.address) as sim:
+        client = InverterClient("dialled", timeout=2, retries=0, dialled_in=True)
+        first = await listener.connection()
+        client.attach(first, await identify(first, timeout=1))
+        sim.latency = 1.0
+        asked = asyncio.create_task(client.query(0x0C))
+        await eventually(lambda: 0x0C in sim.received)
+        _reader, writer = await asyncio.open_connection(*listener.address)  # a second dial
+        client.attach(await listener.connection(), client.identity)  # type: ignore[arg-type]
+        with pytest.raises(InverterUnreachable, match="dialled in again"):
+            await asked
+        assert not first.open and client.connected  # the new one stays
+        await client.close()
+        writer.close()
+
+
+async def test_a_client_of_an_inverter_that_dials_in_waits_for_its_dial() -> None:
+    async with Listener() as listener:
+        client = InverterClient("ST5K0NEVER", timeout=0.2, dialled_in=True)
+        with pytest.raises(InverterUnreachable, match="ST5K0NEVER has not dialled in"):
+            await client.connect()
+        client = InverterClient("ST5K0LATER", timeout=5, dialled_in=True)
+        async with Simulator(pcu=609, cloud=listener.address, first_dial=0.3):
+            waiting = asyncio.create_task(client.connect())
+            connection = await listener.connection()
+            client.attach(connection, await identify(connection, timeout=1))
+            assert (await waiting).version == 609
+            await client.close()
