@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .capture import Chunk
     from .config import Settings
     from .homezone import HomeZone
-    from .inverter.client import InverterClient
+    from .inverter.blocking import BlockingClient
     from .protocol.codec import Reading
     from .protocol.frame import Frame, FrameError
     from .protocol.model import Command
@@ -135,7 +135,7 @@ def _configured(args: argparse.Namespace) -> bool:
 
 def _target(args: argparse.Namespace) -> dict[str, Any]:
     """How to reach the inverter that ``get`` and ``list --from-inverter`` ask: the first
-    configured one, as keyword arguments of InverterClient.
+    configured one, as keyword arguments of the client.
 
     With nothing configured the flags say it all, on the client's defaults (the same as
     the configuration's, which a test holds): the configuration code, 130 ms of start-up,
@@ -150,18 +150,21 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
             "timeout": args.timeout or chosen.timeout, "retries": chosen.retries}
 
 
-@contextlib.asynccontextmanager
-async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None = None,
-                     ) -> AsyncIterator[InverterClient]:
+@contextlib.contextmanager
+def _connected(args: argparse.Namespace, asked: Sequence[Command] | None = None,
+               ) -> Iterator[BlockingClient]:
     """A client of the inverter, connected, for the queries ``asked`` (None: every one).
 
     The inverter's identity (0x98) tells which tables decode its replies. Where no reply
     asked depends on the PCU version, the identity it gave lately will do (see
     inverter/identity_cache.py), which saves a round trip to the inverter; otherwise it is
     asked, and remembered. An identity query that goes unanswered is named as such.
+    A one-shot command asks one thing at a time: a blocking client serves it, which spares
+    it asyncio (see inverter/blocking.py).
     """
     from .inverter import identity_cache
-    from .inverter.client import InverterClient, InverterTimeout
+    from .inverter.blocking import BlockingClient
+    from .inverter.core import InverterTimeout
     from .protocol import tables
     from .protocol.model import Kind
 
@@ -175,10 +178,10 @@ async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None =
             known = None  # asking again may show a firmware that offers them
     if sys.stderr.isatty():  # as the community's tool did, for the reader, not for scripts
         print(f"asking the inverter at {_where(host, port)}", file=sys.stderr)
-    client = InverterClient(**target, identity=known)
+    client = BlockingClient(**target, identity=known)
     try:
         try:
-            await client.connect()
+            client.connect()
         except InverterTimeout as exc:
             labels = " ".join(c.label for c in asked) if asked else "the other queries"
             raise _timeout_failure(client, exc, "the identity query" if labels == "0x98" else
@@ -193,14 +196,14 @@ async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None =
             identity_cache.forget(host, port)
         raise
     finally:
-        await client.close()
+        client.close()
 
 
 def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _timeout_failure(client: InverterClient, exc: Exception, context: str) -> Failure:
+def _timeout_failure(client: BlockingClient, exc: Exception, context: str) -> Failure:
     from .protocol.frame import BadChecksum
 
     bad = client.last_bad_frame
@@ -236,7 +239,7 @@ def _listing(version: int, prog: str) -> list[str]:
     return out
 
 
-def _list(args: argparse.Namespace) -> Exit | Coroutine[Any, Any, Exit]:
+def _list(args: argparse.Namespace) -> Exit:
     if args.from_inverter:
         return _list_from_inverter(args)
     for line in _listing(NEWEST_PCU if args.pcu is None else args.pcu, args.prog):
@@ -244,10 +247,10 @@ def _list(args: argparse.Namespace) -> Exit | Coroutine[Any, Any, Exit]:
     return Exit.OK
 
 
-async def _list_from_inverter(args: argparse.Namespace) -> Exit:
+def _list_from_inverter(args: argparse.Namespace) -> Exit:
     from .protocol.tables import SYSTEM_INFO
 
-    async with _connected(args, [SYSTEM_INFO]) as client:
+    with _connected(args, [SYSTEM_INFO]) as client:
         assert client.identity is not None
         version = client.identity.reported_version
     for line in _listing(version, args.prog):
@@ -294,39 +297,38 @@ def _queries(targets: Sequence[str]) -> list[Command] | None:
     return commands
 
 
-async def _get(args: argparse.Namespace) -> Exit:
+def _get(args: argparse.Namespace) -> Exit:
     targets = args.el + args.commands
     if not targets:
         raise Failure("get needs a command: get CODE|NAME [...], get all, or get --el CODE",
                       Exit.USAGE)
     commands = _queries(targets)
     if commands is not None and commands[0].code == 0xBB:
-        return await _get_registers(args)
-    from .inverter.client import InverterTimeout
+        return _get_registers(args)
+    from .inverter.core import InverterTimeout
     from .protocol import tables
     from .protocol.model import Kind
 
-    async with _connected(args, commands) as client:
+    with _connected(args, commands) as client:
         assert client.identity is not None
         if commands is None:
             commands = [c for c in tables.available(client.version) if c.kind is Kind.QUERY]
         shown: set[int] = set()  # each reply once: 0x95 brings 0x9d, asked or not
-        async with client.session() as session:
-            for command in commands:
-                if set(tables.replies(command, client.version)) <= shown:
-                    continue
-                try:  # the identity was asked just now if 0x98 is asked
-                    readings = ([client.identity.reading] if command is tables.SYSTEM_INFO
-                                else await session.query(command))
-                except InverterTimeout as exc:
-                    raise _timeout_failure(client, exc, f"asked: {command.label} "
-                                           f"{command.name}") from None
-                _print([r for r in readings if r.command.code not in shown], args.json)
-                shown.update(r.command.code for r in readings)
+        for command in commands:
+            if set(tables.replies(command, client.version)) <= shown:
+                continue
+            try:  # the identity was asked just now if 0x98 is asked
+                readings = ([client.identity.reading] if command is tables.SYSTEM_INFO
+                            else client.query(command))
+            except InverterTimeout as exc:
+                raise _timeout_failure(client, exc, f"asked: {command.label} "
+                                       f"{command.name}") from None
+            _print([r for r in readings if r.command.code not in shown], args.json)
+            shown.update(r.command.code for r in readings)
     return Exit.OK
 
 
-async def _get_registers(args: argparse.Namespace) -> Exit:
+def _get_registers(args: argparse.Namespace) -> Exit:
     if not args.risk_inverter_lockup:
         raise Failure(
             "0xbb is a two-part exchange: if part 2 does not follow part 1, the inverter "
@@ -337,8 +339,8 @@ async def _get_registers(args: argparse.Namespace) -> Exit:
     addresses = _parse_addresses(args.registers)
     from .protocol.tables import REGISTER_QUERY
 
-    async with _connected(args, [REGISTER_QUERY]) as client:
-        values = await client.read_registers(addresses)
+    with _connected(args, [REGISTER_QUERY]) as client:
+        values = client.read_registers(addresses)
     if args.json:
         import json
 
