@@ -16,6 +16,7 @@ or have its error thrown in. A client's ``_run`` carries the steps out; that, an
 from __future__ import annotations
 
 import enum
+import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -379,7 +380,7 @@ class ClientCore(Generic[C]):
                                       f"within {self.timeout:g} s") from None
         except OSError as exc:
             raise InverterUnreachable(f"cannot reach the inverter at {self.where}: "
-                                      f"{exc.strerror or exc}") from exc
+                                      f"{_reason(exc)}") from exc
         self.reconnects += 1
         self._connection = connection
 
@@ -527,6 +528,15 @@ class ClientCore(Generic[C]):
         """The register values in the reply to part 2 of a register query."""
         reading = self._decode(reply, self.version)
         return {int(r["address"]): int(r["value"]) for r in reading.values["registers"]}
+
+
+def _reason(exc: OSError) -> str:
+    """Why a connection failed, in the operating system's words, whichever client tried:
+    asyncio words a refused connection "Connect call failed ('10.0.0.5', 8899)", where a
+    socket says "Connection refused". A resolver's error has its own words."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 
 def refuse_unless_offered(command: Command, version: int) -> None:
