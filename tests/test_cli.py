@@ -646,14 +646,14 @@ async def test_a_cache_that_cannot_be_used_is_no_cache(
             assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
 
 
-def test_a_one_shot_read_loads_no_configuration_structlog_construct_or_asyncio(
+def test_a_one_shot_read_loads_no_configuration_structlog_construct_asyncio_or_logging(
         inverter: tuple[int, Path]) -> None:
     """With nothing configured; the start-up figures are in benchmarks/cli_startup.py."""
     program = ("import sys; from sermatec_bridge import cli; "
                f"code = cli.main(['-i', '127.0.0.1:{inverter[0]}', 'get', 'battery']); "
                "print(sorted({m.split('.')[0] for m in sys.modules} & "
                "{'pydantic', 'pydantic_settings', 'yaml', 'structlog', 'construct', "
-               "'asyncio'}), "
+               "'asyncio', 'logging'}), "
                "'sermatec_bridge.config' in sys.modules, code, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=60, check=False, env={

@@ -174,7 +174,11 @@ class BlockingClient(ClientCore[Connection]):
             return self._connection.exchange(step.code, step.request, step.replies,
                                              step.timeout, step.accept)
         if isinstance(step, Open):
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            # getaddrinfo puts a host given as text through the idna codec, whose import
+            # takes 2 ms; an ASCII name or address needs none, and it takes bytes too.
+            host = self.host.encode() if self.host.isascii() else self.host
+            sock = socket.create_connection((host, self.port),  # type: ignore[arg-type]
+                                            timeout=self.timeout)
             return Connection(sock, peer=self.where, logger=self.log,
                               on_bad_frame=self._bad_frame)
         time.sleep(step.seconds)

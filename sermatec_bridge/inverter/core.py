@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from ..log import Tally, get_logger
 from ..protocol import codec, frame, tables
@@ -210,18 +210,17 @@ class Line:
 
 
 # --------------------------------------------------------------------------------------
-# The steps a plan asks its client to carry out
+# The steps a plan asks its client to carry out (records, not dataclasses: those take a
+# one-shot read 1 ms to make)
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Open:
     """Open a new connection (dial, or take a stream a listener accepted); sent back: it.
     Raises TimeoutError or OSError as the socket does."""
 
 
-@dataclass(frozen=True)
-class Ask:
+class Ask(NamedTuple):
     """On the client's connection, send ``request`` and wait up to ``timeout`` seconds for
     the reply frames ``replies`` (none for a write); sent back: them. Raises the
     connection's InverterError."""
@@ -233,8 +232,7 @@ class Ask:
     accept: Callable[[frame.Frame], bool] | None = None
 
 
-@dataclass(frozen=True)
-class Pause:
+class Pause(NamedTuple):
     """Wait ``seconds`` (between tries)."""
 
     seconds: float
