@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
 
-from sermatec_bridge.inverter.blocking import BlockingClient
 from sermatec_bridge.inverter.client import (
     InverterBusy,
     InverterClient,
@@ -30,7 +27,6 @@ from sermatec_bridge.inverter.client import (
 )
 from sermatec_bridge.protocol import frame, tables
 from sermatec_bridge.simulator import Fault, Simulator
-from sermatec_bridge.simulator.model import InverterModel
 
 STATIC = (0x98, 0x95, 0x9D, 0xA1, 0xA2, 0xB1, 0x1E, 0x1F)
 
@@ -46,33 +42,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class InThread:
-    """A :class:`BlockingClient` used as an InverterClient is: ``async with``, and each
-    method awaited, run in a worker thread."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        self.client = BlockingClient(*args, **kw)
-
-    async def __aenter__(self) -> InThread:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self.client, name)
-        if not callable(value):
-            return value
-        return lambda *args, **kw: asyncio.to_thread(value, *args, **kw)
-
-
-@pytest.fixture(params=[InverterClient, InThread], ids=["asyncio", "blocking"])
-def Client(request: pytest.FixtureRequest) -> Any:
-    """Each client in turn."""
-    return request.param
 
 
 async def test_reads_identity_and_every_query_through_latency_and_one_byte_chunks(
@@ -159,6 +128,8 @@ async def test_an_inverter_that_hangs_up_is_told_as_such(Client: Any) -> None:
 async def test_a_peer_that_chatters_but_never_answers_times_out_at_the_deadline(
         Client: Any) -> None:
     """Frames that keep coming, none of them the reply, do not stretch the wait."""
+    from sermatec_bridge.simulator.model import InverterModel
+
     model = InverterModel(pcu=609)
 
     async def chatter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -177,43 +148,6 @@ async def test_a_peer_that_chatters_but_never_answers_times_out_at_the_deadline(
     async with server, Client("127.0.0.1", port, timeout=0.5, retries=0) as client:
         with pytest.raises(InverterTimeout, match=r"no reply 0x0c .* within 0\.5 s"):
             await asyncio.wait_for(client.query(0x0C), 30)
-
-
-def test_ctrl_c_during_a_blocking_register_query_waits_for_part_2() -> None:
-    """The blocking client in the main thread, where Ctrl-C (SIGINT) strikes; it comes
-    while part 1's acknowledgement is awaited, and takes effect once part 2 is answered."""
-    with simulator_in_a_thread(pcu=609) as sim:
-        answer = sim.model.handle
-
-        def interrupted_at_part_1(code: int, payload: bytes) -> Any:
-            if code == 0xBB and sim.model.pending_registers is None:
-                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-            return answer(code, payload)
-
-        sim.model.handle = interrupted_at_part_1  # type: ignore[method-assign]
-        with BlockingClient("127.0.0.1", sim.port or 0, timeout=2) as client:
-            with pytest.raises(KeyboardInterrupt):
-                client.read_registers([0x1000, 0x1001])
-            assert list(sim.received).count(0xBB) == 2
-            assert (client.query(0x0C))[0].command.code == 0x0C
-        assert not sim.blocked
-
-
-@contextlib.contextmanager
-def simulator_in_a_thread(**kw: Any) -> Iterator[Simulator]:
-    """A simulator serving from an event loop in a thread of its own."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sim = Simulator(**kw)
-    try:
-        asyncio.run_coroutine_threadsafe(sim.start(), loop).result(10)
-        yield sim
-    finally:
-        asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 async def test_a_write_after_the_inverter_hung_up_goes_out_on_a_new_connection() -> None:
