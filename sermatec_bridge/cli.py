@@ -1,8 +1,9 @@
 """The command line: ``sermatec-bridge`` (and ``sermatec-ess``, the community's old name).
 
 Every failure ends in one line on stderr and a distinct exit code, never a traceback.
-Modules are imported by the commands that use them: ``--help``, ``list`` and ``decode``
-start without asyncio, structlog or the configuration (see benchmarks/cli_startup.py).
+Modules are imported by the commands that use them: ``--help``, ``list``, ``decode`` and,
+with nothing configured, ``get`` start without asyncio, structlog or the configuration
+(see benchmarks/cli_startup.py).
 """
 
 from __future__ import annotations
