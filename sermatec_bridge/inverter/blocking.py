@@ -1,7 +1,7 @@
 """One inverter on a blocking socket: the command line's one-shot reads.
 
 ``get`` and ``list --from-inverter`` ask an inverter a few questions and exit. On asyncio,
-importing it and starting an event loop took a quarter of such a run (see
+importing it and starting an event loop took some 15 ms, a quarter of such a run (see
 benchmarks/cli_startup.py); this client runs the same plans as the asyncio one
 (:mod:`.core`) on a plain socket with timeouts. It has one caller, who asks one thing at a
 time, so it needs no queue; it is not for the bridge.
