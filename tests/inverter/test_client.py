@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from faultproxy import FaultProxy
 
+from sermatec_bridge.inverter.blocking import BlockingClient
 from sermatec_bridge.inverter.client import (
     InverterBusy,
     InverterClient,
@@ -29,6 +30,34 @@ from sermatec_bridge.protocol import frame, tables
 from sermatec_bridge.simulator import Fault, Simulator
 
 STATIC = (0x98, 0x95, 0x9D, 0xA1, 0xA2, 0xB1, 0x1E, 0x1F)
+
+
+class InThread:
+    """A :class:`BlockingClient` used as an InverterClient is: ``async with``, and each
+    method awaited, run in a worker thread (so that a simulator in the test's event loop
+    keeps serving)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.client = BlockingClient(*args, **kw)
+
+    async def __aenter__(self) -> InThread:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.client, name)
+        if not callable(value):
+            return value
+        return lambda *args, **kw: asyncio.to_thread(value, *args, **kw)
+
+
+@pytest.fixture(params=[InverterClient, InThread], ids=["asyncio", "blocking"])
+def Client(request: pytest.FixtureRequest) -> Any:
+    """Each client in turn: the asyncio one, and the command line's blocking one."""
+    return request.param
 
 
 async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
