@@ -23,10 +23,10 @@ from .core import (
     Ask,
     Awaited,
     ClientCore,
+    ConnectionCore,
     Identity,
     InverterError,
     InverterUnreachable,
-    Line,
     Open,
     Plan,
     Run,
@@ -41,7 +41,7 @@ from .core import (
 WAITING_READS = 64  # reads of what came between exchanges, at most: a flood is left to them
 
 
-class Connection(Line):
+class Connection(ConnectionCore):
     """One TCP connection on a blocking socket.
 
     Nothing reads while no exchange waits, so what came in between (a stray frame, the

@@ -34,12 +34,12 @@ from .core import (
     Ask,
     Awaited,
     ClientCore,
+    ConnectionCore,
     Identity,
     InverterBusy,
     InverterError,
     InverterTimeout,
     InverterUnreachable,
-    Line,
     MalformedReply,
     NotOffered,
     Open,
@@ -93,7 +93,7 @@ class _Awaited(Awaited):
         return True
 
 
-class Connection(Line):
+class Connection(ConnectionCore):
     """One TCP connection to an inverter on asyncio: requests out, the awaited replies in.
 
     It does not care how its byte stream was opened: :class:`InverterClient` dials the

@@ -11,7 +11,7 @@ is unreachable.
 That logic is written once, here, as *plans*: generators that yield the steps to carry out
 on the wire (:class:`Open`, :class:`Ask`, :class:`Pause`) and are sent each step's outcome,
 or have its error thrown in. A client's ``_run`` carries the steps out; that, and how its
-:class:`Line` reads and writes, is all either client adds.
+connection (a :class:`ConnectionCore`) reads and writes, is all either client adds.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Awaited:
         return True
 
 
-class Line:
+class ConnectionCore:
     """One TCP connection to an inverter, whichever client reads and writes its bytes.
 
     One exchange waits at a time (the client sees to it), and the only frames kept are
@@ -242,7 +242,7 @@ class Pause(NamedTuple):
 Step = Open | Ask | Pause
 T = TypeVar("T")
 Plan = Generator[Step, Any, T]
-C = TypeVar("C", bound=Line)
+C = TypeVar("C", bound=ConnectionCore)
 
 
 class Run(Generic[T]):
