@@ -38,7 +38,9 @@ from .core import (
     register_query_parts,
 )
 
-WAITING_READS = 64  # reads of what came between exchanges, at most: a flood is left to them
+# What came between two exchanges is read in at most this many reads of 4 KiB: a peer
+# that never stops sending is left to the next exchange, which has a deadline.
+WAITING_READS = 64
 
 
 class Connection(ConnectionCore):
