@@ -92,18 +92,14 @@ class Connection(ConnectionCore):
         except TimeoutError:
             raise self._timed_out(code, replies, timeout) from None
         except OSError as exc:
-            self.close(self._lost(exc))
-            assert self.error is not None
-            raise self.error from exc
+            raise self._closed(self._lost(exc)) from exc
         finally:
             self._awaited = None
 
     def _take(self, data: bytes) -> None:
         """Frames from what was read; nothing read is the inverter hanging up."""
         if not data:
-            self.close(self._hung_up())
-            assert self.error is not None
-            raise self.error
+            raise self._closed(self._hung_up())
         for item in self._frames.feed(data):
             self._received(item)
 

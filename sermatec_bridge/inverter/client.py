@@ -147,9 +147,7 @@ class Connection(ConnectionCore):
         except TimeoutError:
             raise self._timed_out(code, replies, timeout) from None
         except OSError as exc:
-            error = self._lost(exc)
-            self.close(error)
-            raise self.error or error from exc
+            raise self._closed(self._lost(exc)) from exc
         finally:
             self._awaited = None
 

@@ -181,6 +181,12 @@ class ConnectionCore:
         self._shut(error)
         self._dropped.flush(peer=self.peer)
 
+    def _closed(self, error: InverterError) -> InverterError:
+        """Close the connection with ``error``; the error it is closed with (the first)."""
+        self.close(error)
+        assert self.error is not None
+        return self.error
+
     def _shut(self, error: InverterError) -> None:
         """Close the socket and fail the exchange that waits (the client's own part)."""
         raise NotImplementedError
