@@ -27,7 +27,7 @@ def test_ctrl_c_during_a_blocking_register_query_waits_for_part_2() -> None:
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
             return answer(code, payload)
 
-        sim.model.handle = interrupted_at_part_1  # type: ignore[method-assign]
+        sim.model.handle = interrupted_at_part_1
         with BlockingClient("127.0.0.1", sim.port or 0, timeout=2) as client:
             with pytest.raises(KeyboardInterrupt):
                 client.read_registers([0x1000, 0x1001])
