@@ -55,7 +55,6 @@ from .core import (
     State,
     T,
     ask_identity,
-    backoff,
     command_of,
     query_of,
     refuse_unless_offered,
@@ -74,7 +73,6 @@ __all__ = [
     "NotOffered",
     "Session",
     "State",
-    "backoff",
     "identify",
     "register_query_parts",
 ]

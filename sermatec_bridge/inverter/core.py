@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from ..backoff import backoff
 from ..log import Tally, get_logger
 from ..protocol import codec, frame, tables
 from ..protocol.codec import Reading
@@ -104,14 +105,6 @@ def register_query_parts(addresses: list[int]) -> tuple[bytes, bytes]:
     part1 = len(addresses).to_bytes(2, "big")
     part2 = b"".join(a.to_bytes(2, "big") for a in addresses)
     return part1, part2
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with equal jitter: somewhere in the upper half of the step."""
-    import random  # here: a one-shot read from the command line never backs off
-
-    ceiling = min(cap, base * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 # --------------------------------------------------------------------------------------
