@@ -147,9 +147,10 @@ class ConnectionCore:
 
     One exchange waits at a time (the client sees to it), and the only frames kept are
     that exchange's replies: anything else that comes (a late or stray reply, an echo, a
-    frame with a bad checksum) is dropped as it comes and counted in a log line at most
-    once a minute, never with its payload. The inbox is bounded by construction, and a
-    peer that sends more than it is asked costs nothing but a count.
+    frame with a bad checksum, a malformed or truncated frame, garbage) is dropped as it
+    comes and counted by kind in a log line at most once a minute, never with its
+    payload. The inbox is bounded by construction, and a peer that sends more than it is
+    asked costs nothing but a count.
 
     A connection the inverter opened (``dialled_in``: its cloud link, which a listener
     accepted) may carry RC4-encrypted frames; they are read as plain ones are, and
@@ -169,7 +170,7 @@ class ConnectionCore:
         self._awaited: Awaited | None = None
         self._on_bad_frame = on_bad_frame
         self._dropped = Tally(logger, "inverter frames dropped")
-        self._frames = frame.FrameReader(rc4=dialled_in)
+        self._frames = frame.FrameReader(rc4=dialled_in, on_skip=self._skipped)
 
     @property
     def open(self) -> bool:
@@ -203,14 +204,14 @@ class ConnectionCore:
             self._received(item)
 
     def _ended(self) -> InverterUnreachable:
-        """The peer hung up: the error to close with."""
+        """The peer hung up: what it cut short is counted; the error to close with."""
+        for item in self._frames.finish():
+            self._received(item)
         return InverterUnreachable(f"the inverter at {self.peer} hung up")
 
     def _received(self, item: frame.Frame | frame.FrameError) -> None:
         if isinstance(item, frame.FrameError):
-            if self._on_bad_frame is not None:
-                self._on_bad_frame(item)
-            self._dropped.add("bad checksum", peer=self.peer, last=str(item))
+            self._bad(item, last=str(item))
             return
         awaited = self._awaited
         if awaited is not None and awaited.offer(item):
@@ -218,6 +219,19 @@ class ConnectionCore:
         # Never the payload: a late 0xb1 reply carries the router password.
         kind = "reply" if item.is_reply else "request" if item.is_request else "frame"
         self._dropped.add(f"unexpected {kind} 0x{item.command:02x}", peer=self.peer)
+
+    def _skipped(self, at: int, data: bytes, reason: str | None) -> None:
+        """Bytes the frame reader skipped: a malformed frame when they looked like one
+        (``reason`` says how it is wrong), else garbage."""
+        if reason is None:
+            self._dropped.add("garbage bytes", len(data), peer=self.peer)
+        else:  # not said how: a malformed frame's description may quote its payload
+            self._bad(frame.MalformedFrame(reason))
+
+    def _bad(self, error: frame.FrameError, **fields: Any) -> None:
+        if self._on_bad_frame is not None:
+            self._on_bad_frame(error)
+        self._dropped.add(error.kind, peer=self.peer, **fields)
 
     def _timed_out(self, request: frame.Frame, replies: tuple[int, ...],
                    timeout: float) -> InverterTimeout:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -531,6 +532,47 @@ async def test_a_peer_that_floods_frames_costs_one_log_line(
     dropped = [line for line in lines if line["event"] == "inverter frames dropped"]
     assert len(dropped) == 2  # the first, and the count of the rest when the client closed
     assert sum(d["counts"]["unexpected reply 0x0b"] for d in dropped) == 6 * 200
+
+
+async def test_what_cannot_be_trusted_is_counted_by_kind_and_never_shown(
+        capsys: pytest.CaptureFixture[str], Client: Any) -> None:
+    """Garbage, a bad checksum, a malformed frame and one that a hang-up cut short each
+    count as what they are; the malformed frame's payload is not in the log."""
+    from sermatec_bridge import log
+    from sermatec_bridge.simulator.model import InverterModel
+
+    log.configure("info", "json")
+    model = InverterModel(pcu=609)
+    status = frame.reply(0x0C, model.payload(0x0C))
+    bad_checksum = status[:-2] + bytes([status[-2] ^ 0xFF, frame.FOOTER])
+    secret = b"not-for-the-log!"
+    bad_pad = bytearray(frame.reply(0x0C, secret))
+    bad_pad[5] = 0x01  # the byte after the command is always 0
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)  # the identity query, answered
+        writer.write(frame.reply(0x98, model.payload(0x98)))
+        await reader.read(4096)  # 0x0c: everything but its reply, then a hang-up
+        writer.write(bytes(bad_pad) + b"garbage" + bad_checksum + status[:12])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, Client("127.0.0.1", port, timeout=2, retries=0) as client:
+        with pytest.raises(InverterUnreachable, match="hung up"):
+            await client.query(0x0C)
+    err = capsys.readouterr().err
+    counts: Counter[str] = Counter()
+    for line in err.splitlines():
+        if (record := json.loads(line))["event"] == "inverter frames dropped":
+            counts.update(record["counts"])
+    assert (counts["bad checksum"], counts["malformed frame"], counts["truncated frame"]) == (
+        1, 1, 1)
+    assert counts["garbage bytes"] >= len(b"garbage")
+    assert set(counts) == {"bad checksum", "malformed frame", "truncated frame",
+                           "garbage bytes"}
+    assert secret[:8].hex() not in err and b"not-for" not in err.encode()
 
 
 async def test_the_connection_is_not_used_after_a_write_that_makes_the_inverter_hang_up(
