@@ -76,9 +76,9 @@ class Connection(ConnectionCore):
         if not self.open:
             assert self.error is not None
             raise self.error
-        awaited = self._awaited = Awaited(replies, accept)
+        awaited = Awaited(replies, accept)
         deadline = time.monotonic() + timeout
-        try:
+        with self._waiting(awaited, request, timeout):
             self._socket.settimeout(timeout)
             self._socket.sendall(self._encode(request))
             while not awaited.done:
@@ -88,12 +88,6 @@ class Connection(ConnectionCore):
                 self._socket.settimeout(left)
                 self._take(self._socket.recv(4096))
             return awaited.frames
-        except TimeoutError:
-            raise self._timed_out(request, replies, timeout) from None
-        except OSError as exc:
-            raise self._closed(self._lost(exc)) from exc
-        finally:
-            self._awaited = None
 
     def _take(self, data: bytes) -> None:
         """Frames from what was read; nothing read is the inverter hanging up."""

@@ -149,18 +149,11 @@ class Connection(ConnectionCore):
         if self.error is not None:
             raise self.error
         awaited = _Awaited(replies, accept, asyncio.get_running_loop().create_future())
-        self._awaited = awaited
-        try:
+        with self._waiting(awaited, request, timeout):
             async with asyncio.timeout(timeout):
                 self._writer.write(self._encode(request))
                 await self._writer.drain()
                 return await awaited.future if replies else []
-        except TimeoutError:
-            raise self._timed_out(request, replies, timeout) from None
-        except OSError as exc:
-            raise self._closed(self._lost(exc)) from exc
-        finally:
-            self._awaited = None
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:

@@ -18,10 +18,11 @@ connection (a :class:`ConnectionCore`) reads and writes, is all either client ad
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import time
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -233,11 +234,22 @@ class ConnectionCore:
             self._on_bad_frame(error)
         self._dropped.add(error.kind, peer=self.peer, **fields)
 
-    def _timed_out(self, request: frame.Frame, replies: tuple[int, ...],
-                   timeout: float) -> InverterTimeout:
-        what = (f"no reply 0x{replies[0]:02x}" if replies else
-                f"0x{request.command:02x} not sent")
-        return InverterTimeout(f"{what} from {self.peer} within {timeout:g} s")
+    @contextlib.contextmanager
+    def _waiting(self, awaited: Awaited, request: frame.Frame,
+                 timeout: float) -> Iterator[None]:
+        """Around one exchange: ``awaited`` takes its replies meanwhile, and its deadline
+        passing (TimeoutError) or the socket failing become this connection's errors."""
+        self._awaited = awaited
+        try:
+            yield
+        except TimeoutError:
+            what = (f"no reply 0x{awaited.codes[0]:02x}" if awaited.codes else
+                    f"0x{request.command:02x} not sent")
+            raise InverterTimeout(f"{what} from {self.peer} within {timeout:g} s") from None
+        except OSError as exc:
+            raise self._closed(self._lost(exc)) from exc
+        finally:
+            self._awaited = None
 
     def _lost(self, exc: OSError) -> InverterUnreachable:
         return InverterUnreachable(f"lost the inverter at {self.peer}: {exc}")
