@@ -708,9 +708,10 @@ async def test_a_client_of_an_inverter_that_dials_in_waits_for_its_dial() -> Non
         with pytest.raises(InverterUnreachable, match="ST5K0NEVER has not dialled in"):
             await client.connect()
         client = InverterClient("ST5K0LATER", timeout=5, dialled_in=True)
-        async with Simulator(pcu=609, cloud=listener.address, first_dial=0.3):
+        async with Simulator(pcu=609, cloud=listener.address, first_dial=0.3) as sim:
             waiting = asyncio.create_task(client.connect())
             connection = await listener.connection()
             client.attach(connection, await identify(connection, timeout=1))
             assert (await waiting).version == 609
+            assert list(sim.received) == [0x98]  # the listener's question, not asked again
             await client.close()
