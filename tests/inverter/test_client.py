@@ -702,6 +702,26 @@ async def test_a_dial_replaces_an_open_connection_and_fails_the_exchange_waiting
         writer.close()
 
 
+async def test_a_dial_between_the_parts_of_a_register_query_gets_no_lone_part_2() -> None:
+    """Part 2 goes out on the connection part 1 went out on: on the inverter's new link it
+    would come alone. The new link stays, for the next request."""
+    async with Listener() as listener, Simulator(pcu=609, cloud=listener.address) as sim:
+        client = InverterClient("dialled", timeout=2, retries=0, dialled_in=True)
+        first = await listener.connection()
+        client.attach(first, await identify(first, timeout=1))
+        sim.latency = 1.0
+        asked = asyncio.create_task(client.read_registers([0x1000]))
+        await eventually(lambda: 0xBB in sim.received)  # part 1 is out
+        reader, writer = await asyncio.open_connection(*listener.address)  # a second dial
+        client.attach(await listener.connection(), client.identity)  # type: ignore[arg-type]
+        with pytest.raises(InverterUnreachable, match="dialled in again"):
+            await asked
+        assert client.connected
+        await client.close()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # nothing went out on it
+        writer.close()
+
+
 async def test_a_client_of_an_inverter_that_dials_in_waits_for_its_dial() -> None:
     async with Listener() as listener:
         client = InverterClient("ST5K0NEVER", timeout=0.2, dialled_in=True)
