@@ -7,8 +7,9 @@ queue in asyncio: one request in flight, in arrival order.
 
 Each TCP connection is a :class:`Connection`: it sends requests and matches reply frames
 to the one exchange that waits, by command code; anything else that arrives (a late or
-stray reply, an echo, a frame with a bad checksum) is dropped as it arrives and counted
-in a log line at most once a minute, never with its payload. A connection has one
+stray reply, an echo, a frame with a bad checksum, a malformed frame, garbage) is dropped
+as it arrives and counted by kind in a log line at most once a minute, never with its
+payload. A connection has one
 teardown, :meth:`Connection.close`: the first error closes it and fails the exchange
 that waits with that error. The client drops a connection after any failed or cancelled
 exchange (a late reply must never reach the next caller) and opens a new one for the
@@ -171,8 +172,8 @@ class Connection(ConnectionCore):
 # --------------------------------------------------------------------------------------
 
 
-async def run(plan: Plan[T],
-              opened: Callable[[], Awaitable[Connection]] | None = None) -> T:
+async def carry_out(plan: Plan[T],
+                    opened: Callable[[], Awaitable[Connection]] | None = None) -> T:
     """Carry ``plan`` out on asyncio; each step's outcome, or its error, goes back in.
     ``opened`` gives the new connection a plan asks for (:class:`~.core.Open`)."""
     run = Run(plan)
@@ -192,10 +193,11 @@ async def run(plan: Plan[T],
     return run.result
 
 
-async def identify(connection: Connection, timeout: float,  # noqa: ASYNC109
+async def identify(connection: Connection,
+                   timeout: float,  # noqa: ASYNC109 (each try's own deadline)
                    rc4_first: bool = False) -> Identity:
     """Who opened ``connection`` (an inverter dialling in); see :func:`~.core.ask_identity`."""
-    return await run(ask_identity(connection, timeout, rc4_first))
+    return await carry_out(ask_identity(connection, timeout, rc4_first))
 
 
 class InverterClient(ClientCore[Connection]):
@@ -256,7 +258,7 @@ class InverterClient(ClientCore[Connection]):
         await self._next_dial.wait()
 
     async def _run(self, plan: Plan[T]) -> T:
-        return await run(plan, self._opened)
+        return await carry_out(plan, self._opened)
 
     async def _opened(self) -> Connection:
         """A new connection: dialled, or the next one the inverter opens (attached)."""
