@@ -1,8 +1,9 @@
 """The command line: ``sermatec-bridge`` (and ``sermatec-ess``, the community's old name).
 
 Every failure ends in one line on stderr and a distinct exit code, never a traceback.
-Modules are imported by the commands that use them: ``--help``, ``list`` and ``decode``
-start without asyncio, structlog or the configuration (see benchmarks/cli_startup.py).
+Modules are imported by the commands that use them: ``--help``, ``list``, ``decode`` and,
+with nothing configured, ``get`` start without asyncio, structlog or the configuration
+(see benchmarks/cli_startup.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .capture import Chunk
     from .config import Settings
     from .homezone import HomeZone
-    from .inverter.client import InverterClient
+    from .inverter.blocking import BlockingClient
     from .protocol.codec import Reading
     from .protocol.frame import Frame, FrameError
     from .protocol.model import Command
@@ -135,7 +136,7 @@ def _configured(args: argparse.Namespace) -> bool:
 
 def _target(args: argparse.Namespace) -> dict[str, Any]:
     """How to reach the inverter that ``get`` and ``list --from-inverter`` ask: the first
-    configured one, as keyword arguments of InverterClient.
+    configured one, as keyword arguments of the client.
 
     With nothing configured the flags say it all, on the client's defaults (the same as
     the configuration's, which a test holds): the configuration code, 130 ms of start-up,
@@ -156,18 +157,21 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
             "timeout": args.timeout or chosen.timeout, "retries": chosen.retries}
 
 
-@contextlib.asynccontextmanager
-async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None = None,
-                     ) -> AsyncIterator[InverterClient]:
+@contextlib.contextmanager
+def _connected(args: argparse.Namespace, asked: Sequence[Command] | None = None,
+               ) -> Iterator[BlockingClient]:
     """A client of the inverter, connected, for the queries ``asked`` (None: every one).
 
     The inverter's identity (0x98) tells which tables decode its replies. Where no reply
     asked depends on the PCU version, the identity it gave lately will do (see
     inverter/identity_cache.py), which saves a round trip to the inverter; otherwise it is
     asked, and remembered. An identity query that goes unanswered is named as such.
+    A one-shot command asks one thing at a time: a blocking client serves it, which spares
+    it asyncio (see inverter/blocking.py).
     """
     from .inverter import identity_cache
-    from .inverter.client import InverterClient, InverterTimeout
+    from .inverter.blocking import BlockingClient
+    from .inverter.core import InverterTimeout
     from .protocol import tables
     from .protocol.model import Kind
 
@@ -181,10 +185,10 @@ async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None =
             known = None  # asking again may show a firmware that offers them
     if sys.stderr.isatty():  # as the community's tool did, for the reader, not for scripts
         print(f"asking the inverter at {_where(host, port)}", file=sys.stderr)
-    client = InverterClient(**target, identity=known)
+    client = BlockingClient(**target, identity=known)
     try:
         try:
-            await client.connect()
+            client.connect()
         except InverterTimeout as exc:
             labels = " ".join(c.label for c in asked) if asked else "the other queries"
             raise _timeout_failure(client, exc, "the identity query" if labels == "0x98" else
@@ -199,14 +203,14 @@ async def _connected(args: argparse.Namespace, asked: Sequence[Command] | None =
             identity_cache.forget(host, port)
         raise
     finally:
-        await client.close()
+        client.close()
 
 
 def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _timeout_failure(client: InverterClient, exc: Exception, context: str) -> Failure:
+def _timeout_failure(client: BlockingClient, exc: Exception, context: str) -> Failure:
     from .protocol.frame import BadChecksum
 
     bad = client.last_bad_frame
@@ -242,7 +246,7 @@ def _listing(version: int, prog: str) -> list[str]:
     return out
 
 
-def _list(args: argparse.Namespace) -> Exit | Coroutine[Any, Any, Exit]:
+def _list(args: argparse.Namespace) -> Exit:
     if args.from_inverter:
         return _list_from_inverter(args)
     for line in _listing(NEWEST_PCU if args.pcu is None else args.pcu, args.prog):
@@ -250,10 +254,10 @@ def _list(args: argparse.Namespace) -> Exit | Coroutine[Any, Any, Exit]:
     return Exit.OK
 
 
-async def _list_from_inverter(args: argparse.Namespace) -> Exit:
+def _list_from_inverter(args: argparse.Namespace) -> Exit:
     from .protocol.tables import SYSTEM_INFO
 
-    async with _connected(args, [SYSTEM_INFO]) as client:
+    with _connected(args, [SYSTEM_INFO]) as client:
         assert client.identity is not None
         version = client.identity.reported_version
     for line in _listing(version, args.prog):
@@ -300,39 +304,38 @@ def _queries(targets: Sequence[str]) -> list[Command] | None:
     return commands
 
 
-async def _get(args: argparse.Namespace) -> Exit:
+def _get(args: argparse.Namespace) -> Exit:
     targets = args.el + args.commands
     if not targets:
         raise Failure("get needs a command: get CODE|NAME [...], get all, or get --el CODE",
                       Exit.USAGE)
     commands = _queries(targets)
     if commands is not None and commands[0].code == 0xBB:
-        return await _get_registers(args)
-    from .inverter.client import InverterTimeout
+        return _get_registers(args)
+    from .inverter.core import InverterTimeout
     from .protocol import tables
     from .protocol.model import Kind
 
-    async with _connected(args, commands) as client:
+    with _connected(args, commands) as client:
         assert client.identity is not None
         if commands is None:
             commands = [c for c in tables.available(client.version) if c.kind is Kind.QUERY]
         shown: set[int] = set()  # each reply once: 0x95 brings 0x9d, asked or not
-        async with client.session() as session:
-            for command in commands:
-                if set(tables.replies(command, client.version)) <= shown:
-                    continue
-                try:  # the identity was asked just now if 0x98 is asked
-                    readings = ([client.identity.reading] if command is tables.SYSTEM_INFO
-                                else await session.query(command))
-                except InverterTimeout as exc:
-                    raise _timeout_failure(client, exc, f"asked: {command.label} "
-                                           f"{command.name}") from None
-                _print([r for r in readings if r.command.code not in shown], args.json)
-                shown.update(r.command.code for r in readings)
+        for command in commands:
+            if set(tables.replies(command, client.version)) <= shown:
+                continue
+            try:  # the identity was asked just now if 0x98 is asked
+                readings = ([client.identity.reading] if command is tables.SYSTEM_INFO
+                            else client.query(command))
+            except InverterTimeout as exc:
+                raise _timeout_failure(client, exc, f"asked: {command.label} "
+                                       f"{command.name}") from None
+            _print([r for r in readings if r.command.code not in shown], args.json)
+            shown.update(r.command.code for r in readings)
     return Exit.OK
 
 
-async def _get_registers(args: argparse.Namespace) -> Exit:
+def _get_registers(args: argparse.Namespace) -> Exit:
     if not args.risk_inverter_lockup:
         raise Failure(
             "0xbb is a two-part exchange: if part 2 does not follow part 1, the inverter "
@@ -343,8 +346,8 @@ async def _get_registers(args: argparse.Namespace) -> Exit:
     addresses = _parse_addresses(args.registers)
     from .protocol.tables import REGISTER_QUERY
 
-    async with _connected(args, [REGISTER_QUERY]) as client:
-        values = await client.read_registers(addresses)
+    with _connected(args, [REGISTER_QUERY]) as client:
+        values = client.read_registers(addresses)
     if args.json:
         import json
 
@@ -383,13 +386,13 @@ def _print_lines(reading: Reading) -> None:
 READ_BACK_WITHIN = 60.0  # seconds for the inverter to answer again after 0x9f
 
 
-def _cloud(args: argparse.Namespace) -> Coroutine[Any, Any, Exit]:
+def _cloud(args: argparse.Namespace) -> Exit:
     return _cloud_show(args) if args.cloud_action == "show" else _cloud_set(args)
 
 
-async def _network(client: InverterClient) -> dict[str, Any]:
+def _network(client: BlockingClient) -> dict[str, Any]:
     """What 0xb1 tells, without the router password (it is never shown)."""
-    (reading,) = await client.query(0xB1)
+    (reading,) = client.query(0xB1)
     values = reading.values
     port = str(values["cloud_port"])
     return {"wifi_mode": values["wifi_mode"], "router_ssid": values["router_ssid"],
@@ -401,11 +404,11 @@ def _server_of(network: dict[str, Any]) -> str:
     return f"{network['cloud_server']}:{network['cloud_port']}"
 
 
-async def _cloud_show(args: argparse.Namespace) -> Exit:
+def _cloud_show(args: argparse.Namespace) -> Exit:
     from .protocol.tables import ROUTER_AND_CLOUD_QUERY
 
-    async with _connected(args, [ROUTER_AND_CLOUD_QUERY]) as client:
-        network = await _network(client)
+    with _connected(args, [ROUTER_AND_CLOUD_QUERY]) as client:
+        network = _network(client)
     if args.json:
         import json
 
@@ -430,10 +433,10 @@ def _ipv4(text: str) -> str:
             "e.g. 192.168.1.10)") from None
 
 
-async def _cloud_set(args: argparse.Namespace) -> Exit:
-    import asyncio
+def _cloud_set(args: argparse.Namespace) -> Exit:
+    import time
 
-    from .inverter.client import InverterTimeout, InverterUnreachable
+    from .inverter.core import InverterTimeout, InverterUnreachable
     from .protocol.tables import CLOUD, ROUTER_AND_CLOUD_QUERY
 
     wanted = f"{args.host}:{args.cloud_port}"
@@ -442,31 +445,29 @@ async def _cloud_set(args: argparse.Namespace) -> Exit:
                       "as its cloud server from now on, instead of its vendor's (which then "
                       "hears from it only if a bridge relays it: cloud.upstream); add --yes "
                       f"to do it ({args.prog} cloud show shows the server now)", Exit.REFUSED)
-    async with _connected(args, [ROUTER_AND_CLOUD_QUERY, CLOUD]) as client:
-        before = await _network(client)
+    with _connected(args, [ROUTER_AND_CLOUD_QUERY, CLOUD]) as client:
+        before = _network(client)
         if _server_of(before) == wanted:
             print(f"cloud server: {wanted} already; nothing to do")
             return Exit.OK
         where = f" -i {_where(client.host, client.port)}" if args.inverter else ""
         print(f"cloud server was {_server_of(before)}; to go back: {args.prog} cloud set "
               f"{before['cloud_server']} {before['cloud_port']} --yes{where}")
-        async with client.session() as session:
-            await session.write(CLOUD, {"cloud_server": args.host,
-                                        "cloud_port": str(args.cloud_port)})
+        client.write(CLOUD, {"cloud_server": args.host, "cloud_port": str(args.cloud_port)})
         print(f"wrote {wanted}: the inverter drops this connection (and its cloud link) now, "
               "and dials the new server; reading it back once it answers again...",
               flush=True)
-        deadline = asyncio.get_running_loop().time() + READ_BACK_WITHIN
+        deadline = time.monotonic() + READ_BACK_WITHIN
         while True:
             try:
-                after = await _network(client)
+                after = _network(client)
                 break
             except (InverterUnreachable, InverterTimeout) as exc:  # it restarts its network
-                if asyncio.get_running_loop().time() > deadline:
+                if time.monotonic() > deadline:
                     raise Failure(f"wrote {wanted}, but the inverter did not answer again "
                                   f"within {READ_BACK_WITHIN:g} s ({exc}); check with "
                                   f"{args.prog} cloud show", Exit.UNREACHABLE) from None
-                await asyncio.sleep(1.0)
+                time.sleep(1.0)
     if _server_of(after) != wanted:
         raise Failure(f"wrote {wanted}, but the inverter reports {_server_of(after)}",
                       Exit.ERROR)

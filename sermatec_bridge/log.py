@@ -3,27 +3,30 @@
 Importing structlog costs some 15 ms (40 where ``rich`` is installed), which a one-shot
 command that logs nothing should not pay: modules that such a command uses take their
 logger from :func:`get_logger`, which imports structlog when an event is to be logged.
+The stdlib's logging (3 ms) is imported only where it is used, for the same reason.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import logging
 
 LogFormat = Literal["auto", "console", "json"]
 
 SECRET_WORDS = ("password", "secret", "token", "passwd")
 
-# The least level of each logging method, for the events dropped before structlog loads.
-_LEVEL_OF = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-             "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
-             "critical": logging.CRITICAL}
+# The least level of each logging method, for the events dropped before structlog loads:
+# the stdlib's numbers (logging.DEBUG is 10, ... logging.CRITICAL 50).
+_LEVEL_OF = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40,
+             "critical": 50}
 
 _deferred: str | None = None  # the level of on_demand() while it is in force
 
@@ -45,6 +48,8 @@ def _drop_none(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappi
 
 def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Send logs to stderr; ``auto`` picks the console renderer on a terminal."""
+    import logging
+
     import structlog
 
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -105,7 +110,7 @@ class _Logger:
     def __getattr__(self, method: str) -> Any:
         global _deferred
         if _deferred is not None:
-            if _LEVEL_OF.get(method, logging.CRITICAL) < _LEVEL_OF[_deferred]:
+            if _LEVEL_OF.get(method, _LEVEL_OF["critical"]) < _LEVEL_OF[_deferred]:
                 return _ignore
             level, _deferred = _deferred, None
             configure(level)
@@ -162,18 +167,19 @@ def throttled_stdlib(name: str, to: Any, event: str) -> logging.Logger:
     """A stdlib logger for a library that may warn once per message (aiomqtt, when its
     queue of incoming messages is full): its warnings go to the structlog logger ``to`` as
     ``event``, each distinct message at most once a minute, with its count (:class:`Tally`)."""
+    import logging
+
+    class ToTally(logging.Handler):
+        def __init__(self, tally: Tally) -> None:
+            super().__init__(logging.WARNING)
+            self.tally = tally
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.tally.add(record.getMessage())
+
     logger = logging.getLogger(name)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
     if not logger.handlers:
-        logger.addHandler(_ToTally(Tally(to, event)))
+        logger.addHandler(ToTally(Tally(to, event)))
     return logger
-
-
-class _ToTally(logging.Handler):
-    def __init__(self, tally: Tally) -> None:
-        super().__init__(logging.WARNING)
-        self.tally = tally
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.tally.add(record.getMessage())

@@ -645,20 +645,23 @@ async def test_a_cache_that_cannot_be_used_is_no_cache(
             assert (await asked(sim, "battery"))[0] == [0x98, 0x0A]
 
 
-def test_a_one_shot_read_loads_no_configuration_structlog_or_construct(
-        inverter: tuple[int, Path]) -> None:
+@pytest.mark.parametrize(("command", "shown"), [(["get", "battery"], "Battery state of charge:"),
+                                               (["cloud", "show"], "cloud server: ")])
+def test_a_one_shot_read_loads_no_configuration_structlog_construct_asyncio_or_logging(
+        inverter: tuple[int, Path], command: list[str], shown: str) -> None:
     """With nothing configured; the start-up figures are in benchmarks/cli_startup.py."""
     program = ("import sys; from sermatec_bridge import cli; "
-               f"code = cli.main(['-i', '127.0.0.1:{inverter[0]}', 'get', 'battery']); "
+               f"code = cli.main(['-i', '127.0.0.1:{inverter[0]}', *{command}]); "
                "print(sorted({m.split('.')[0] for m in sys.modules} & "
-               "{'pydantic', 'pydantic_settings', 'yaml', 'structlog', 'construct'}), "
+               "{'pydantic', 'pydantic_settings', 'yaml', 'structlog', 'construct', "
+               "'asyncio', 'logging'}), "
                "'sermatec_bridge.config' in sys.modules, code, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=60, check=False, env={
                               "PATH": "/usr/bin:/bin",
                               **user_directories()})
     assert done.stderr == "[] False 0\n"
-    assert "Battery state of charge:" in done.stdout
+    assert shown in done.stdout
 
 
 def test_the_flags_alone_mean_the_configurations_defaults() -> None:
@@ -666,9 +669,9 @@ def test_the_flags_alone_mean_the_configurations_defaults() -> None:
     import inspect
 
     from sermatec_bridge.config import ENV_PREFIX, InverterSettings
-    from sermatec_bridge.inverter.client import InverterClient
+    from sermatec_bridge.inverter.blocking import BlockingClient
 
-    client = inspect.signature(InverterClient).parameters
+    client = inspect.signature(BlockingClient).parameters
     for key in ("timeout", "retries", "name"):
         assert client[key].default == InverterSettings.model_fields[key].default, key
     assert InverterSettings.model_fields["port"].default == cli.DEFAULT_PORT

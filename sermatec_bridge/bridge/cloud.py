@@ -37,7 +37,8 @@ from typing import Any
 
 import structlog
 
-from ..inverter.client import Connection, Identity, InverterError, Session, backoff, identify
+from ..backoff import backoff
+from ..inverter.client import Connection, Identity, InverterError, Session, identify
 from ..log import Tally
 from .metrics import CloudStats
 from .policy import Forwarded, Policy, allowed_address

@@ -34,8 +34,8 @@ from typing import Any
 
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 
+from ..backoff import backoff
 from ..config import MqttSettings, env_name
-from ..inverter.client import backoff
 
 SETTLED = 5.0  # seconds a connection must last before it counts as this bridge's own
 REACH = (0.25, 0.5)  # seconds between attempts while the broker's port is closed

@@ -52,6 +52,7 @@ import structlog
 from paho.mqtt.properties import Properties
 
 from .. import __version__
+from ..backoff import backoff
 from ..config import InverterSettings, Settings
 from ..inverter.client import (
     Connection,
@@ -62,7 +63,6 @@ from ..inverter.client import (
     InverterTimeout,
     MalformedReply,
     Session,
-    backoff,
 )
 from ..inverter.timing import ReplyTimer
 from ..protocol import codec

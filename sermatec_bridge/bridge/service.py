@@ -31,8 +31,9 @@ import structlog
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ..backoff import backoff
 from ..config import InverterSettings, Settings
-from ..inverter.client import Connection, Identity, backoff
+from ..inverter.client import Connection, Identity
 from ..log import Tally
 from . import cloud, health, metrics, proxy
 from .intake import Intake, Refusal
@@ -45,6 +46,7 @@ from .writes import WriteRefused, WriteResult, parse_request
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
+RESTART_FIRST, RESTART_MAX = 1.0, 60.0  # seconds before a failed runtime is started again
 RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
 SPREAD_PER_INVERTER = 0.01  # seconds the first rounds of dialled-in inverters spread, each
 
@@ -223,7 +225,7 @@ class Bridge:
                 if worker.stopping:
                     return
                 failures = 1 if time.monotonic() - started > RESTART_RESET else failures + 1
-                delay = backoff(failures, 1.0, 60.0)
+                delay = backoff(failures, RESTART_FIRST, RESTART_MAX)
                 log.exception("inverter runtime failed: restarting it",
                               inverter=worker.config.label, failures=failures,
                               retry_in=round(delay, 1))

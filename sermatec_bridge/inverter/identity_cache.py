@@ -23,7 +23,7 @@ import time
 
 from ..protocol.codec import Reading
 from ..protocol.tables import SYSTEM_INFO
-from .client import Identity
+from .core import Identity
 
 LIFETIME = 600.0
 

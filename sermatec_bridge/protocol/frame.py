@@ -25,10 +25,15 @@ RC4_HEADER = crypt(HEADER)  # every RC4 frame starts with these two bytes: 75 9a
 
 
 class FrameError(ValueError):
-    """A frame that cannot be trusted; the message says why, in one line."""
+    """A frame that cannot be trusted; the message says why, in one line, and
+    :attr:`kind` what is wrong with it, in a few words (for counting such frames)."""
+
+    kind = "bad frame"
 
 
 class BadChecksum(FrameError):
+    kind = "bad checksum"
+
     def __init__(self, carried: int, computed: int, frame: bytes) -> None:
         self.carried, self.computed, self.frame = carried, computed, frame
         super().__init__(
@@ -38,13 +43,15 @@ class BadChecksum(FrameError):
 
 
 class TruncatedFrame(FrameError):
+    kind = "truncated frame"
+
     def __init__(self, expected: int, got: int) -> None:
         self.expected, self.got = expected, got
         super().__init__(f"truncated frame: expected {expected} bytes, got {got}")
 
 
 class MalformedFrame(FrameError):
-    pass
+    kind = "malformed frame"
 
 
 def checksum(data: bytes) -> int:
