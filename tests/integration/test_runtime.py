@@ -19,6 +19,7 @@ from faultproxy import FaultProxy
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sermatec_bridge.bridge.groups import GROUPS as RUNTIME_GROUPS
 from sermatec_bridge.bridge.service import Bridge
 from sermatec_bridge.simulator import Fault, Simulator
 from sermatec_bridge.simulator.model import Outcome
@@ -163,6 +164,30 @@ async def test_hang_ups_with_an_identity_answer_between_do_not_take_it_offline(
     await eventually(lambda: hang_ups[0] == 0, within=15, what="two hang-ups")
     await ha.wait_json(topic("live"), after=ha.mark(), within=10)
     assert "offline" not in availability_said(ha)
+
+
+async def test_an_inverter_that_says_who_it_is_and_nothing_else_goes_offline(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """Every query but the identity goes unanswered. Neither the queries already known to
+    go unanswered nor the identity it gives each new connection keep it online: Home
+    Assistant shows it unavailable, with no state."""
+    async with FaultProxy(sim_port(sim)) as inverter:
+        running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path, {
+            "inverter": {"retries": 0, "timeout": 0.5}})).start()
+        try:
+            await wait_ready(ha)
+            mark = ha.mark()
+            inverter.never_answer = {c for g in RUNTIME_GROUPS for c in g.queries} - {0x98}
+            offline = await ha.wait_text(topic("availability"), "offline", after=mark,
+                                         within=30)
+            asked = inverter.swallowed
+            await eventually(lambda: inverter.swallowed >= asked + 3, within=30,
+                             what="the inverter asked again")
+        finally:
+            await running.stop()
+    after = [m for m in ha.messages[mark:] if m.at > offline.at]
+    assert [m.topic for m in after if m.topic.rsplit("/", 1)[-1] in GROUPS] == []
+    assert [m.text for m in after if m.topic == topic("availability")] in ([], ["offline"])
 
 
 async def test_when_the_inverter_is_back_the_other_groups_are_read_at_once(
