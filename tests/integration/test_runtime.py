@@ -169,11 +169,13 @@ async def test_hang_ups_with_an_identity_answer_between_do_not_take_it_offline(
 async def test_an_inverter_that_says_who_it_is_and_nothing_else_goes_offline(
         ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
     """Every query but the identity goes unanswered. Neither the queries already known to
-    go unanswered nor the identity it gives each new connection keep it online: Home
+    go unanswered (the second live poll's) nor the identity it gives each new connection
+    keep it online: Home
     Assistant shows it unavailable, with no state."""
     async with FaultProxy(sim_port(sim)) as inverter:
         running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path, {
-            "inverter": {"retries": 0, "timeout": 0.5}})).start()
+            "inverter": {"retries": 0, "timeout": 0.5},
+            "poll": {"energy": 60, "slow": 60}})).start()  # live polls, one after another
         try:
             await wait_ready(ha)
             mark = ha.mark()
