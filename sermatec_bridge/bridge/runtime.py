@@ -72,7 +72,7 @@ from ..inverter.timing import ReplyTimer
 from ..protocol import codec
 from ..protocol.codec import Reading
 from ..protocol.model import Command as Query
-from . import discovery, metrics
+from . import discovery, metrics, schedules
 from .groups import BY_KEY, GROUPS
 from .intake import Command, Intake, Refusal
 from .publisher import Broker, Publisher, bridge_id, quote, refusal
@@ -160,9 +160,11 @@ def unknown_values(queries: list[Query], version: int) -> dict[str, None]:
     """Null (unknown in Home Assistant) for every value these queries would have brought."""
     out: dict[str, None] = {}
     for query in queries:
-        for f in codec.layout_of(query, version):
+        layout = codec.layout_of(query, version)
+        for f in layout:
             if f.group is not None or is_published(f):
                 out[f.group or f.key] = None
+        out.update(dict.fromkeys(slot.key for slot in schedules.slots(layout, version)))
     out.update(dict.fromkeys(f.key for f in derived_fields(set(out))))
     return out
 

@@ -145,6 +145,27 @@ def test_an_identity_answer_breaks_a_row_of_hang_ups_not_of_silent_polls() -> No
     assert availability.failure() is True and not availability.online
 
 
+@pytest.mark.parametrize(("query", "keys"), [
+    (0xA2, ("forced_charge_periods", "forced_charge_period_1_start",
+            "forced_charge_period_4_in_use", "forced_discharge_period_2_end")),
+    (0x95, ("tou_schedule", "tou_period_1_start", "tou_period_16_tariff")),
+])
+async def test_a_schedule_not_answered_is_unknown_period_by_period(
+        sim: Simulator, query: int, keys: tuple[str, ...]) -> None:
+    """Home Assistant's period entities (start, end, in use) show unknown, not off or
+    empty: every key of the schedule is in the state, null."""
+    answer_instead(sim, query, [])  # never answered
+    running = Running(sim.port, timeout=0.3, retries=0)
+    try:
+        await until(lambda: running.runtime.topic_id is not None)
+        topic = running.runtime.publisher.topic("settings")
+        await until(lambda: topic in running.broker.desired, within=10)
+        settings = json.loads(running.broker.desired[topic])
+    finally:
+        await running.close()
+    assert {key: settings.get(key, "absent") for key in keys} == dict.fromkeys(keys)
+
+
 def test_availability_goes_offline_only_after_the_threshold_in_a_row() -> None:
     availability = Availability(3)
     assert availability.success() is True and availability.online
