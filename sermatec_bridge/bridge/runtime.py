@@ -425,7 +425,7 @@ class InverterRuntime:
         self.last_poll = time.time()
         if key == "live":
             await self.publisher.announce(self.context())
-        payload = state_payload(key, readings, datetime.now(UTC).astimezone(), self.guard,
+        payload = state_payload(key, readings, datetime.now(UTC), self.guard,
                                 battery_make=identity.battery_make)
         await self.publisher.state(key, {**unknown_values(missing, identity.version),
                                          **payload})
