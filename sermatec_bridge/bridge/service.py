@@ -331,8 +331,17 @@ class Bridge:
 
     async def _write_arrived(self, topic_id: str, key: str | None, payload: bytes,
                              retained: bool, properties: Properties | None) -> None:
-        """A message on ``<id>/set`` or ``<id>/set/<key>``: refuse it or queue it."""
-        command = WriteCommand(deadline=time.monotonic() + self.command_deadline, request={},
+        """A message on ``<id>/set`` or ``<id>/set/<key>``: refuse it or queue it.
+
+        It is applied within ``command_deadline`` seconds, and within what is left of its
+        MQTT 5 message expiry (the broker counts it down while it holds the message, for
+        a bridge that was away): no write is applied later than its publisher allowed.
+        """
+        within = self.command_deadline
+        expiry = getattr(properties, "MessageExpiryInterval", None)
+        if isinstance(expiry, int) and expiry < within:
+            within = expiry
+        command = WriteCommand(deadline=time.monotonic() + within, request={},
                                key=key, properties=properties, topic_id=topic_id)
         worker = self.worker(topic_id)
         try:
@@ -357,8 +366,8 @@ class Bridge:
                 f"refused: the payload cannot be read ({type(exc).__name__})"), worker)
             return
         if worker is not None:
-            command.expired = (f"expired: not applied within {self.command_deadline:g} s "
-                               "(the inverter is offline or busy)")
+            command.expired = (f"expired: not applied within {within:g} s (the inverter "
+                               "is offline or busy)")
             await worker.submit(command)
         elif all(w.topic_id is not None for w in self.workers) and not (
                 self.listener is not None and self.settings.cloud.accept_unlisted):
@@ -367,7 +376,7 @@ class Bridge:
                 f"refused: no inverter {quote(topic_id)!r} here (known: {known})"), None)
         else:  # perhaps the one that has not answered yet: wait for it
             command.expired = ("expired: no inverter with this serial has answered within "
-                               f"{self.command_deadline:g} s")
+                               f"{within:g} s")
             await self._answer_held(self.held.submit(command))
 
     async def _answer(self, command: WriteCommand, result: WriteResult,

@@ -320,6 +320,24 @@ async def test_a_write_before_the_inverter_answers_gets_a_result(
     assert result["ok"] is False and result["error"].startswith("expired")
 
 
+async def test_a_write_is_never_applied_after_its_message_expiry(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    """MQTT 5: what is left of a command's message expiry when it reaches the bridge (the
+    broker counts it down while it holds it) bounds its wait, as the bridge's 30 s do."""
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    mark = ha.mark()
+    await sim.stop()  # the write waits for an inverter that does not come back in time
+    await ha.wait_text(topic("availability"), "offline", after=mark, within=15)
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.MessageExpiryInterval = 2
+    mark = ha.mark()
+    await ha.publish(topic("set/grid_soc_min"), "31", properties=properties)
+    result = await ha.wait_json(topic("set/result"), after=mark, within=10)
+    assert result == {"ok": False, "written": False, "error": "expired: not applied within "
+                      "2 s (the inverter is offline or busy)", "topic": "set/grid_soc_min"}
+
+
 async def test_sigterm_answers_queued_writes_before_offline_within_5_s(
         ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
     running = start_bridge(WRITES)
