@@ -52,6 +52,7 @@ from ..protocol.model import Command
 from ..protocol.tables import COMMANDS
 from .metrics import ProxyStats
 from .policy import Forwarded, Policy, Refused, allowed_address
+from .runtime import NoTurn
 from .writes import Writer, WriteResult
 
 log = structlog.get_logger(__name__)
@@ -353,6 +354,8 @@ class Requester:
             forwarded = await self.server.turn(job)
         except NotOffered as exc:
             raise Refused("not offered", str(exc)) from exc
+        except NoTurn as exc:  # the inverter is there, and busy with others' requests
+            raise Refused("queue full", f"{command.label}: {exc}") from exc
         except InverterError as exc:
             # as from the inverter itself: no reply
             raise Refused("inverter unavailable", f"{command.label}: {exc}") from exc

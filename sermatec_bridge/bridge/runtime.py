@@ -74,7 +74,7 @@ from ..protocol.codec import Reading
 from ..protocol.model import Command as Query
 from . import discovery, metrics, schedules
 from .groups import BY_KEY, GROUPS
-from .intake import Command, Intake, Refusal
+from .intake import STOPPING, Command, Intake, Refusal
 from .publisher import Broker, Publisher, bridge_id, quote, refusal
 from .schedule import Scheduler
 from .state import EnergyGuard, derived_fields, is_published, state_payload
@@ -90,6 +90,11 @@ OFFLINE_AFTER = 2  # polls in a row without an answer (or failed connects) befor
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 60.0  # seconds between tries to reach the inverter
 RETRY_PAUSE = 0.1  # seconds (about) before a request that got no answer is sent again
 IDENTITY = 0x98  # asked on every new connection: its answer alone shows no working inverter
+
+
+class NoTurn(InverterError):
+    """The inverter's queue gave a request no turn: its room in the intake was full, or
+    its turn did not come in time. Nothing of it reached the inverter."""
 
 
 @dataclass(eq=False, kw_only=True)
@@ -243,8 +248,9 @@ class InverterRuntime:
         """Run ``job`` with a client session in one queue slot, in its turn; ``kind``
         says whose it is (each kind has its own room in the intake).
 
-        Raises :class:`InverterError` when the inverter is offline or not identified,
-        the bridge is stopping, or the turn does not come within ``timeout`` seconds.
+        Raises :class:`InverterError` when the inverter is offline or not identified, or
+        the bridge is stopping; :class:`NoTurn` when the room of ``kind`` is full or the
+        turn does not come within ``timeout`` seconds.
         """
         if self.stopping or self.intake.closed:
             raise InverterError("the bridge is stopping")
@@ -267,7 +273,7 @@ class InverterRuntime:
             raise
         if not done and not command.started:
             command.future.cancel()
-            raise InverterError(command.expired)
+            raise NoTurn(command.expired)
         result: T = await command.future
         return result
 
@@ -554,7 +560,8 @@ class InverterRuntime:
             if isinstance(command, WriteCommand):
                 await self.answer(command, refusal(reason))
             elif isinstance(command, ExchangeCommand) and not command.future.done():
-                command.future.set_exception(InverterError(reason))
+                command.future.set_exception(
+                    InverterError(reason) if reason == STOPPING else NoTurn(reason))
 
     def context(self) -> discovery.DiscoveryContext:
         assert self.identity is not None
