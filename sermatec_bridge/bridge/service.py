@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import signal
 import socket
@@ -33,7 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import InverterSettings, Settings
 from ..inverter.client import Connection, Identity, backoff
-from ..log import Tally
+from ..log import Tally, flush_tallies
 from . import cloud, health, metrics, proxy
 from .intake import Intake, Refusal
 from .policy import Policy
@@ -45,6 +44,7 @@ from .writes import WriteRefused, WriteResult, parse_request
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
+COUNTS_EVERY = 5.0  # seconds between two looks at what the log tallies counted
 RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
 SPREAD_PER_INVERTER = 0.01  # seconds the first rounds of dialled-in inverters spread, each
 
@@ -74,6 +74,7 @@ class Bridge:
         self.held = Intake(limit=64)
         self.stopping = asyncio.Event()
         self.refused = Tally(log, "writes refused")
+        self.dials: dict[InverterRuntime, Tally] = {}  # by inverter that dials in
         self.failed = False
         self._birth: asyncio.Task[None] | None = None
         self._tasks: dict[InverterRuntime, asyncio.Task[None]] = {}
@@ -128,12 +129,14 @@ class Bridge:
                      "settings of inverter", serial=serial, peer=connection.peer,
                      rc4=connection.rc4)
             self._start(worker)
-        elif worker.client.connected:
-            log.info("inverter dialled in again: its new connection replaces the old one",
-                     inverter=worker.config.label, peer=connection.peer)
-        else:
-            log.info("inverter dialled in", inverter=worker.config.label, peer=connection.peer,
-                     rc4=connection.rc4)
+        else:  # a link that drops and comes back every second costs a line a minute
+            dials = self.dials.get(worker)
+            if dials is None:
+                dials = self.dials[worker] = Tally(log.bind(inverter=worker.config.label),
+                                                   "inverter dialled in", level="info")
+            dials.add("again, its new connection replacing the open one"
+                      if worker.client.connected else "its link is up",
+                      peer=connection.peer, rc4=connection.rc4)
         worker.attach(connection, identity)
         if (relay := self.relays.get(worker)) is not None:
             relay.follow()
@@ -171,7 +174,8 @@ class Bridge:
                 self.listener.serve(config.listen_host, config.listen_port), "cloud listener"))
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat"),
-                  self._supervised(self._expire_held(), "held writes")]
+                  self._supervised(self._expire_held(), "held writes"),
+                  self._supervised(_log_counts(), "log counts")]
         if self.settings.health.metrics_port:
             others.append(self._supervised(metrics.serve(
                 self, self.settings.health.metrics_host, self.settings.health.metrics_port),
@@ -187,6 +191,7 @@ class Bridge:
             await _cancel(others + ([self._birth] if self._birth else []))
             for w in self.workers:
                 await w.client.close()
+            flush_tallies(everything=True)  # no count is left unsaid
         return not self.failed
 
     async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
@@ -428,29 +433,36 @@ class Bridge:
 
     async def _heartbeat(self) -> None:
         """Rewrite the heartbeat file every few seconds. A file that cannot be written is
-        logged (once, then every ``HEARTBEAT_LOG_EVERY`` s while it lasts) and tried again:
-        the health check then says unhealthy, but the bridge goes on bridging."""
+        logged (once, then every ``HEARTBEAT_LOG_EVERY`` s while it lasts, with the count)
+        and tried again: the health check then says unhealthy, but the bridge goes on."""
         path = self.settings.heartbeat_file
+        failures = Tally(log, "cannot write the heartbeat file; retrying",
+                         every=HEARTBEAT_LOG_EVERY)
         failing_since: float | None = None
-        logged = -math.inf
         while True:
             try:
                 health.write(path, self)
             except OSError as exc:
                 now = time.monotonic()
                 failing_since = now if failing_since is None else failing_since
-                if now - logged >= HEARTBEAT_LOG_EVERY:
-                    logged = now
-                    log.warning("cannot write the heartbeat file; retrying", file=str(path),
-                                error=f"{type(exc).__name__}: {exc.strerror or exc}",
-                                failing_for=round(now - failing_since),
-                                hint="`sermatec-bridge health` reports unhealthy until "
-                                "it is writable (health.file / SERMATEC_HEALTH__FILE)")
+                failures.add(f"{type(exc).__name__}: {exc.strerror or exc}", file=str(path),
+                             failing_for=round(now - failing_since),
+                             hint="`sermatec-bridge health` reports unhealthy until it is "
+                             "writable (health.file / SERMATEC_HEALTH__FILE)")
             else:
                 if failing_since is not None:
+                    failures.over()  # the next failure is news again
                     log.info("heartbeat file written again", file=str(path))
-                failing_since, logged = None, -math.inf
+                failing_since = None
             await asyncio.sleep(min(5.0, self.settings.poll.live))
+
+
+async def _log_counts() -> None:
+    """What the log tallies counted goes out once their minute is over, not only with
+    the next event of their kind (which may never come)."""
+    while True:
+        await asyncio.sleep(COUNTS_EVERY)
+        flush_tallies()
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from ports import free_port
 from structlog.testing import capture_logs
 
-from sermatec_bridge.bridge import health
+from sermatec_bridge.bridge import health, service
 from sermatec_bridge.bridge.health import check
 from sermatec_bridge.bridge.service import Bridge
 from sermatec_bridge.config import load_settings
+from sermatec_bridge.log import Tally
 from sermatec_bridge.simulator import Simulator
 
 
@@ -77,7 +79,7 @@ async def test_a_heartbeat_that_cannot_be_written_is_logged_retried_and_never_fa
             failures = [e for e in logs if e["event"].startswith("cannot write the heartbeat")]
             assert len(failures) == 1, "one warning, not one per beat"
             assert failures[0]["file"] == str(beat) and failures[0]["log_level"] == "warning"
-            assert failures[0]["error"] == "FileExistsError: File exists"
+            assert failures[0]["counts"] == {"FileExistsError: File exists": 1}
             await eventually(lambda: bridge.workers[0].last_poll is not None,
                              "the inverter polled")
             assert not running.done(), "the bridge goes on"
@@ -86,11 +88,14 @@ async def test_a_heartbeat_that_cannot_be_written_is_logged_retried_and_never_fa
             await eventually(beat.exists, "the heartbeat written")
             assert [e["event"] for e in logs].count("heartbeat file written again") == 1
             assert check(beat, 60).age is not None
+            failures = [e for e in logs if e["event"].startswith("cannot write the heartbeat")]
+            assert len(failures) == 2, "and how many more failed, before it says so"
+            assert sum(failures[1]["counts"].values()) == len(attempts) - 2
 
             beat.unlink()  # fails again (a directory in the file's place): said again at
             beat.mkdir()   # once, not 5 minutes later
             await eventually(lambda: sum(e["event"].startswith("cannot write the heartbeat")
-                                         for e in logs) == 2, "the second failure logged")
+                                         for e in logs) == 3, "the second failure logged")
             bridge.stopping.set()
             assert await asyncio.wait_for(running, 10) is True  # a clean stop, no failure
     assert not leftovers(tmp_path), "no temporary file left behind"
@@ -98,3 +103,25 @@ async def test_a_heartbeat_that_cannot_be_written_is_logged_retried_and_never_fa
 
 def leftovers(path: Path) -> list[Path]:
     return list(path.glob("**/*.tmp"))
+
+
+async def test_what_is_counted_goes_out_while_the_bridge_runs_with_no_new_event(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood that stops leaves its count in the log within its minute (a second here),
+    not only with the next event of its kind, which may never come."""
+    monkeypatch.setattr(service, "COUNTS_EVERY", 0.05)
+    settings = load_settings(overrides={
+        "inverter": {"host": "127.0.0.1", "port": free_port()},  # nobody there
+        "mqtt": {"host": "127.0.0.1", "port": free_port()},
+        "health": {"file": str(tmp_path / "health.json")},
+    }, env={})
+    bridge = Bridge(settings)
+    with capture_logs() as logs:
+        running = asyncio.create_task(bridge.run())
+        flood = Tally(structlog.get_logger("test"), "requests dropped", every=1.0)
+        for _ in range(3):
+            flood.add("garbage")
+        await eventually(lambda: [e["counts"] for e in logs if e["event"] == "requests dropped"]
+                         == [{"garbage": 1}, {"garbage": 2}], "the count said")
+        bridge.stopping.set()
+        assert await asyncio.wait_for(running, 10) is True
