@@ -22,7 +22,8 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -45,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
 COUNTS_EVERY = 5.0  # seconds between two looks at what the log tallies counted
+LISTEN_FIRST, LISTEN_MAX = 1.0, 60.0  # seconds between tries to listen on a port in use
 RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
 SPREAD_PER_INVERTER = 0.01  # seconds the first rounds of dialled-in inverters spread, each
 
@@ -164,22 +166,30 @@ class Bridge:
                 loop.add_signal_handler(sig, self.stopping.set)
         for worker in self.workers:
             self._start(worker)
-        proxies = [self._supervised(server.serve(self.settings.proxy.host, port),
-                                    f"proxy {server.name}")
-                   for port, server in self.proxies]
+        host = self.settings.proxy.host
+        proxies = [self._supervised(_listen(
+            partial(server.serve, host, port), host, port, f"the app proxy of {server.name}",
+            "inverter.proxy_port, proxy.host"), f"proxy {server.name}")
+            for port, server in self.proxies]
         if self.listener is not None:
-            config = self.settings.cloud
-            assert config.listen_port is not None
-            proxies.append(self._supervised(
-                self.listener.serve(config.listen_host, config.listen_port), "cloud listener"))
+            cloud_config = self.settings.cloud
+            assert cloud_config.listen_port is not None
+            proxies.append(self._supervised(_listen(
+                partial(self.listener.serve, cloud_config.listen_host,
+                        cloud_config.listen_port),
+                cloud_config.listen_host, cloud_config.listen_port, "the cloud listener",
+                "cloud.listen_port, cloud.listen_host"), "cloud listener"))
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat"),
                   self._supervised(self._expire_held(), "held writes"),
                   self._supervised(_log_counts(), "log counts")]
-        if self.settings.health.metrics_port:
-            others.append(self._supervised(metrics.serve(
-                self, self.settings.health.metrics_host, self.settings.health.metrics_port),
-                "metrics"))
+        health_config = self.settings.health
+        if health_config.metrics_port:
+            others.append(self._supervised(_listen(
+                partial(metrics.serve, self, health_config.metrics_host,
+                        health_config.metrics_port),
+                health_config.metrics_host, health_config.metrics_port, "the metrics",
+                "health.metrics_port, health.metrics_host"), "metrics"))
         try:
             await self.stopping.wait()
         finally:
@@ -455,6 +465,27 @@ class Bridge:
                     log.info("heartbeat file written again", file=str(path))
                 failing_since = None
             await asyncio.sleep(min(5.0, self.settings.poll.live))
+
+
+async def _listen(serve: Callable[[], Awaitable[None]], host: str, port: int, what: str,
+                  settings: str) -> None:
+    """Serve a port of the bridge's that is not what it is for (the app proxy, the cloud
+    listener, the metrics): one it cannot listen on (in use, an address this machine
+    lacks) is said in one line naming its settings and tried again with backoff, while the
+    inverters go on."""
+    failures = 0
+    while True:
+        try:
+            await serve()
+            return
+        except OSError as exc:
+            failures += 1
+            delay = backoff(failures, LISTEN_FIRST, LISTEN_MAX)
+            (log.error if failures == 1 else log.debug)(
+                f"cannot listen on {host}:{port} for {what}; the rest of the bridge runs, "
+                "trying again", error=exc.strerror or str(exc), check=settings,
+                retry_in=round(delay, 1))
+            await asyncio.sleep(delay)
 
 
 async def _log_counts() -> None:

@@ -22,20 +22,70 @@ from sermatec_bridge.log import Tally
 from sermatec_bridge.simulator import Simulator
 
 
-async def test_a_part_that_dies_stops_the_bridge_with_a_failure(tmp_path: Path) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
+async def test_a_part_that_dies_stops_the_bridge_with_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: Bridge) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Bridge, "_expire_held", broken)
     async with Simulator(pcu=609) as sim:
         settings = load_settings(overrides={
             "inverter": {"host": "127.0.0.1", "port": sim.port},
             "mqtt": {"host": "127.0.0.1", "port": free_port()},  # nobody there: retried
-            "health": {"file": str(tmp_path / "health.json"), "metrics_host": "127.0.0.1",
-                       "metrics_port": taken.getsockname()[1]},  # in use: metrics dies
+            "health": {"file": str(tmp_path / "health.json")},
         }, env={})
-        clean = await asyncio.wait_for(Bridge(settings).run(), 20)
-    taken.close()
+        with capture_logs() as logs:
+            clean = await asyncio.wait_for(Bridge(settings).run(), 20)
     assert clean is False
+    stopped = [e for e in logs if e["event"].startswith("a part of the bridge stopped")]
+    assert stopped[0]["task"] == "held writes" and "a bug" in stopped[0]["error"]
+
+
+@pytest.mark.parametrize(("part", "settings"), [
+    ("app proxy", "inverter.proxy_port, proxy.host"),
+    ("cloud listener", "cloud.listen_port, cloud.listen_host"),
+    ("metrics", "health.metrics_port, health.metrics_host"),
+])
+async def test_a_port_in_use_is_said_in_one_line_and_the_inverter_goes_on(
+        tmp_path: Path, part: str, settings: str) -> None:
+    """Another program holds the port (an old container, the vendor's tool): the bridge
+    says so, naming the settings, serves the inverter meanwhile, and listens once the
+    port is free."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    changes = {"app proxy": {"inverter": {"proxy_port": port}, "proxy": {"host": "127.0.0.1"}},
+               "cloud listener": {"cloud": {"listen_port": port, "listen_host": "127.0.0.1"}},
+               "metrics": {"health": {"metrics_port": port, "metrics_host": "127.0.0.1"}}}
+    async with Simulator(pcu=609) as sim:
+        overrides: dict[str, dict[str, Any]] = {
+            "inverter": {"host": "127.0.0.1", "port": sim.port},
+            "mqtt": {"host": "127.0.0.1", "port": free_port()},  # nobody there: retried
+            "health": {"file": str(tmp_path / "health.json")}}
+        for section, values in changes[part].items():
+            overrides[section] = {**overrides.get(section, {}), **values}
+        bridge = Bridge(load_settings(overrides=overrides, env={}))
+        with capture_logs() as logs:
+            running = asyncio.create_task(bridge.run())
+            try:
+                await eventually(lambda: bridge.workers[0].last_poll is not None,
+                                 "the inverter polled")
+                said = [e for e in logs if e["event"].startswith("cannot listen on")]
+                assert len(said) == 1 and said[0]["log_level"] == "error", said
+                assert said[0]["check"] == settings and f":{port} for " in said[0]["event"]
+                assert not running.done()
+                taken.close()  # the port is free: the next try takes it
+                await eventually(lambda: connects(port), "listening", within=15)
+            finally:
+                taken.close()
+                bridge.stopping.set()
+                assert await asyncio.wait_for(running, 10) is True
+
+
+def connects(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def test_the_inverters_of_one_bridge_start_their_rounds_apart() -> None:
