@@ -95,6 +95,7 @@ class Broker:
         self.released: set[str] = set()  # topic ids of inverters another bridge serves now
         self.ready = asyncio.Event()  # the broker's holdings are known on this connection
         self.learned = asyncio.Event()  # our marker came back: retained ones came before
+        self.settled = asyncio.Event()  # this connection lasted: what it claimed is sent
         self.connections = 0
         self.results: asyncio.Queue[tuple[str, str, Properties | None]] = asyncio.Queue(RESULTS)
         self._lost = Tally(log, "write results not published")
@@ -255,6 +256,7 @@ class Broker:
     def disconnected(self) -> None:
         self.client = None
         self.ready.clear()
+        self.settled.clear()
 
     async def learn(self) -> None:
         """Wait until the broker has sent the retained messages of our subscriptions.

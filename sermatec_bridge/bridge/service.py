@@ -293,6 +293,7 @@ class Bridge:
                         await asyncio.sleep(SETTLED)
                         self.broker.claim_availability()
                         await self.broker.sync()
+                        self.broker.settled.set()
                         await reader
                         delivery.cancel()
             except* aiomqtt.MqttError as group_error:

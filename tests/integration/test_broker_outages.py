@@ -124,7 +124,12 @@ async def test_a_second_bridge_with_its_own_client_id_never_takes_the_inverter_o
         async with two_bridges(ha, broker, sim, tmp_path, second) as other:
             await eventually(lambda: events(logs, "inverter not reachable yet"), within=15,
                              what="the second bridge's inverter failure")
-            await asyncio.sleep(SETTLED + 1)  # past the moment it would claim the inverter
+            # past the moment it would claim the inverter, and what it sent then arrived
+            await eventually(other.bridge.broker.settled.is_set, within=SETTLED + 10,
+                             what="the second bridge's connection settled")
+            mark = ha.mark()
+            await ha.publish("test/marker", "after the claim")
+            await ha.wait_text("test/marker", "after the claim", after=mark)
             on_broker = await after_the_second_stopped(ha, broker, other)
     said = events(logs, "inverter not reachable yet")[0]
     assert "another bridge" in said["reason"] and said["other_bridges"] == "sermatec-bridge"
