@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/trust.py flood [--messages 20000] [--seconds 10]
     .venv/bin/python benchmarks/trust.py proxy [--connections 1100] [--nofile 1024]
                                                [--seconds 20]
+    .venv/bin/python benchmarks/trust.py churn [--cycles 1000]
 
 Both run the real daemon (``sermatec-bridge run``, a separate process) against the
 simulator and a Mosquitto on loopback, polling live values every 2 s, and print:
@@ -16,6 +17,9 @@ simulator and a Mosquitto on loopback, polling live values every 2 s, and print:
   connections to the proxy plus one client streaming garbage for S seconds. How many
   connections the bridge kept, the gaps between live states meanwhile, whether the
   health check passes, how much the log grew and whether it says "Too many open files".
+- ``churn``: the app proxy on; one client connects, sends a little garbage and hangs up,
+  N times in a row, as fast as it can. How long that took, and how many lines and bytes
+  the log grew by.
 """
 
 from __future__ import annotations
@@ -210,6 +214,30 @@ async def proxy(connections: int, nofile: int, seconds: float) -> None:
           f"{text.count('Too many open files')}; RSS {memory['VmRSS']:.1f} MiB")
 
 
+async def churn(cycles: int) -> None:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as name:
+        settings = {"inverter": {"proxy_port": port}, "proxy": {"host": HOST}}
+        async with rig(Path(name), settings) as r:
+            await asyncio.sleep(LIVE)
+            log_before = r.log.stat().st_size
+            lines_before = r.log.read_text(errors="replace").count("\n")
+            start = time.monotonic()
+            for _ in range(cycles):
+                _, writer = await asyncio.open_connection(HOST, port)
+                writer.write(b"\x00garbage" * 10)
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+            took = time.monotonic() - start
+            await asyncio.sleep(1.0)  # the last ones handled
+            log_growth = r.log.stat().st_size - log_before
+            lines = r.log.read_text(errors="replace").count("\n") - lines_before
+    print(f"churn: {cycles} app proxy connections, each sending 80 bytes of garbage and "
+          f"hanging up, in {took:.1f} s")
+    print(f"  log grew by {lines} lines, {log_growth} bytes")
+
+
 async def still_open(reader: asyncio.StreamReader) -> bool:
     try:
         return bool(await asyncio.wait_for(reader.read(1), 0.01))
@@ -244,11 +272,15 @@ def main() -> None:
     two.add_argument("--connections", type=int, default=1100)
     two.add_argument("--nofile", type=int, default=1024)
     two.add_argument("--seconds", type=float, default=20.0)
+    three = sub.add_parser("churn")
+    three.add_argument("--cycles", type=int, default=1000)
     args = parser.parse_args()
     if args.what == "flood":
         asyncio.run(flood(args.messages, args.seconds))
-    else:
+    elif args.what == "proxy":
         asyncio.run(proxy(args.connections, args.nofile, args.seconds))
+    else:
+        asyncio.run(churn(args.cycles))
 
 
 if __name__ == "__main__":

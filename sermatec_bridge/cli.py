@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .protocol.codec import Reading
     from .protocol.frame import Frame, FrameError
     from .protocol.model import Command
+    from .supervisor import AppStart
 
 NEWEST_PCU = 609
 DEFAULT_INVERTER = "10.10.100.254"
@@ -100,7 +101,9 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
 
     ``get``, ``list`` and ``health`` work without a configured inverter: the first two
     then talk to the inverter's own access point (10.10.100.254), the last needs none.
+    In a Home Assistant app the app's options come over the environment, as for ``run``.
     """
+    from . import supervisor
     from .config import NO_INVERTER, ConfigError, load_settings
 
     overrides = dict(overrides or {})
@@ -109,6 +112,10 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
         overrides["inverter"] = {k: v for k, v in flags.items() if v is not None}
     config = getattr(args, "config", None)
     try:
+        if supervisor.active(os.environ):
+            _, options = supervisor.options(os.environ)
+            inverter = {**options.get("inverter", {}), **overrides.get("inverter", {})}
+            overrides = {**options, **overrides} | ({"inverter": inverter} if inverter else {})
         return load_settings(config, overrides)
     except ConfigError as exc:
         no_host = any(p == NO_INVERTER or (p.startswith("inverter.host (")
@@ -129,7 +136,8 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
 
 
 def _configured(args: argparse.Namespace) -> bool:
-    """Whether a YAML file or an environment variable may say anything."""
+    """Whether a YAML file or an environment variable may say anything (the app's image
+    sets some: its options are read then)."""
     return bool(getattr(args, "config", None)) or any(
         name.upper().startswith(ENV_PREFIX) and value for name, value in os.environ.items())
 
@@ -806,16 +814,21 @@ def _run(args: argparse.Namespace) -> Exit:
     return _bridge(settings, _home_zone(), args.debug)
 
 
-def _app(args: argparse.Namespace) -> Exit:
+def _app_start() -> AppStart:
+    """What the Home Assistant app runs with; each problem is one line."""
     from . import supervisor
     from .config import ConfigError
 
     try:
-        app = supervisor.start(os.environ)
+        return supervisor.start(os.environ)
     except ConfigError as exc:
         raise Failure("invalid app options: " + "; ".join(exc.problems), Exit.CONFIG) from None
     except supervisor.SupervisorError as exc:
         raise Failure(str(exc), Exit.ERROR) from None
+
+
+def _app(args: argparse.Namespace) -> Exit:
+    app = _app_start()
     mqtt = app.settings.mqtt
     return _bridge(app.settings, app.zone, args.debug, options=str(app.options_file),
                    broker=f"{mqtt.host}:{mqtt.port} (from {app.broker_from})",
@@ -912,8 +925,15 @@ def _detach(pid_file: Path, log_file: Path, prog: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> Exit:
+    from . import supervisor
     from .config import masked_yaml
 
+    if supervisor.active(os.environ):  # what the app runs with: its broker from the Supervisor
+        app = _app_start()
+        print(f"# the Home Assistant app's options ({app.options_file}); the MQTT broker from "
+              f"{app.broker_from}", file=sys.stderr)
+        print(masked_yaml(app.settings), end="")
+        return Exit.OK
     print(masked_yaml(_settings(args)), end="")
     return Exit.OK
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -131,36 +132,66 @@ class Tally:
     """Events that may come in floods, logged at most once per ``every`` seconds.
 
     The first event is logged at once; the ones that follow within ``every`` seconds are
-    only counted, and their counts go out with the next event after that, or with
-    :meth:`flush` (when the source goes away). A garbage-streaming client or a chatty
-    peer thus costs one line a minute, and the line still says how much was dropped.
+    only counted, and their counts go out with the next event after that, with
+    :meth:`tick` once the ``every`` seconds are over (the bridge ticks every tally now and
+    then: :func:`flush_tallies`), or with :meth:`flush`. A garbage-streaming client or a
+    chatty peer thus costs one line a minute, and the line still says how much was
+    dropped. A line that goes out later carries the fields of the last event counted.
     """
 
     def __init__(self, logger: Any, event: str, *, every: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 level: str = "warning", clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.event = event
         self.every = every
+        self.level = level
         self.clock = clock
         self.counts: Counter[str] = Counter()
+        self._fields: dict[str, Any] = {}
         self._quiet_until = -math.inf
+        _TALLIES.add(self)
 
     def add(self, what: str, count: int = 1, **fields: Any) -> None:
         """Count ``count`` of ``what``; log the counts when the last line is old enough."""
         self.counts[what] += count
+        self._fields = fields
         now = self.clock()
         if now >= self._quiet_until:
             self._emit(now, fields)
 
+    def tick(self) -> None:
+        """Log what was counted, once ``every`` seconds have passed since the last line."""
+        now = self.clock()
+        if self.counts and now >= self._quiet_until:
+            self._emit(now, self._fields)
+
     def flush(self, **fields: Any) -> None:
         """Log what was counted since the last line, if anything."""
         if self.counts:
-            self._emit(self.clock(), fields)
+            self._emit(self.clock(), fields or self._fields)
+
+    def over(self) -> None:
+        """The flood is over: log what was counted; the next event is logged at once."""
+        self.flush()
+        self._quiet_until = -math.inf
 
     def _emit(self, now: float, fields: dict[str, Any]) -> None:
-        self.logger.warning(self.event, counts=dict(self.counts), **fields)
+        getattr(self.logger, self.level)(self.event, counts=dict(self.counts), **fields)
         self.counts.clear()
         self._quiet_until = now + self.every
+
+
+_TALLIES: weakref.WeakSet[Tally] = weakref.WeakSet()  # every tally still in use
+
+
+def flush_tallies(*, everything: bool = False) -> None:
+    """Log what the tallies counted: of those whose ``every`` seconds are over, or
+    (``everything``, at shutdown) of all of them."""
+    for tally in list(_TALLIES):
+        if everything:
+            tally.flush()
+        else:
+            tally.tick()
 
 
 def throttled_stdlib(name: str, to: Any, event: str) -> logging.Logger:

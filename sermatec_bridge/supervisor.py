@@ -4,10 +4,19 @@ The Supervisor starts the app's container with ``SUPERVISOR_TOKEN`` set and writ
 options the user saved in the app's Configuration tab to ``/data/options.json``. They use
 the keys of the YAML configuration (``inverter: {host, port}``, ``writes: {enabled}``, ...),
 so the same models validate them. When they name no MQTT broker, the broker, its port,
-credentials and TLS come from the Supervisor (the Mosquitto app provides them), the
-time zone is always Home Assistant's, and schedule times take the form that Home
-Assistant's version understands (``time`` entities from 2026.5, ``text`` before) unless the
-options say otherwise.
+credentials and TLS come from the Supervisor (the Mosquitto app provides them; a port,
+user or password the options give wins), the time zone is always Home Assistant's, and
+schedule times take the form that Home Assistant's version understands (``time``
+entities from 2026.5, ``text`` before) unless the options say otherwise.
+
+The Supervisor's MQTT service also names a ``protocol``; the Mosquitto app says 3.1.1,
+though it speaks MQTT 5 too. The bridge keeps its own ``mqtt.protocol`` (5): the signed
+availability of several bridges, the session that keeps writes for a bridge that restarts
+and the expiry of Home Assistant's commands need it.
+
+The cloud listener (``cloud.listen_port``) listens on :data:`LISTEN_PORT` in the app's
+container; the port inverters reach on the Home Assistant machine is the user's to
+choose in the app's Network section (``ports`` of config.yaml).
 
 Every way this can fail (no Supervisor, a refusal, no MQTT service, options that are not
 valid) ends the start with one line naming the cause, never a traceback.
@@ -33,6 +42,7 @@ DEFAULT_OPTIONS = "/data/options.json"
 TIMEOUT = 10.0  # seconds for each request to the Supervisor
 MAX_REPLY = 1 << 20  # bytes; the Supervisor's answers are far smaller
 TIME_ENTITIES = (2026, 5)  # the Home Assistant release with MQTT time entities
+LISTEN_PORT = 19042  # the cloud listener's port in the app's container (config.yaml ports)
 
 # The Supervisor is on the app's own network: never through an HTTP proxy, which would
 # also see the token.
@@ -169,28 +179,45 @@ def _section(options: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
+def options(environ: Mapping[str, str]) -> tuple[Path, dict[str, Any]]:
+    """The app's options file, and what it says as a layer of settings over the image's
+    environment (the Supervisor is not asked: the command line reads it too). Raises
+    ConfigError for an options file that cannot be used."""
+    path = Path(environ.get(APP_OPTIONS_ENV) or DEFAULT_OPTIONS)
+    given = read_options(path)
+    listening = _section(given, "cloud").get("listen_port")
+    if listening is not None and listening != LISTEN_PORT:
+        raise ConfigError([f"cloud.listen_port: the app listens on {LISTEN_PORT} (or not at "
+                           f"all); to have the inverter dial another port, change "
+                           f"{LISTEN_PORT}/tcp in the app's Network section"])
+    if not (_section(given, "inverter").get("host") or "inverters" in given or listening):
+        raise ConfigError(["no inverter address: enter it under inverter → host in the "
+                           "app's Configuration tab (or turn on the cloud listener for "
+                           "inverters that dial in)"])
+    # Readable lines in the app's log, unless the options ask for JSON.
+    return path, {**given, "log": {"format": "console", **_section(given, "log")}}
+
+
 def start(environ: Mapping[str, str]) -> AppStart:
     """The app's settings and zone. Raises ConfigError for the options, SupervisorError
     for the Supervisor; both say what to do."""
-    path = Path(environ.get(APP_OPTIONS_ENV) or DEFAULT_OPTIONS)
-    options = read_options(path)
-    if not _section(options, "inverter").get("host") and "inverters" not in options:
-        raise ConfigError(["no inverter address: enter it under inverter → host in the "
-                           "app's Configuration tab"])
+    path, layer = options(environ)
     supervisor = Supervisor(environ.get(URL_ENV) or DEFAULT_URL, environ[TOKEN_ENV])
     info = supervisor.get("/info")
     zone = zone_of(info)
     version = info.get("homeassistant")
     version = version if isinstance(version, str) and version else None
-    # Readable lines in the app's log, unless the options ask for JSON.
-    layer = {**options, "log": {"format": "console", **_section(options, "log")}}
     form = time_platform(version)
     if form is not None:  # the options still win
-        layer["homeassistant"] = {"time_platform": form, **_section(options, "homeassistant")}
+        layer["homeassistant"] = {"time_platform": form, **_section(layer, "homeassistant")}
     broker_from = "the options"
-    if not _section(options, "mqtt").get("host"):
-        layer["mqtt"] = {**_section(options, "mqtt"), **supervisor.broker()}
-        broker_from = "the Supervisor"
+    given = _section(layer, "mqtt")
+    if not given.get("host"):
+        # The Supervisor's broker; what the options say of it (a user, a port) wins.
+        layer["mqtt"] = {**supervisor.broker(), **given}
+        broker_from = "the Supervisor" + (
+            f", with {', '.join(f'mqtt.{key}' for key in sorted(given))} from the options"
+            if given else "")
     # The options are the user's configuration: they win over the image's environment.
     settings = load_settings(overrides=layer, env=environ)
     return AppStart(settings, zone, path, broker_from, version)

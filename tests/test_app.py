@@ -22,7 +22,7 @@ import yaml
 from pydantic import SecretStr
 
 from sermatec_bridge import config
-from sermatec_bridge.supervisor import read_options
+from sermatec_bridge.supervisor import LISTEN_PORT, read_options
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -85,6 +85,16 @@ def test_every_option_has_a_label_and_a_description() -> None:
         assert LABELS[section]["name"] and LABELS[section]["description"], section
         field = LABELS[section]["fields"][key]
         assert field["name"] and field["description"], ".".join(path)
+
+
+def test_the_cloud_listeners_port_is_published_and_described() -> None:
+    """The port the bridge listens on in the container is the one the Supervisor maps,
+    on by default (the user may change or clear the host's side in the Network section)."""
+    container = f"{LISTEN_PORT}/tcp"
+    assert APP["ports"] == {container: LISTEN_PORT}
+    network = yaml.safe_load((ROOT / "translations" / "en.yaml").read_text())["network"]
+    assert set(network) == {container} and "Cloud listener" in network[container]
+    assert "listen_port" not in APP["options"]["cloud"], "off until the user turns it on"
 
 
 def test_the_first_starts_options_are_valid_once_the_inverter_is_entered(

@@ -51,6 +51,8 @@ class Recorder:
     def warning(self, event: str, **fields: object) -> None:
         self.lines.append((event, fields))
 
+    info = warning
+
 
 def test_a_tally_logs_the_first_event_at_once_and_the_rest_once_a_minute() -> None:
     now = 0.0
@@ -70,3 +72,32 @@ def test_a_tally_logs_the_first_event_at_once_and_the_rest_once_a_minute() -> No
     assert out.lines[-1] == ("dropped", {"counts": {"throttled": 1}, "client": "a"})
     tally.flush()
     assert len(out.lines) == 3  # nothing new: nothing said
+
+
+def test_what_a_tally_counted_goes_out_once_its_minute_is_over_without_a_new_event() -> None:
+    now = 0.0
+    out = Recorder()
+    tally = log.Tally(out, "dropped", clock=lambda: now)
+    tally.add("garbage bytes", 10, client="a")
+    tally.add("garbage bytes", 20, client="b")
+    log.flush_tallies()
+    assert len(out.lines) == 1, "within the minute: counted only"
+    now = 60.0
+    log.flush_tallies()  # what the bridge does every few seconds
+    assert out.lines[-1] == ("dropped", {"counts": {"garbage bytes": 20}, "client": "b"})
+    tally.add("garbage bytes", 30, client="b")
+    log.flush_tallies(everything=True)  # at shutdown, whatever the time
+    assert out.lines[-1] == ("dropped", {"counts": {"garbage bytes": 30}, "client": "b"})
+    assert len(out.lines) == 3
+
+
+def test_a_tally_whose_flood_is_over_logs_the_next_event_at_once() -> None:
+    now = 0.0
+    out = Recorder()
+    tally = log.Tally(out, "heartbeat failed", every=300, level="info", clock=lambda: now)
+    tally.add("EACCES")
+    tally.add("EACCES")
+    tally.over()
+    tally.add("ENOSPC")
+    assert [fields["counts"] for _, fields in out.lines] == [
+        {"EACCES": 1}, {"EACCES": 1}, {"ENOSPC": 1}]

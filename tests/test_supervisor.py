@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fakesupervisor import TOKEN, FakeSupervisor, error
+from test_cli import run_cli, simulator
 
 from sermatec_bridge import cli, supervisor
 
@@ -83,6 +85,48 @@ def test_a_broker_in_the_options_wins(fake: FakeSupervisor, tmp_path: Path) -> N
     assert app.broker_from == "the options"
     assert [path for path, _ in fake.requests] == ["/info"]  # the broker was not asked for
     assert (app.settings.log.level, app.settings.log.format) == ("debug", "json")
+
+
+def test_a_user_and_password_in_the_options_log_in_to_the_supervisors_broker(
+        fake: FakeSupervisor, tmp_path: Path) -> None:
+    """What the user typed is never silently replaced: with no broker address, the
+    Supervisor's broker is used with the options' own user and password."""
+    options = {**OPTIONS, "mqtt": {"username": "me", "password": "my-own-password"}}
+    app = supervisor.start(app_env(fake, tmp_path, options))
+    mqtt = app.settings.mqtt
+    assert (mqtt.host, mqtt.port, mqtt.username) == ("core-mosquitto", 1883, "me")
+    assert mqtt.password is not None and mqtt.password.get_secret_value() == "my-own-password"
+    assert app.broker_from == ("the Supervisor, with mqtt.password, mqtt.username from the "
+                               "options")
+
+
+def test_with_the_cloud_listener_on_no_inverter_address_is_needed(
+        fake: FakeSupervisor, tmp_path: Path) -> None:
+    """Inverters in station mode dial in to the app: none has to be entered."""
+    options = {**OPTIONS, "inverter": {"host": "", "port": 8899},
+               "cloud": {"listen_port": supervisor.LISTEN_PORT}}
+    settings = supervisor.start(app_env(fake, tmp_path, options)).settings
+    assert settings.cloud.listen_port == 19042 and settings.cloud.accept_unlisted
+    assert settings.all_inverters() == [], "whoever dials in is served"
+
+
+def test_the_command_line_reads_what_the_app_runs_with(fake: FakeSupervisor,
+                                                       tmp_path: Path) -> None:
+    """In the app's container ``get`` asks the inverter of the options, and ``config``
+    shows the settings the app runs with, not the image's environment."""
+    with simulator() as (port, _):
+        options = {**OPTIONS, "inverter": {"host": "127.0.0.1", "port": port}}
+        env = {**app_env(fake, tmp_path, options), "PATH": "/usr/bin:/bin",
+               "SERMATEC_INVERTER__HOST": "127.0.0.2"}  # the image's: the options win
+        status, out, err = run_cli("get", "98", env=env)
+        assert status == cli.Exit.OK, err
+        assert "Serial number: ST5K0SIMULATOR0001" in out
+        status, out, err = run_cli("config", env=env)
+    assert status == cli.Exit.OK, err
+    shown = yaml.safe_load(out)
+    assert (shown["inverter"]["host"], shown["inverter"]["port"]) == ("127.0.0.1", port)
+    assert (shown["mqtt"]["host"], shown["mqtt"]["username"]) == ("core-mosquitto", "addons")
+    assert PASSWORD not in out + err and "from the Supervisor" in err
 
 
 def test_cleared_fields_count_as_unset(fake: FakeSupervisor, tmp_path: Path) -> None:
@@ -177,7 +221,10 @@ def test_a_wrong_token_is_refused(fake: FakeSupervisor, tmp_path: Path,
     ("[1, 2]", "invalid app options: the options file {path} holds no mapping of options"),
     ({**OPTIONS, "inverter": {"host": "", "port": 8899}},
      "invalid app options: no inverter address: enter it under inverter → host in the "
-     "app's Configuration tab"),
+     "app's Configuration tab (or turn on the cloud listener for inverters that dial in)"),
+    ({**OPTIONS, "cloud": {"listen_port": 8899}},
+     "invalid app options: cloud.listen_port: the app listens on 19042 (or not at all); to "
+     "have the inverter dial another port, change 19042/tcp in the app's Network section"),
     ({**OPTIONS, "inverter": {"host": "192.168.1.50", "port": 70000}, "poll": {"live": 0}},
      "invalid app options: inverter.port (SERMATEC_INVERTER__PORT): Input should be less "
      "than or equal to 65535, got 70000; poll.live (SERMATEC_POLL__LIVE): Input should be "

@@ -188,6 +188,7 @@ class Relay:
         self.log = log.bind(inverter=runtime.config.label,
                             upstream=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         self.unreachable = Tally(self.log, "vendor cloud not reachable")
+        self.dropped = Tally(self.log, "cloud requests dropped")
         self._task: asyncio.Task[None] | None = None
 
     async def turn(self, job: Callable[[Session], Awaitable[Forwarded]]) -> Forwarded:
@@ -225,7 +226,7 @@ class Relay:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve the cloud's requests until it hangs up or the inverter has gone."""
-        requester = Requester(self, writer, self.log, who="cloud", rc4=True)
+        requester = Requester(self, writer, self.log, self.dropped, who="cloud", rc4=True)
         self.stats.clients = 1
         self.log.info("vendor cloud link up")
         await self._publish()
@@ -240,7 +241,7 @@ class Relay:
                 task.cancel()
             lost = (await asyncio.gather(serving, gone, return_exceptions=True))[0]
             writer.close()
-            requester.dropped.flush()
+            self.dropped.flush()
             self.stats.clients = 0
             self.log.info("vendor cloud link down",
                           why=f"lost: {lost}" if isinstance(lost, OSError) else why)

@@ -844,17 +844,20 @@ MIGRATE = '{"migrate_discovery": true}'
 
 def owned_topics(ctx: DiscoveryContext, on_broker: Mapping[str, str]) -> dict[str, str]:
     """The discovery topics of this inverter among ``on_broker`` (topic -> payload)."""
-    out = {}
-    start = f"{ctx.prefix}/"
-    for topic, text in on_broker.items():
-        if not topic.startswith(start) or not text:
-            continue
-        levels = topic[len(start):].split("/")
-        device = len(levels) == 3 and levels[0] == "device"
-        entity = len(levels) == 4 and levels[0] != "device"
-        if (device or entity) and levels[1] == ctx.node_id and levels[-1] == "config":
-            out[topic] = text
-    return out
+    return {topic: text for topic, text in on_broker.items()
+            if text and is_discovery_of(topic, ctx.prefix, ctx.node_id)}
+
+
+def is_discovery_of(topic: str, prefix: str, node_id: str) -> bool:
+    """Whether ``topic`` is a discovery topic of the inverter ``node_id``: its device's,
+    or one of its entities'."""
+    start = f"{prefix}/"
+    if not topic.startswith(start):
+        return False
+    levels = topic[len(start):].split("/")
+    device = len(levels) == 3 and levels[0] == "device"
+    entity = len(levels) == 4 and levels[0] != "device"
+    return (device or entity) and levels[1] == node_id and levels[-1] == "config"
 
 
 def plan(ctx: DiscoveryContext, device_mode: bool,

@@ -165,6 +165,7 @@ async def serve(bridge: Bridge, host: str, port: int) -> None:
 
     server = await asyncio.start_server(answer, host, port, limit=MAX_REQUEST,
                                         backlog=MAX_CONNECTIONS)
+    log.info("metrics listening", host=host, port=port)
     async with server:
         await server.serve_forever()
 

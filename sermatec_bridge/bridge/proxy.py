@@ -13,8 +13,10 @@ Home Assistant's are, and the reset, network and register commands and the netwo
 0xb1 pass only when ``proxy.allow`` names them. What does not pass gets no reply, as from
 an inverter that did not understand: bytes that are not a valid frame, frames that are
 not requests, commands the tables do not know or the inverter's PCU version lacks,
-refused commands and writes, and requests beyond the rate that all clients share. Each
-client's drops are logged at most once a minute, with their counts.
+refused commands and writes, and requests beyond the rate that all clients share. The
+drops of each client address are logged at most once a minute, with their counts, over
+all its connections: a client that connects, sends garbage and hangs up a thousand times
+costs a line a minute (connections themselves are logged at debug level only).
 
 The proxy holds at most :attr:`Limits.clients` clients at once (fewer when the process's
 file limit is low: :func:`client_cap`), from ``proxy.allowed_networks`` only; others are
@@ -39,6 +41,7 @@ import asyncio
 import resource
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -52,6 +55,7 @@ from ..protocol.model import Command
 from ..protocol.tables import COMMANDS
 from .metrics import ProxyStats
 from .policy import Forwarded, Policy, Refused, allowed_address
+from .runtime import NoTurn
 from .writes import Writer, WriteResult
 
 log = structlog.get_logger(__name__)
@@ -62,6 +66,7 @@ REFRESHED_AFTER_WRITE = ("live", "settings")  # the poll groups an app write may
 BACKLOG = 16  # connections the kernel may hold for the proxy before it accepts them
 SEND_BUFFER = 64 * 1024  # bytes of replies a client that does not read may hold up
 RESERVED_FILES = 64  # descriptors the bridge keeps for itself: broker, files, metrics...
+ADDRESSES_KEPT = 256  # client addresses whose drops are counted (the oldest are let go)
 
 
 class InverterRuntime(Protocol):
@@ -179,6 +184,7 @@ class ProxyServer:
         self.port: int | None = None  # bound port, once listening
         self.listening = asyncio.Event()
         self._clients: set[asyncio.Task[None]] = set()
+        self._dropped: OrderedDict[str, Tally] = OrderedDict()  # by client address
 
     async def turn(self, job: Callable[[Session], Awaitable[Forwarded]]) -> Forwarded:
         return await self.runtime.exchange(job, timeout=self.limits.turn)
@@ -194,7 +200,18 @@ class ProxyServer:
         try:
             await serve_until_cancelled(server, self._clients)
         finally:
-            self.refused.flush()
+            for tally in (self.refused, *self._dropped.values()):
+                tally.flush()
+
+    def dropped(self, host: str) -> Tally:
+        """The tally of what the clients from ``host`` had dropped, over their connections."""
+        tally = self._dropped.pop(host, None)
+        if tally is None:
+            tally = Tally(self.log.bind(client=host), "app requests dropped")
+            if len(self._dropped) >= ADDRESSES_KEPT:
+                self._dropped.popitem(last=False)[1].flush()
+        self._dropped[host] = tally
+        return tally
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer, host = peer_of(writer)
@@ -214,13 +231,13 @@ class ProxyServer:
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         writer.transport.set_write_buffer_limits(high=SEND_BUFFER)
-        client = Requester(self, writer, self.log.bind(client=peer))
+        client = Requester(self, writer, self.log.bind(client=peer), self.dropped(host))
         self.stats.clients += 1
-        client.log.info("app proxy client connected", clients=self.stats.clients)
+        client.log.debug("app proxy client connected", clients=self.stats.clients)
         try:
             await client.run(reader)
         except OSError as exc:
-            client.log.info("app proxy client lost", error=str(exc))
+            client.log.debug("app proxy client lost", error=str(exc))
         except asyncio.CancelledError:
             pass  # the bridge is stopping: end quietly (asyncio logs a cancelled handler)
         finally:
@@ -229,19 +246,18 @@ class ProxyServer:
                 writer.transport.abort()  # replies it never read would keep the socket open
             else:
                 writer.close()
-            client.dropped.flush()
-            client.log.info("app proxy client disconnected", clients=self.stats.clients)
+            client.log.debug("app proxy client disconnected", clients=self.stats.clients)
             self._clients.discard(task)
 
 
 class Requester:
-    """One requester's stream: its requests, its drops, and a register query part 1
-    held back. ``who`` names it in log lines (``app``, ``cloud``); with ``rc4`` its
-    frames may be RC4-encrypted (the vendor cloud's are), and each reply goes back in the
-    encoding of its request."""
+    """One requester's stream: its requests, and a register query part 1 held back; what
+    it has dropped is counted in ``dropped``. ``who`` names it in log lines (``app``,
+    ``cloud``); with ``rc4`` its frames may be RC4-encrypted (the vendor cloud's are), and
+    each reply goes back in the encoding of its request."""
 
-    def __init__(self, server: Gate, writer: asyncio.StreamWriter, logger: Any, *,
-                 who: str = "app", rc4: bool = False) -> None:
+    def __init__(self, server: Gate, writer: asyncio.StreamWriter, logger: Any,
+                 dropped: Tally, *, who: str = "app", rc4: bool = False) -> None:
         self.server = server
         self.limits = server.limits
         self.stats = server.stats
@@ -249,7 +265,7 @@ class Requester:
         self.log = logger
         self.who = who
         self.frames = frame.FrameReader(rc4=rc4)
-        self.dropped = Tally(logger, f"{who} requests dropped")
+        self.dropped = dropped
         self.part1: frame.Frame | None = None  # a register query waiting for its part 2
 
     async def run(self, reader: asyncio.StreamReader) -> None:
@@ -353,6 +369,8 @@ class Requester:
             forwarded = await self.server.turn(job)
         except NotOffered as exc:
             raise Refused("not offered", str(exc)) from exc
+        except NoTurn as exc:  # the inverter is there, and busy with others' requests
+            raise Refused("queue full", f"{command.label}: {exc}") from exc
         except InverterError as exc:
             # as from the inverter itself: no reply
             raise Refused("inverter unavailable", f"{command.label}: {exc}") from exc

@@ -17,7 +17,10 @@ will (:func:`discovery.bridge_topic`), and with MQTT 5 it signs each availabilit
 publishes with its id (a user property, kept with the retained message). An inverter's
 ``offline`` is published only by the bridge that last said it was ``online``: a second
 bridge that cannot reach an inverter, or one that lost it to another bridge, never takes
-it offline in Home Assistant, during its run or after it.
+it offline in Home Assistant, during its run or after it. A bridge that lost an inverter
+to another one *releases* it: its discovery (which names this bridge's state topic), its
+availability and its states are no longer this bridge's to publish, nor to send again on
+a reconnection or Home Assistant's birth, until the inverter answers this bridge again.
 """
 
 from __future__ import annotations
@@ -89,8 +92,10 @@ class Broker:
         # availability topic -> the client id of the bridge that published it last (MQTT 5)
         self.signed: dict[str, str] = {}
         self.contested: set[str] = set()  # ours, said offline by another bridge
+        self.released: set[str] = set()  # topic ids of inverters another bridge serves now
         self.ready = asyncio.Event()  # the broker's holdings are known on this connection
         self.learned = asyncio.Event()  # our marker came back: retained ones came before
+        self.settled = asyncio.Event()  # this connection lasted: what it claimed is sent
         self.connections = 0
         self.results: asyncio.Queue[tuple[str, str, Properties | None]] = asyncio.Queue(RESULTS)
         self._lost = Tally(log, "write results not published")
@@ -251,6 +256,7 @@ class Broker:
     def disconnected(self) -> None:
         self.client = None
         self.ready.clear()
+        self.settled.clear()
 
     async def learn(self) -> None:
         """Wait until the broker has sent the retained messages of our subscriptions.
@@ -287,8 +293,7 @@ class Broker:
                 return True
             self.signed[topic] = signer
             if text == ONLINE and not retain:  # another bridge serves it from now on
-                self.desired.pop(topic, None)
-                self.on_broker.pop(topic, None)  # nor is ours what the broker holds
+                self.release(topic[len(self.base) + 1:-len("/availability")])
             elif self.desired.get(topic) == ONLINE and text == OFFLINE:
                 log.warning("another bridge published offline for an inverter this one "
                             "serves: publishing online again", topic=quote(topic),
@@ -296,6 +301,16 @@ class Broker:
                 self.contested.add(topic)
             return True
         return False
+
+    def release(self, topic_id: str) -> None:
+        """Another bridge serves this inverter now: nothing of it is this bridge's to
+        publish any more, and what the broker holds of it is the other bridge's."""
+        self.released.add(topic_id)
+        for topic in list(self.desired):
+            if (topic.startswith(f"{self.base}/{topic_id}/")
+                    or discovery.is_discovery_of(topic, self.prefix, topic_id)):
+                del self.desired[topic]
+                self.on_broker.pop(topic, None)
 
     def is_availability(self, topic: str) -> bool:
         return topic.startswith(f"{self.base}/") and topic.endswith("/availability")
@@ -333,14 +348,31 @@ class Publisher:
         self.broker = broker
         self.settings = settings
         self.topic_id: str | None = None  # the serial, made topic-safe
-        self.online: bool | None = None
+        self._online: bool | None = None
         self.context: discovery.DiscoveryContext | None = None
+
+    @property
+    def online(self) -> bool | None:
+        """What this bridge said last of the inverter's availability; None before it said
+        anything, and once another bridge took over an inverter it said was online."""
+        return None if self._online and self.released else self._online
+
+    @online.setter
+    def online(self, value: bool | None) -> None:
+        self._online = value
+
+    @property
+    def released(self) -> bool:
+        """Another bridge serves the inverter now (:meth:`Broker.release`)."""
+        return self.topic_id in self.broker.released
 
     def topic(self, leaf: str) -> str:
         assert self.topic_id is not None
         return f"{self.broker.base}/{self.topic_id}/{leaf}"
 
     async def availability(self, online: bool) -> None:
+        """Say whether the inverter is online. An inverter another bridge took over is
+        this one's again once it is online here: announced again, naming this bridge."""
         self.online = online
         if self.topic_id is None:
             return
@@ -348,11 +380,17 @@ class Publisher:
         if not online and (other := self.broker.served_elsewhere(topic)) is not None:
             log.info("not publishing offline: another bridge serves this inverter now",
                      topic=quote(topic), other=quote(other))
+            self.broker.release(self.topic_id)
             return
+        regained = online and self.released
+        self.broker.released.discard(self.topic_id)
         await self.broker.publish(topic, ONLINE if online else OFFLINE)
+        if regained:
+            await self.reconcile()
 
     async def state(self, group: str, payload: Mapping[str, Any]) -> None:
-        await self.broker.publish(self.topic(group), dict(payload))
+        if not self.released:  # else the other bridge's states are the inverter's
+            await self.broker.publish(self.topic(group), dict(payload))
 
     async def result(self, body: dict[str, Any], properties: Properties | None) -> None:
         """A write's result: on ``set/result``, and on its MQTT 5 response topic."""
@@ -370,7 +408,7 @@ class Publisher:
 
     async def reconcile(self) -> None:
         """Bring the broker's discovery for this inverter in line with what is offered."""
-        if self.context is None:
+        if self.context is None or self.released:
             return
         if not self.settings.homeassistant.discovery:  # turned off: take back what is there
             plan = [(t, "") for t in discovery.owned_topics(self.context, self.broker.on_broker)]

@@ -12,11 +12,15 @@ never answers costs its group one reply wait per interval and nothing else. How 
 reply is waited for is learnt from the inverter's round trips (:mod:`..inverter.timing`).
 
 Availability follows polls, not single requests: ``online`` once a poll gets answers,
-``offline`` after :data:`OFFLINE_AFTER` polls in a row got none or the inverter could not
-be reached (a connection it answers with its identity breaks the row). A group whose poll
-got no answer keeps its own interval; when the inverter comes back, the other groups are
-read again at once. An inverter that cannot be reached is tried again after 1, 2, 4 ...
-seconds, at most every :data:`RECONNECT_MAX` seconds.
+``offline`` after :data:`OFFLINE_AFTER` polls in a row got none (whether or not the
+inverter was known not to answer those queries) or the inverter could not be reached. Its
+identity alone is no answer: a connection it answers with its identity breaks a row of
+polls that could not reach it, not a row of polls it did not answer, and a poll that
+brings only the identity (the system group where 0xa1 goes unanswered) changes nothing.
+A group whose poll got no answer keeps its own interval; when the inverter comes back, the
+other groups are read again at once. An inverter that cannot be reached, or is offline
+and answers nothing usable (no answer, or replies that do not fit the tables), is tried
+again after 1, 2, 4 ... seconds, at most every :data:`RECONNECT_MAX` seconds.
 
 An inverter that dials in (``inverter.serial``, station mode: its cloud link) is the same
 runtime over another kind of connection: the cloud listener identifies each connection
@@ -68,9 +72,9 @@ from ..inverter.timing import ReplyTimer
 from ..protocol import codec
 from ..protocol.codec import Reading
 from ..protocol.model import Command as Query
-from . import discovery, metrics
+from . import discovery, metrics, schedules
 from .groups import BY_KEY, GROUPS
-from .intake import Command, Intake, Refusal
+from .intake import STOPPING, Command, Intake, Refusal
 from .publisher import Broker, Publisher, bridge_id, quote, refusal
 from .schedule import Scheduler
 from .state import EnergyGuard, derived_fields, is_published, state_payload
@@ -85,6 +89,12 @@ STOP_GRACE = 2.0  # seconds a running poll or write may take to finish at shutdo
 OFFLINE_AFTER = 2  # polls in a row without an answer (or failed connects) before "offline"
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 60.0  # seconds between tries to reach the inverter
 RETRY_PAUSE = 0.1  # seconds (about) before a request that got no answer is sent again
+IDENTITY = 0x98  # asked on every new connection: its answer alone shows no working inverter
+
+
+class NoTurn(InverterError):
+    """The inverter's queue gave a request no turn: its room in the intake was full, or
+    its turn did not come in time. Nothing of it reached the inverter."""
 
 
 @dataclass(eq=False, kw_only=True)
@@ -116,26 +126,35 @@ class CloudExchange(ExchangeCommand):
 
 
 class Availability:
-    """Online while polls get answers; offline after ``threshold`` failures in a row."""
+    """Online while polls get answers; offline after ``threshold`` failures in a row.
+
+    A failure is a poll that could not reach the inverter (or it hung up), or a *silent*
+    one: the inverter was there and answered none of its queries. Its identity answer
+    on a new connection breaks a row of the first kind only: an inverter that says who
+    it is and nothing else has nothing to show.
+    """
 
     def __init__(self, threshold: int) -> None:
         self.threshold = max(1, threshold)
         self.online = False
         self.failures = 0  # in a row
+        self.silent = False  # the row holds a silent poll
 
     def success(self) -> bool:
         """Note a success; True when that makes the inverter online."""
-        self.failures = 0
+        self.failures, self.silent = 0, False
         changed, self.online = not self.online, True
         return changed
 
     def answered(self) -> None:
-        """It answered something (who it is): the failures in a row start again."""
-        self.failures = 0
+        """It answered who it is: a row of polls that could not reach it starts again."""
+        if not self.silent:
+            self.failures = 0
 
-    def failure(self) -> bool:
+    def failure(self, *, silent: bool = False) -> bool:
         """Note a failure; True when that makes the inverter offline."""
         self.failures += 1
+        self.silent = self.silent or silent
         if self.online and self.failures >= self.threshold:
             self.online = False
             return True
@@ -146,9 +165,11 @@ def unknown_values(queries: list[Query], version: int) -> dict[str, None]:
     """Null (unknown in Home Assistant) for every value these queries would have brought."""
     out: dict[str, None] = {}
     for query in queries:
-        for f in codec.layout_of(query, version):
+        layout = codec.layout_of(query, version)
+        for f in layout:
             if f.group is not None or is_published(f):
                 out[f.group or f.key] = None
+        out.update(dict.fromkeys(slot.key for slot in schedules.slots(layout, version)))
     out.update(dict.fromkeys(f.key for f in derived_fields(set(out))))
     return out
 
@@ -227,8 +248,9 @@ class InverterRuntime:
         """Run ``job`` with a client session in one queue slot, in its turn; ``kind``
         says whose it is (each kind has its own room in the intake).
 
-        Raises :class:`InverterError` when the inverter is offline or not identified,
-        the bridge is stopping, or the turn does not come within ``timeout`` seconds.
+        Raises :class:`InverterError` when the inverter is offline or not identified, or
+        the bridge is stopping; :class:`NoTurn` when the room of ``kind`` is full or the
+        turn does not come within ``timeout`` seconds.
         """
         if self.stopping or self.intake.closed:
             raise InverterError("the bridge is stopping")
@@ -251,7 +273,7 @@ class InverterRuntime:
             raise
         if not done and not command.started:
             command.future.cancel()
-            raise InverterError(command.expired)
+            raise NoTurn(command.expired)
         result: T = await command.future
         return result
 
@@ -330,13 +352,18 @@ class InverterRuntime:
 
     async def _unreachable(self, exc: InverterError, where: str = "") -> None:
         """The inverter cannot be reached: no group is due before the backoff is over."""
-        self.attempts += 1
-        delay = backoff(self.attempts, RECONNECT_FIRST, RECONNECT_MAX)
-        self.scheduler.hold(delay)
-        fields: dict[str, Any] = {"retry_in": round(delay, 1)}
+        fields: dict[str, Any] = {"retry_in": round(self._back_off(), 1)}
         if isinstance(exc, InverterBusy) and (others := self.publisher.broker.other_bridges()):
             fields["other_bridges"] = ", ".join(others)  # one of them may hold it
         await self._failed(f"{where}{exc}", **fields)
+
+    def _back_off(self) -> float:
+        """No group is due for 1, 2, 4 ... s (at most :data:`RECONNECT_MAX`), by the tries
+        that failed since the inverter last answered; the wait, in seconds."""
+        self.attempts += 1
+        delay = backoff(self.attempts, RECONNECT_FIRST, RECONNECT_MAX)
+        self.scheduler.hold(delay)
+        return delay
 
     async def _identified(self, identity: Identity) -> None:
         if self.identity is not None and identity.serial == self.identity.serial:
@@ -383,13 +410,18 @@ class InverterRuntime:
         if not readings:
             self.failing.add(key)
             self.stats.poll_failures += 1
-            if any(c.code not in known for c in missing):  # news, not a known silence
-                await self._failed(f"{group.name}: none of its queries was answered")
+            await self._failed(f"{group.name}: none of its queries was answered",
+                               silent=True, news=any(c.code not in known for c in missing))
+            if not self.online:  # it answers nothing usable: asked less and less often
+                self._back_off()
             return
         self.failing.discard(key)
+        if any(r.command.code != IDENTITY for r in readings):
+            await self._succeeded(key)
+        elif not self.online:
+            return  # who it is, and nothing else: no sign that it works
         self.stats.polls[key] += 1
         self.stats.poll_seconds += time.monotonic() - started
-        await self._succeeded(key)
         identity = self.identity
         assert identity is not None
         for reading in readings:
@@ -399,7 +431,7 @@ class InverterRuntime:
         self.last_poll = time.time()
         if key == "live":
             await self.publisher.announce(self.context())
-        payload = state_payload(key, readings, datetime.now(UTC).astimezone(), self.guard,
+        payload = state_payload(key, readings, datetime.now(UTC), self.guard,
                                 battery_make=identity.battery_make)
         await self.publisher.state(key, {**unknown_values(missing, identity.version),
                                          **payload})
@@ -448,14 +480,17 @@ class InverterRuntime:
         if self.publisher.online is not True:
             await self.publisher.availability(True)
 
-    async def _failed(self, reason: str, **fields: Any) -> None:
+    async def _failed(self, reason: str, *, silent: bool = False, news: bool = True,
+                      **fields: Any) -> None:
+        """A poll failed (``silent``: the inverter was there and answered none of its
+        queries); ``news``: not only queries known to go unanswered, worth a line."""
         was_online = self.availability.online
-        went_offline = self.availability.failure()
+        went_offline = self.availability.failure(silent=silent)
         failures = self.availability.failures
         if went_offline:
             self.log.warning("inverter offline", reason=quote(reason), failures=failures,
                              **fields)
-        elif failures == 1:
+        elif failures == 1 and news:
             where = (f"{self.config.host}:{self.config.port}" if self.config.host else
                      "dials in to cloud.listen_port")
             self.log.warning("inverter not answering" if was_online or self.identity
@@ -525,7 +560,8 @@ class InverterRuntime:
             if isinstance(command, WriteCommand):
                 await self.answer(command, refusal(reason))
             elif isinstance(command, ExchangeCommand) and not command.future.done():
-                command.future.set_exception(InverterError(reason))
+                command.future.set_exception(
+                    InverterError(reason) if reason == STOPPING else NoTurn(reason))
 
     def context(self) -> discovery.DiscoveryContext:
         assert self.identity is not None

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -34,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ..backoff import backoff
 from ..config import InverterSettings, Settings
 from ..inverter.client import Connection, Identity
-from ..log import Tally
+from ..log import Tally, flush_tallies
 from . import cloud, health, metrics, proxy
 from .intake import Intake, Refusal
 from .policy import Policy
@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 HEARTBEAT_LOG_EVERY = 300.0  # seconds between two warnings about one heartbeat failure
 RESTART_FIRST, RESTART_MAX = 1.0, 60.0  # seconds before a failed runtime is started again
+COUNTS_EVERY = 5.0  # seconds between two looks at what the log tallies counted
+LISTEN_FIRST, LISTEN_MAX = 1.0, 60.0  # seconds between tries to listen on a port in use
 RESTART_RESET = 300.0  # seconds a restarted runtime must run before its backoff starts over
 SPREAD_PER_INVERTER = 0.01  # seconds the first rounds of dialled-in inverters spread, each
 
@@ -76,6 +78,7 @@ class Bridge:
         self.held = Intake(limit=64)
         self.stopping = asyncio.Event()
         self.refused = Tally(log, "writes refused")
+        self.dials: dict[InverterRuntime, Tally] = {}  # by inverter that dials in
         self.failed = False
         self._birth: asyncio.Task[None] | None = None
         self._tasks: dict[InverterRuntime, asyncio.Task[None]] = {}
@@ -130,12 +133,14 @@ class Bridge:
                      "settings of inverter", serial=serial, peer=connection.peer,
                      rc4=connection.rc4)
             self._start(worker)
-        elif worker.client.connected:
-            log.info("inverter dialled in again: its new connection replaces the old one",
-                     inverter=worker.config.label, peer=connection.peer)
-        else:
-            log.info("inverter dialled in", inverter=worker.config.label, peer=connection.peer,
-                     rc4=connection.rc4)
+        else:  # a link that drops and comes back every second costs a line a minute
+            dials = self.dials.get(worker)
+            if dials is None:
+                dials = self.dials[worker] = Tally(log.bind(inverter=worker.config.label),
+                                                   "inverter dialled in", level="info")
+            dials.add("again, its new connection replacing the open one"
+                      if worker.client.connected else "its link is up",
+                      peer=connection.peer, rc4=connection.rc4)
         worker.attach(connection, identity)
         if (relay := self.relays.get(worker)) is not None:
             relay.follow()
@@ -163,21 +168,30 @@ class Bridge:
                 loop.add_signal_handler(sig, self.stopping.set)
         for worker in self.workers:
             self._start(worker)
-        proxies = [self._supervised(server.serve(self.settings.proxy.host, port),
-                                    f"proxy {server.name}")
-                   for port, server in self.proxies]
+        host = self.settings.proxy.host
+        proxies = [self._supervised(_listen(
+            partial(server.serve, host, port), host, port, f"the app proxy of {server.name}",
+            "inverter.proxy_port, proxy.host"), f"proxy {server.name}")
+            for port, server in self.proxies]
         if self.listener is not None:
-            config = self.settings.cloud
-            assert config.listen_port is not None
-            proxies.append(self._supervised(
-                self.listener.serve(config.listen_host, config.listen_port), "cloud listener"))
+            cloud_config = self.settings.cloud
+            assert cloud_config.listen_port is not None
+            proxies.append(self._supervised(_listen(
+                partial(self.listener.serve, cloud_config.listen_host,
+                        cloud_config.listen_port),
+                cloud_config.listen_host, cloud_config.listen_port, "the cloud listener",
+                "cloud.listen_port, cloud.listen_host"), "cloud listener"))
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
                   self._supervised(self._heartbeat(), "heartbeat"),
-                  self._supervised(self._expire_held(), "held writes")]
-        if self.settings.health.metrics_port:
-            others.append(self._supervised(metrics.serve(
-                self, self.settings.health.metrics_host, self.settings.health.metrics_port),
-                "metrics"))
+                  self._supervised(self._expire_held(), "held writes"),
+                  self._supervised(_log_counts(), "log counts")]
+        health_config = self.settings.health
+        if health_config.metrics_port:
+            others.append(self._supervised(_listen(
+                partial(metrics.serve, self, health_config.metrics_host,
+                        health_config.metrics_port),
+                health_config.metrics_host, health_config.metrics_port, "the metrics",
+                "health.metrics_port, health.metrics_host"), "metrics"))
         try:
             await self.stopping.wait()
         finally:
@@ -189,6 +203,7 @@ class Bridge:
             await _cancel(others + ([self._birth] if self._birth else []))
             for w in self.workers:
                 await w.client.close()
+            flush_tallies(everything=True)  # no count is left unsaid
         return not self.failed
 
     async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
@@ -280,6 +295,7 @@ class Bridge:
                         await asyncio.sleep(SETTLED)
                         self.broker.claim_availability()
                         await self.broker.sync()
+                        self.broker.settled.set()
                         await reader
                         delivery.cancel()
             except* aiomqtt.MqttError as group_error:
@@ -333,8 +349,17 @@ class Bridge:
 
     async def _write_arrived(self, topic_id: str, key: str | None, payload: bytes,
                              retained: bool, properties: Properties | None) -> None:
-        """A message on ``<id>/set`` or ``<id>/set/<key>``: refuse it or queue it."""
-        command = WriteCommand(deadline=time.monotonic() + self.command_deadline, request={},
+        """A message on ``<id>/set`` or ``<id>/set/<key>``: refuse it or queue it.
+
+        It is applied within ``command_deadline`` seconds, and within what is left of its
+        MQTT 5 message expiry (the broker counts it down while it holds the message, for
+        a bridge that was away): no write is applied later than its publisher allowed.
+        """
+        within = self.command_deadline
+        expiry = getattr(properties, "MessageExpiryInterval", None)
+        if isinstance(expiry, int) and expiry < within:
+            within = expiry
+        command = WriteCommand(deadline=time.monotonic() + within, request={},
                                key=key, properties=properties, topic_id=topic_id)
         worker = self.worker(topic_id)
         try:
@@ -359,8 +384,8 @@ class Bridge:
                 f"refused: the payload cannot be read ({type(exc).__name__})"), worker)
             return
         if worker is not None:
-            command.expired = (f"expired: not applied within {self.command_deadline:g} s "
-                               "(the inverter is offline or busy)")
+            command.expired = (f"expired: not applied within {within:g} s (the inverter "
+                               "is offline or busy)")
             await worker.submit(command)
         elif all(w.topic_id is not None for w in self.workers) and not (
                 self.listener is not None and self.settings.cloud.accept_unlisted):
@@ -369,7 +394,7 @@ class Bridge:
                 f"refused: no inverter {quote(topic_id)!r} here (known: {known})"), None)
         else:  # perhaps the one that has not answered yet: wait for it
             command.expired = ("expired: no inverter with this serial has answered within "
-                               f"{self.command_deadline:g} s")
+                               f"{within:g} s")
             await self._answer_held(self.held.submit(command))
 
     async def _answer(self, command: WriteCommand, result: WriteResult,
@@ -421,29 +446,57 @@ class Bridge:
 
     async def _heartbeat(self) -> None:
         """Rewrite the heartbeat file every few seconds. A file that cannot be written is
-        logged (once, then every ``HEARTBEAT_LOG_EVERY`` s while it lasts) and tried again:
-        the health check then says unhealthy, but the bridge goes on bridging."""
+        logged (once, then every ``HEARTBEAT_LOG_EVERY`` s while it lasts, with the count)
+        and tried again: the health check then says unhealthy, but the bridge goes on."""
         path = self.settings.heartbeat_file
+        failures = Tally(log, "cannot write the heartbeat file; retrying",
+                         every=HEARTBEAT_LOG_EVERY)
         failing_since: float | None = None
-        logged = -math.inf
         while True:
             try:
                 health.write(path, self)
             except OSError as exc:
                 now = time.monotonic()
                 failing_since = now if failing_since is None else failing_since
-                if now - logged >= HEARTBEAT_LOG_EVERY:
-                    logged = now
-                    log.warning("cannot write the heartbeat file; retrying", file=str(path),
-                                error=f"{type(exc).__name__}: {exc.strerror or exc}",
-                                failing_for=round(now - failing_since),
-                                hint="`sermatec-bridge health` reports unhealthy until "
-                                "it is writable (health.file / SERMATEC_HEALTH__FILE)")
+                failures.add(f"{type(exc).__name__}: {exc.strerror or exc}", file=str(path),
+                             failing_for=round(now - failing_since),
+                             hint="`sermatec-bridge health` reports unhealthy until it is "
+                             "writable (health.file / SERMATEC_HEALTH__FILE)")
             else:
                 if failing_since is not None:
+                    failures.over()  # the next failure is news again
                     log.info("heartbeat file written again", file=str(path))
-                failing_since, logged = None, -math.inf
+                failing_since = None
             await asyncio.sleep(min(5.0, self.settings.poll.live))
+
+
+async def _listen(serve: Callable[[], Awaitable[None]], host: str, port: int, what: str,
+                  settings: str) -> None:
+    """Serve a port of the bridge's that is not what it is for (the app proxy, the cloud
+    listener, the metrics): one it cannot listen on (in use, an address this machine
+    lacks) is said in one line naming its settings and tried again with backoff, while the
+    inverters go on."""
+    failures = 0
+    while True:
+        try:
+            await serve()
+            return
+        except OSError as exc:
+            failures += 1
+            delay = backoff(failures, LISTEN_FIRST, LISTEN_MAX)
+            (log.error if failures == 1 else log.debug)(
+                f"cannot listen on {host}:{port} for {what}; the rest of the bridge runs, "
+                "trying again", error=exc.strerror or str(exc), check=settings,
+                retry_in=round(delay, 1))
+            await asyncio.sleep(delay)
+
+
+async def _log_counts() -> None:
+    """What the log tallies counted goes out once their minute is over, not only with
+    the next event of their kind (which may never come)."""
+    while True:
+        await asyncio.sleep(COUNTS_EVERY)
+        flush_tallies()
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -30,9 +30,10 @@ async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
 
 
 class Running:
-    def __init__(self, port: int | None, deadline: float = 30.0) -> None:
+    def __init__(self, port: int | None, deadline: float = 30.0, **inverter: Any) -> None:
         settings = load_settings(None, {
-            "inverter": {"host": "127.0.0.1", "port": port, "timeout": 1, "retries": 1},
+            "inverter": {"host": "127.0.0.1", "port": port, "timeout": 1, "retries": 1,
+                         **inverter},
             "poll": {"live": 0.2},
             "writes": {"enabled": True, "min_interval": 0},
         })
@@ -85,6 +86,84 @@ async def test_a_reply_too_short_for_the_tables_leaves_its_values_unknown(
         await until(lambda: isinstance(running.live().get("battery_soc"), float | int))
     finally:
         await running.close()
+
+
+async def test_an_inverter_whose_replies_never_fit_is_asked_less_and_less_often(
+        sim: Simulator) -> None:
+    """Every reply but the identity too short for the tables: each costs a connection
+    (it is dropped), so once offline the inverter is asked with backoff, not every live
+    interval (0.2 s here: some 20 connections a second without backoff)."""
+    running = Running(sim.port)
+    try:
+        await until(lambda: running.runtime.online)
+        for code in (0x0A, 0x0B, 0x0C, 0x0D, 0x99, 0x9A, 0x9B, 0x9C, 0x95, 0xA2, 0xA1,
+                     0x1E, 0x1F):
+            answer_instead(sim, code, [(code, b"\x00")])
+        await until(lambda: not running.runtime.online, within=10)
+        assert running.availability() == "offline"
+        connections = running.runtime.client.reconnects
+        await asyncio.sleep(4.0)
+        assert running.runtime.client.reconnects - connections <= 25
+    finally:
+        await running.close()
+
+
+async def test_an_inverter_that_says_who_it_is_and_nothing_else_stays_offline(
+        sim: Simulator) -> None:
+    """The system group then brings the identity alone (0x98): no sign that the inverter
+    works, so it neither brings it back online nor publishes its state."""
+    running = Running(sim.port, timeout=0.3, retries=0)
+    try:
+        await until(lambda: running.runtime.online)
+        topic = running.runtime.publisher.topic("system")
+        await until(lambda: topic in running.broker.desired)
+        system = running.broker.desired[topic]
+        for code in (0x0A, 0x0B, 0x0C, 0x0D, 0x99, 0x9A, 0x9B, 0x9C, 0x95, 0xA2, 0xA1,
+                     0x1E, 0x1F):
+            answer_instead(sim, code, [])  # no answer
+        await until(lambda: not running.runtime.online, within=15)
+        asked = len(sim.received)
+        running.runtime.refresh("system")
+        await until(lambda: 0xA1 in list(sim.received)[asked:], within=10)
+        after = list(sim.received)[asked:]
+        await until(lambda: len(sim.received) > asked + after.index(0xA1) + 1, within=10)
+        assert not running.runtime.online and running.availability() == "offline"
+        assert running.broker.desired[topic] == system
+    finally:
+        await running.close()
+
+
+def test_an_identity_answer_breaks_a_row_of_hang_ups_not_of_silent_polls() -> None:
+    availability = Availability(2)
+    availability.success()
+    availability.failure()  # could not reach it
+    availability.answered()  # a new connection: it says who it is
+    assert availability.failure() is False, "the row started again"
+    availability.success()
+    availability.failure(silent=True)  # it was there, and answered nothing
+    availability.answered()
+    assert availability.failure() is True and not availability.online
+
+
+@pytest.mark.parametrize(("query", "keys"), [
+    (0xA2, ("forced_charge_periods", "forced_charge_period_1_start",
+            "forced_charge_period_4_in_use", "forced_discharge_period_2_end")),
+    (0x95, ("tou_schedule", "tou_period_1_start", "tou_period_16_tariff")),
+])
+async def test_a_schedule_not_answered_is_unknown_period_by_period(
+        sim: Simulator, query: int, keys: tuple[str, ...]) -> None:
+    """Home Assistant's period entities (start, end, in use) show unknown, not off or
+    empty: every key of the schedule is in the state, null."""
+    answer_instead(sim, query, [])  # never answered
+    running = Running(sim.port, timeout=0.3, retries=0)
+    try:
+        await until(lambda: running.runtime.topic_id is not None)
+        topic = running.runtime.publisher.topic("settings")
+        await until(lambda: topic in running.broker.desired, within=10)
+        settings = json.loads(running.broker.desired[topic])
+    finally:
+        await running.close()
+    assert {key: settings.get(key, "absent") for key in keys} == dict.fromkeys(keys)
 
 
 def test_availability_goes_offline_only_after_the_threshold_in_a_row() -> None:

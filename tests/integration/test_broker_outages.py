@@ -23,6 +23,7 @@ from sermatec_bridge.simulator import Simulator
 from .conftest import (
     BASE,
     HOST,
+    SERIAL,
     HomeAssistant,
     Mosquitto,
     RunningBridge,
@@ -123,7 +124,12 @@ async def test_a_second_bridge_with_its_own_client_id_never_takes_the_inverter_o
         async with two_bridges(ha, broker, sim, tmp_path, second) as other:
             await eventually(lambda: events(logs, "inverter not reachable yet"), within=15,
                              what="the second bridge's inverter failure")
-            await asyncio.sleep(SETTLED + 1)  # past the moment it would claim the inverter
+            # past the moment it would claim the inverter, and what it sent then arrived
+            await eventually(other.bridge.broker.settled.is_set, within=SETTLED + 10,
+                             what="the second bridge's connection settled")
+            mark = ha.mark()
+            await ha.publish("test/marker", "after the claim")
+            await ha.wait_text("test/marker", "after the claim", after=mark)
             on_broker = await after_the_second_stopped(ha, broker, other)
     said = events(logs, "inverter not reachable yet")[0]
     assert "another bridge" in said["reason"] and said["other_bridges"] == "sermatec-bridge"
@@ -183,6 +189,49 @@ async def test_the_bridge_that_lost_an_inverter_to_another_never_says_it_is_offl
     assert "offline" not in said, "the first bridge left the inverter to the second"
     assert on_broker[availability] == "online"
     assert gone[availability] == "offline", "nobody serves it: nobody says online"
+
+
+async def test_the_bridge_that_lost_an_inverter_leaves_its_discovery_and_states_alone(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """Once the inverter moved to the second bridge, neither Home Assistant's birth nor a
+    broker restart makes the first re-send anything of it: a device config naming the
+    first bridge's state topic would make the inverter unavailable when the first stops."""
+    async with FaultProxy(sim_port(sim)) as link, Simulator(pcu=609, seed=3) as same:
+        first = RunningBridge(make_settings(broker.port, link.port, tmp_path)).start()
+        try:
+            await wait_ready(ha)
+            link.busy = True  # the inverter leaves the first bridge for the second
+            link.cut()
+            second = RunningBridge(make_settings(broker.port, sim_port(same), tmp_path / "b", {
+                "mqtt": {"client_id": "second-bridge"}})).start()
+            try:
+                await eventually(lambda: first.bridge.broker.released, within=30,
+                                 what="the first bridge seeing the second serve the inverter")
+                await ha.wait_json(topic("live"), after=ha.mark(), within=10)
+                mark = ha.mark()
+                await ha.publish("homeassistant/status", "online")  # Home Assistant restarts
+                await eventually(lambda: all(b.bridge._birth is not None
+                                             and b.bridge._birth.done()
+                                             for b in (first, second)),
+                                 within=10, what="both bridges re-sent what they serve")
+                restarted = ha.mark()
+                broker.restart()  # both connect again, and publish what they hold
+                for bridge_state in (BRIDGE_STATE, f"{BASE}/bridge/second-bridge/state"):
+                    await ha.wait_text(bridge_state, "online", after=restarted, within=20)
+                await ha.publish("test/marker", "after the re-sending")
+                await ha.wait_text("test/marker", "after the re-sending", after=restarted)
+                device = f"homeassistant/device/{SERIAL}/config"
+                configs = [m.text for m in ha.on(device, after=mark)]
+                await first.stop()
+                await asyncio.sleep(0.5)
+                on_broker = await retained(broker.port)
+            finally:
+                await second.stop()
+        finally:
+            await first.stop()
+    assert configs and all(f"{BASE}/bridge/second-bridge/state" in c for c in configs)
+    assert on_broker[topic("availability")] == "online", "the second serves it"
+    assert f"{BASE}/bridge/second-bridge/state" in on_broker[device]
 
 
 async def test_with_mqtt_3_1_1_the_bridge_serves_as_with_5(

@@ -39,6 +39,10 @@ async def test_refusals_never_hold_up_the_reading_of_commands(
     results = [m.json() for m in ha.on(topic("set/result"), mark)]
     assert all(r["ok"] is False and "writes are disabled" in r["error"] for r in results)
     refused = [line for line in bridge_log() if line["event"] == "writes refused"]
-    assert len(refused) == 1  # the first at once; the rest would follow in a minute, counted
+    assert len(refused) == 1  # the first at once; the rest follow in a minute, counted
     assert refused[0]["counts"] == {"write refused": 1}
     assert "writes are disabled" in refused[0]["error"]
+    await bridge.stop()  # or when it stops: no count is left unsaid
+    refused = [line for line in bridge_log() if line["event"] == "writes refused"]
+    assert [line["counts"] for line in refused] == [{"write refused": 1},
+                                                    {"write refused": 59}]

@@ -19,6 +19,7 @@ from faultproxy import FaultProxy
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sermatec_bridge.bridge.groups import GROUPS as RUNTIME_GROUPS
 from sermatec_bridge.bridge.service import Bridge
 from sermatec_bridge.simulator import Fault, Simulator
 from sermatec_bridge.simulator.model import Outcome
@@ -165,6 +166,32 @@ async def test_hang_ups_with_an_identity_answer_between_do_not_take_it_offline(
     assert "offline" not in availability_said(ha)
 
 
+async def test_an_inverter_that_says_who_it_is_and_nothing_else_goes_offline(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """Every query but the identity goes unanswered. Neither the queries already known to
+    go unanswered (the second live poll's) nor the identity it gives each new connection
+    keep it online: Home
+    Assistant shows it unavailable, with no state."""
+    async with FaultProxy(sim_port(sim)) as inverter:
+        running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path, {
+            "inverter": {"retries": 0, "timeout": 0.5},
+            "poll": {"energy": 60, "slow": 60}})).start()  # live polls, one after another
+        try:
+            await wait_ready(ha)
+            mark = ha.mark()
+            inverter.never_answer = {c for g in RUNTIME_GROUPS for c in g.queries} - {0x98}
+            offline = await ha.wait_text(topic("availability"), "offline", after=mark,
+                                         within=30)
+            asked = inverter.swallowed
+            await eventually(lambda: inverter.swallowed >= asked + 3, within=30,
+                             what="the inverter asked again")
+        finally:
+            await running.stop()
+    after = [m for m in ha.messages[mark:] if m.at > offline.at]
+    assert [m.topic for m in after if m.topic.rsplit("/", 1)[-1] in GROUPS] == []
+    assert [m.text for m in after if m.topic == topic("availability")] in ([], ["offline"])
+
+
 async def test_when_the_inverter_is_back_the_other_groups_are_read_at_once(
         ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
     """The alarms group gets no answer at all; the inverter goes away and comes back: the
@@ -291,6 +318,24 @@ async def test_a_write_before_the_inverter_answers_gets_a_result(
     finally:
         await running.stop()
     assert result["ok"] is False and result["error"].startswith("expired")
+
+
+async def test_a_write_is_never_applied_after_its_message_expiry(
+        ha: HomeAssistant, start_bridge: BridgeFactory, sim: Simulator) -> None:
+    """MQTT 5: what is left of a command's message expiry when it reaches the bridge (the
+    broker counts it down while it holds it) bounds its wait, as the bridge's 30 s do."""
+    start_bridge(WRITES)
+    await wait_ready(ha)
+    mark = ha.mark()
+    await sim.stop()  # the write waits for an inverter that does not come back in time
+    await ha.wait_text(topic("availability"), "offline", after=mark, within=15)
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.MessageExpiryInterval = 2
+    mark = ha.mark()
+    await ha.publish(topic("set/grid_soc_min"), "31", properties=properties)
+    result = await ha.wait_json(topic("set/result"), after=mark, within=10)
+    assert result == {"ok": False, "written": False, "error": "expired: not applied within "
+                      "2 s (the inverter is offline or busy)", "topic": "set/grid_soc_min"}
 
 
 async def test_sigterm_answers_queued_writes_before_offline_within_5_s(
