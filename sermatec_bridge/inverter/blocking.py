@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Self
 
+from ..log import Tally
 from ..protocol import frame
 from ..protocol.codec import Reading
 from ..protocol.model import Command
@@ -52,8 +53,9 @@ class Connection(ConnectionCore):
     """
 
     def __init__(self, sock: socket.socket, *, peer: str, logger: Any,
-                 on_bad_frame: Callable[[frame.FrameError], None] | None = None) -> None:
-        super().__init__(peer=peer, logger=logger, on_bad_frame=on_bad_frame)
+                 on_bad_frame: Callable[[frame.FrameError], None] | None = None,
+                 dropped: Tally | None = None) -> None:
+        super().__init__(peer=peer, logger=logger, on_bad_frame=on_bad_frame, dropped=dropped)
         self._socket = sock
 
     @property
@@ -128,6 +130,7 @@ class BlockingClient(ClientCore[Connection]):
 
     def close(self) -> None:
         self._drop(InverterUnreachable(f"the connection to {self.where} was closed"))
+        self.dropped.flush()
 
     def query(self, command: Command | int) -> list[Reading]:
         """Ask a query; one decoded reading per reply frame (0x95 gives 0x95 and 0x9d)."""
@@ -174,7 +177,7 @@ class BlockingClient(ClientCore[Connection]):
             sock = socket.create_connection((host, self.port),  # type: ignore[arg-type]
                                             timeout=self.timeout)
             return Connection(sock, peer=self.where, logger=self.log,
-                              on_bad_frame=self._bad_frame)
+                              on_bad_frame=self._bad_frame, dropped=self.dropped)
         time.sleep(step.seconds)
         return None
 

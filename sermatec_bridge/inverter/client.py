@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import replace
 from typing import Any, Self
 
+from ..log import Tally
 from ..protocol import frame, tables
 from ..protocol.codec import Reading
 from ..protocol.model import Command
@@ -112,9 +113,9 @@ class Connection(ConnectionCore):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  peer: str, logger: Any,
                  on_bad_frame: Callable[[frame.FrameError], None] | None = None,
-                 dialled_in: bool = False) -> None:
+                 dialled_in: bool = False, dropped: Tally | None = None) -> None:
         super().__init__(peer=peer, logger=logger, on_bad_frame=on_bad_frame,
-                         dialled_in=dialled_in)
+                         dialled_in=dialled_in, dropped=dropped)
         self.closed = asyncio.Event()  # set by close()
         self._writer = writer
         self._awaited: _Awaited | None = None
@@ -242,6 +243,7 @@ class InverterClient(ClientCore[Connection]):
         async with self._lock:
             connection = self._connection
             self._drop(InverterUnreachable(f"the connection to {self.where} was closed"))
+            self.dropped.flush()
             if connection is not None:
                 await connection.wait_closed()
 
@@ -269,7 +271,7 @@ class InverterClient(ClientCore[Connection]):
                 return self._connection
             reader, writer = await asyncio.open_connection(self.host, self.port)
         return Connection(reader, writer, peer=self.where, logger=self.log,
-                          on_bad_frame=self._bad_frame)
+                          on_bad_frame=self._bad_frame, dropped=self.dropped)
 
     def _require_slot(self) -> None:
         if not self._lock.locked():

@@ -163,14 +163,18 @@ class ConnectionCore:
 
     def __init__(self, *, peer: str, logger: Any,
                  on_bad_frame: Callable[[frame.FrameError], None] | None = None,
-                 dialled_in: bool = False) -> None:
+                 dialled_in: bool = False, dropped: Tally | None = None) -> None:
+        """``dropped``: where what is dropped is counted; a client gives the one of its
+        inverter, so that a reconnecting inverter's junk costs one line a minute, not one
+        a connection. Unset: the connection's own, logged when it closes."""
         self.peer = peer
         self.state = State.OPEN
         self.error: InverterError | None = None  # the first one: why it closed
         self.rc4 = False  # requests go out RC4-encrypted (only on a link the inverter opened)
         self._awaited: Awaited | None = None
         self._on_bad_frame = on_bad_frame
-        self._dropped = Tally(logger, "inverter frames dropped")
+        self._own_tally = dropped is None
+        self._dropped = dropped or Tally(logger, "inverter frames dropped")
         self._frames = frame.FrameReader(rc4=dialled_in, on_skip=self._skipped)
 
     @property
@@ -183,7 +187,10 @@ class ConnectionCore:
             return
         self.state, self.error = State.CLOSED, error
         self._shut(error)
-        self._dropped.flush(peer=self.peer)
+        if self._own_tally:
+            self._dropped.flush(peer=self.peer)
+        else:  # the client's: its minute may not be over
+            self._dropped.tick()
 
     def _closed(self, error: InverterError) -> InverterError:
         """Close the connection with ``error``; the error it is closed with (the first)."""
@@ -351,6 +358,8 @@ class ClientCore(Generic[C]):
         self.identity: Identity | None = None
         self._known = identity
         self.log = log.bind(inverter=name or self.where)
+        # what this inverter's connections drop, counted across them (ConnectionCore)
+        self.dropped = Tally(self.log, "inverter frames dropped")
         self._connection: C | None = None
         self.reconnects = 0
         self.last_bad_frame: frame.FrameError | None = None

@@ -534,6 +534,31 @@ async def test_a_peer_that_floods_frames_costs_one_log_line(
     assert sum(d["counts"]["unexpected reply 0x0b"] for d in dropped) == 6 * 200
 
 
+async def test_an_inverter_that_forces_reconnection_after_reconnection_costs_one_line(
+        capsys: pytest.CaptureFixture[str], Client: Any) -> None:
+    """What the connections of one inverter drop is counted across them: junk that ends
+    every connection (a stray frame, then a reply too short) is not a line a connection."""
+    from sermatec_bridge import log
+
+    log.configure("info", "json")
+
+    def junk_then_short(request: frame.Frame, connection: int) -> list[bytes] | None:
+        if request.command != 0x0C:
+            return None
+        return [frame.reply(0x0B, b"\x00" * 40), frame.reply(0x0C, b"\x00\x01")]
+
+    async with FakeInverter(junk_then_short) as fake:
+        async with Client("127.0.0.1", fake.port, timeout=2) as client:
+            for _ in range(5):
+                with pytest.raises(MalformedReply):
+                    await client.query(0x0C)
+    assert fake.connections == 5
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    dropped = [line for line in lines if line["event"] == "inverter frames dropped"]
+    assert len(dropped) == 2  # the first, and the rest when the client closed
+    assert sum(d["counts"]["unexpected reply 0x0b"] for d in dropped) == 5
+
+
 async def test_what_cannot_be_trusted_is_counted_by_kind_and_never_shown(
         capsys: pytest.CaptureFixture[str], Client: Any) -> None:
     """Garbage, a bad checksum, a malformed frame and one that a hang-up cut short each
