@@ -68,7 +68,6 @@ from ..inverter.client import (
     MalformedReply,
     Session,
 )
-from ..inverter.timing import ReplyTimer
 from ..protocol import codec
 from ..protocol.codec import Reading
 from ..protocol.model import Command as Query
@@ -186,7 +185,7 @@ class InverterRuntime:
         self.client = InverterClient(
             config.host or config.label, config.port, timeout=config.timeout,
             retries=config.retries, backoff=RETRY_PAUSE, connect_attempts=1,
-            name=config.label, timer=ReplyTimer(config.timeout), dialled_in=config.dials_in,
+            name=config.label, adaptive=True, dialled_in=config.dials_in,
         )
         # the vendor cloud is relayed for it (cloud.py): offer the cloud link's entity
         self.relayed = config.dials_in and settings.cloud.upstream is not None

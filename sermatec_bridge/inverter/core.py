@@ -327,10 +327,11 @@ class ClientCore(Generic[C]):
     """An inverter at ``host:port``: what a client knows of it, and the plans it runs.
 
     ``identity``: who the inverter is, if known (the CLI caches it); the first connection
-    then skips the identity query. ``timer``: how long to wait for each reply (learnt from
-    the round trips); unset, always ``timeout``. ``dialled_in``: the client never dials;
-    the inverter opens its connections itself and a listener hands each one over,
-    identified (:meth:`_attach`), and ``host`` only names the inverter in messages.
+    then skips the identity query. ``adaptive``: the wait for each reply follows the round
+    trips the inverter shows, with ``timeout`` as its cap; unset, always ``timeout``.
+    ``dialled_in``: the client never dials; the inverter opens its connections itself and
+    a listener hands each one over, identified (:meth:`_attach`), and ``host`` only names
+    the inverter in messages.
     """
 
     def __init__(
@@ -345,13 +346,13 @@ class ClientCore(Generic[C]):
         connect_attempts: int | None = 1,
         name: str | None = None,
         identity: Identity | None = None,
-        timer: ReplyTimer | None = None,
+        adaptive: bool = False,
         dialled_in: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.dialled_in = dialled_in
         self.timeout = timeout
-        self.timer = timer or ReplyTimer.fixed(timeout)
+        self.timer = ReplyTimer(timeout) if adaptive else ReplyTimer.fixed(timeout)
         self.retries = retries
         self.backoff, self.backoff_max = backoff, backoff_max
         self.connect_attempts = connect_attempts

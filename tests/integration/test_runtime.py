@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from faultproxy import FaultProxy
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from structlog.testing import capture_logs
 
 from sermatec_bridge.bridge.groups import GROUPS as RUNTIME_GROUPS
 from sermatec_bridge.bridge.service import Bridge
@@ -144,6 +146,26 @@ async def test_a_query_never_answered_costs_its_group_one_try_per_poll(
     assert system["serial_number"] == SERIAL and system["pcu_version"] == 609
     assert system["drm0"] is None, "0xa1's values: unknown"
     assert "offline" not in availability_said(ha)
+
+
+async def test_a_lost_reply_costs_the_wait_the_inverter_has_shown_not_the_timeout(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """With the default 5 s timeout, a reply that never comes from an inverter that
+    answers in milliseconds is given up after the learnt wait (1 s, the floor, unless the
+    machine is very slow), and the log says so: one lost reply does not hold the
+    inverter's one slot for 5 s."""
+    async with FaultProxy(sim_port(sim), never_answer={0xA1}) as inverter:
+        settings = make_settings(broker.port, inverter.port, tmp_path,
+                                 {"inverter": {"timeout": 5.0}})
+        with capture_logs() as logs:
+            running = RunningBridge(settings).start()
+            try:
+                await ha.wait_json(topic("system"), within=30)
+            finally:
+                await running.stop()
+    [line] = [line for line in logs if line["event"].startswith("query not answered")]
+    waited = re.fullmatch(r"no reply 0xa1 from .* within ([0-9.]+) s", line["reason"])
+    assert waited is not None and float(waited[1]) < 3.0, line["reason"]
 
 
 async def test_hang_ups_with_an_identity_answer_between_do_not_take_it_offline(

@@ -63,7 +63,7 @@ async def test_a_lost_reply_costs_the_learnt_wait_not_the_configured_timeout() -
     async with Simulator(pcu=609) as sim, FaultProxy(sim.port or 0,
                                                      never_answer={0x0A}) as link:
         client = InverterClient("127.0.0.1", link.port, timeout=5.0, retries=0,
-                                timer=ReplyTimer(5.0))
+                                adaptive=True)
         async with client:  # its identity reply is the first round trip learnt
             with pytest.raises(InverterTimeout, match=r"no reply 0x0a .* within 1 s"):
                 await client.query(0x0A)
