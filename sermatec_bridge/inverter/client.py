@@ -323,13 +323,16 @@ class InverterClient(ClientCore[Connection]):
         self._require_slot()
         await self._run(self._ready())
         refuse_unless_offered(REGISTER_QUERY, self.version)
+        connection = self._connection
+        assert connection is not None
         task = asyncio.ensure_future(self._run(self._register_pair(part1, part2)))
         try:
             return replace(await asyncio.shield(task), rc4=part2.rc4)
         except asyncio.CancelledError:
             with contextlib.suppress(BaseException):
                 await task  # part 2 goes out before the slot is released
-            self._drop(InverterError("register query abandoned"))
+            # that connection only: the inverter may have dialled in again meanwhile
+            self._lose(connection, InverterError("register query abandoned"))
             raise
 
     # ----------------------------------------------------------------------------------

@@ -747,6 +747,29 @@ async def test_a_dial_between_the_parts_of_a_register_query_gets_no_lone_part_2(
         writer.close()
 
 
+async def test_a_register_query_abandoned_while_the_inverter_dials_again_keeps_the_new_link(
+) -> None:
+    """The requester gives up (an app proxy client hangs up) between the parts, and the
+    inverter dials in again before the pair is over: the link it opened stays."""
+    async with Listener() as listener, Simulator(pcu=609, cloud=listener.address) as sim:
+        client = InverterClient("dialled", timeout=2, retries=0, dialled_in=True)
+        first = await listener.connection()
+        client.attach(first, await identify(first, timeout=1))
+        sim.latency = 1.0
+        asked = asyncio.create_task(client.read_registers([0x1000]))
+        await eventually(lambda: 0xBB in sim.received)  # part 1 is out
+        asked.cancel()
+        await asyncio.sleep(0)  # the pair goes on, shielded
+        _reader, writer = await asyncio.open_connection(*listener.address)  # a second dial
+        second = await listener.connection()
+        client.attach(second, client.identity)  # type: ignore[arg-type]
+        with pytest.raises(asyncio.CancelledError):
+            await asked
+        assert not first.open and second.open and client.connection is second
+        await client.close()
+        writer.close()
+
+
 async def test_a_client_of_an_inverter_that_dials_in_waits_for_its_dial() -> None:
     async with Listener() as listener:
         client = InverterClient("ST5K0NEVER", timeout=0.2, dialled_in=True)
