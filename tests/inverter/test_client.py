@@ -727,9 +727,12 @@ async def test_a_dial_replaces_an_open_connection_and_fails_the_exchange_waiting
         writer.close()
 
 
-async def test_a_dial_between_the_parts_of_a_register_query_gets_no_lone_part_2() -> None:
+@pytest.mark.parametrize("abandoned", [False, True])
+async def test_a_dial_between_the_parts_of_a_register_query_gets_no_lone_part_2(
+        abandoned: bool) -> None:
     """Part 2 goes out on the connection part 1 went out on: on the inverter's new link it
-    would come alone. The new link stays, for the next request."""
+    would come alone. The new link stays, for the next request, also when the requester
+    gave up between the parts (``abandoned``: an app proxy client hung up)."""
     async with Listener() as listener, Simulator(pcu=609, cloud=listener.address) as sim:
         client = InverterClient("dialled", timeout=2, retries=0, dialled_in=True)
         first = await listener.connection()
@@ -737,36 +740,17 @@ async def test_a_dial_between_the_parts_of_a_register_query_gets_no_lone_part_2(
         sim.latency = 1.0
         asked = asyncio.create_task(client.read_registers([0x1000]))
         await eventually(lambda: 0xBB in sim.received)  # part 1 is out
+        if abandoned:
+            asked.cancel()
+            await asyncio.sleep(0)  # the pair goes on, shielded
         reader, writer = await asyncio.open_connection(*listener.address)  # a second dial
-        client.attach(await listener.connection(), client.identity)  # type: ignore[arg-type]
-        with pytest.raises(InverterUnreachable, match="dialled in again"):
-            await asked
-        assert client.connected
-        await client.close()
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # nothing went out on it
-        writer.close()
-
-
-async def test_a_register_query_abandoned_while_the_inverter_dials_again_keeps_the_new_link(
-) -> None:
-    """The requester gives up (an app proxy client hangs up) between the parts, and the
-    inverter dials in again before the pair is over: the link it opened stays."""
-    async with Listener() as listener, Simulator(pcu=609, cloud=listener.address) as sim:
-        client = InverterClient("dialled", timeout=2, retries=0, dialled_in=True)
-        first = await listener.connection()
-        client.attach(first, await identify(first, timeout=1))
-        sim.latency = 1.0
-        asked = asyncio.create_task(client.read_registers([0x1000]))
-        await eventually(lambda: 0xBB in sim.received)  # part 1 is out
-        asked.cancel()
-        await asyncio.sleep(0)  # the pair goes on, shielded
-        _reader, writer = await asyncio.open_connection(*listener.address)  # a second dial
         second = await listener.connection()
         client.attach(second, client.identity)  # type: ignore[arg-type]
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError if abandoned else InverterUnreachable):
             await asked
         assert not first.open and second.open and client.connection is second
         await client.close()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # nothing went out on it
         writer.close()
 
 
