@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import PROJECT_URL, __version__
 from ..protocol import tables
@@ -842,7 +842,10 @@ MIGRATE = '{"migrate_discovery": true}'
 """Hands an entity over between per-entity and device discovery without removing it."""
 
 
-def owned_topics(ctx: DiscoveryContext, on_broker: Mapping[str, str]) -> dict[str, str]:
+T = TypeVar("T")  # a payload, as the caller keeps it
+
+
+def owned_topics(ctx: DiscoveryContext, on_broker: Mapping[str, T]) -> dict[str, T]:
     """The discovery topics of this inverter among ``on_broker`` (topic -> payload)."""
     return {topic: text for topic, text in on_broker.items()
             if text and is_discovery_of(topic, ctx.prefix, ctx.node_id)}

@@ -30,6 +30,7 @@ import contextlib
 import json
 import ssl
 import uuid
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +58,7 @@ WILL_DELAY = 5
 SIGNATURE = "bridge"  # MQTT 5 user property: the client id of the bridge that published
 LEARN_TIMEOUT = 3.0  # seconds to wait for the broker's retained messages at connect
 QUOTE = 200  # characters of a bad value quoted in results and logs
+HELD_AS_IS = 16384  # characters: a longer retained message is kept compressed (held)
 INCOMING = 1000  # messages received and not yet handled; aiomqtt drops what comes beyond
 OUTGOING = 10000  # messages handed to the client and not yet sent
 RESULTS = 1000  # write results waiting to be published; more are dropped and counted
@@ -87,8 +89,8 @@ class Broker:
         self.marker_topic = f"{self.base}/bridge/sync/{discovery.topic_id(self.client_id)}"
         self._marker = b""
         self.client: aiomqtt.Client | None = None
-        self.desired: dict[str, str] = {self.bridge_topic: ONLINE}
-        self.on_broker: dict[str, str] = {}
+        self.desired: dict[str, str | bytes] = {self.bridge_topic: ONLINE}  # held()
+        self.on_broker: dict[str, str | bytes] = {}  # held()
         # availability topic -> the client id of the bridge that published it last (MQTT 5)
         self.signed: dict[str, str] = {}
         self.contested: set[str] = set()  # ours, said offline by another bridge
@@ -159,17 +161,21 @@ class Broker:
         :meth:`sync` sends them once it knows what is missing.
         """
         text = payload if isinstance(payload, str) else json.dumps(payload)
-        if retain:
-            if text:
-                self.desired[topic] = text
-            else:
-                self.desired.pop(topic, None)
-            if not self.ready.is_set() or self.on_broker.get(topic, "") == text:
-                return
-        await self._send(topic, text, retain, properties)
+        if not retain:
+            await self._send(topic, text, retain, properties)
+            return
+        value = held(text)
+        if text:
+            self.desired[topic] = value
+        else:
+            self.desired.pop(topic, None)
+        if self.ready.is_set() and self.on_broker.get(topic, "") != value:
+            await self._send(topic, value, retain, properties)
 
-    async def _send(self, topic: str, text: str, retain: bool,
+    async def _send(self, topic: str, value: str | bytes, retain: bool,
                     properties: Properties | None = None) -> None:
+        """Publish ``value`` (a retained one as :func:`held` keeps it)."""
+        text = unheld(value)
         client = self.client
         if client is None:
             if not retain:
@@ -186,7 +192,7 @@ class Broker:
             return
         if retain:
             if text:
-                self.on_broker[topic] = text
+                self.on_broker[topic] = value
             else:
                 self.on_broker.pop(topic, None)
 
@@ -282,7 +288,7 @@ class Broker:
             return True
         if topic.startswith(f"{self.prefix}/") and topic.endswith("/config"):
             if retain and ORIGIN in payload:  # ours, from an earlier run (or before)
-                self.on_broker[topic] = payload.decode(errors="replace")
+                self.on_broker[topic] = held(payload.decode(errors="replace"))
             return True
         if self.is_availability(topic):
             text = payload.decode(errors="replace")
@@ -339,6 +345,18 @@ class Broker:
         for topic in list(self.on_broker):
             if self.is_availability(topic):
                 self.desired.setdefault(topic, OFFLINE)
+
+
+def held(text: str) -> str | bytes:
+    """How a retained message is kept in memory: as it is, or compressed when it is as long
+    as a device's discovery (about 115 KB of JSON an inverter, kept to publish again when
+    a broker loses it; a tenth of that compressed, which matters for a fleet)."""
+    return zlib.compress(text.encode(), 1) if len(text) > HELD_AS_IS else text
+
+
+def unheld(value: str | bytes) -> str:
+    """The text of a retained message kept by :func:`held`."""
+    return zlib.decompress(value).decode() if isinstance(value, bytes) else value
 
 
 class Publisher:
@@ -410,11 +428,13 @@ class Publisher:
         """Bring the broker's discovery for this inverter in line with what is offered."""
         if self.context is None or self.released:
             return
+        found = {topic: unheld(value) for topic, value
+                 in discovery.owned_topics(self.context, self.broker.on_broker).items()}
         if not self.settings.homeassistant.discovery:  # turned off: take back what is there
-            plan = [(t, "") for t in discovery.owned_topics(self.context, self.broker.on_broker)]
+            plan = [(t, "") for t in found]
         else:
             plan = discovery.plan(self.context, self.settings.homeassistant.device_discovery,
-                                  self.broker.on_broker)
+                                  found)
         for topic, text in plan:
             await self.broker.publish(topic, text)
 
