@@ -27,7 +27,6 @@ from .core import (
     ConnectionCore,
     Identity,
     InverterError,
-    InverterUnreachable,
     Open,
     Plan,
     Run,
@@ -129,8 +128,7 @@ class BlockingClient(ClientCore[Connection]):
         return self.identity
 
     def close(self) -> None:
-        self._drop(InverterUnreachable(f"the connection to {self.where} was closed"))
-        self.dropped.flush()
+        self._closing()
 
     def query(self, command: Command | int) -> list[Reading]:
         """Ask a query; one decoded reading per reply frame (0x95 gives 0x95 and 0x9d)."""

@@ -242,8 +242,7 @@ class InverterClient(ClientCore[Connection]):
     async def close(self) -> None:
         async with self._lock:
             connection = self._connection
-            self._drop(InverterUnreachable(f"the connection to {self.where} was closed"))
-            self.dropped.flush()
+            self._closing()
             if connection is not None:
                 await connection.wait_closed()
 

@@ -391,6 +391,11 @@ class ClientCore(Generic[C]):
         if connection is not None:
             connection.close(error)
 
+    def _closing(self) -> None:
+        """The client is closed: its connection with it, and what it counted is logged."""
+        self._drop(InverterUnreachable(f"the connection to {self.where} was closed"))
+        self.dropped.flush()
+
     def _lose(self, connection: C, error: InverterError) -> None:
         """Close ``connection`` after its exchange failed; forget it only if it is still
         the current one (the inverter may have dialled in again meanwhile)."""
