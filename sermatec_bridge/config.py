@@ -577,12 +577,14 @@ class Settings(BaseSettings):
                     "configured more than once"))
         if listening and self.cloud.listen_port in {i.proxy_port for i in found}:
             raise ValueError(f"cloud.listen_port {self.cloud.listen_port} is also a proxy_port")
-        from .protocol.tables import SETTINGS_WRITES  # only here: the tables load slowly
+        if self.cloud.allow and not self.writes.enabled:
+            from .protocol.tables import SETTINGS_WRITES  # only here: the tables load slowly
 
-        writes = [c for c in self.cloud.allow if int(c, 16) in SETTINGS_WRITES]
-        if writes and not self.writes.enabled:
-            raise ValueError(f"cloud.allow names the settings write {writes[0]}, but "
-                             "writes.enabled is false: settings writes from anywhere need it")
+            writes = [c for c in self.cloud.allow if int(c, 16) in SETTINGS_WRITES]
+            if writes:
+                raise ValueError(f"cloud.allow names the settings write {writes[0]}, but "
+                                 "writes.enabled is false: settings writes from anywhere "
+                                 "need it")
         return self
 
     def _entries(self) -> list[tuple[str, InverterSettings]]:

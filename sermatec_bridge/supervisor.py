@@ -25,15 +25,16 @@ valid) ends the start with one line naming the cause, never a traceback.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import APP_OPTIONS_ENV, ConfigError, Settings, load_settings
 from .homezone import HomeZone, ZoneError, named
+
+if TYPE_CHECKING:
+    import urllib.error
 
 TOKEN_ENV = "SUPERVISOR_TOKEN"
 URL_ENV = "SUPERVISOR_URL"
@@ -43,11 +44,6 @@ TIMEOUT = 10.0  # seconds for each request to the Supervisor
 MAX_REPLY = 1 << 20  # bytes; the Supervisor's answers are far smaller
 TIME_ENTITIES = (2026, 5)  # the Home Assistant release with MQTT time entities
 LISTEN_PORT = 19042  # the cloud listener's port in the app's container (config.yaml ports)
-
-# The Supervisor is on the app's own network: never through an HTTP proxy, which would
-# also see the token.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 class SupervisorError(Exception):
     """The Supervisor cannot be asked, or its answer cannot be used."""
@@ -78,11 +74,17 @@ class Supervisor:
 
     def get(self, path: str) -> dict[str, Any]:
         """The ``data`` of a GET, or a SupervisorError with the Supervisor's own reason."""
+        import urllib.error  # here: a one-shot command that only checks for the app
+        import urllib.request  # (supervisor.active) must not pay for them
+
         where = f"{self.url}{path}"
         request = urllib.request.Request(
             where, headers={"Authorization": f"Bearer {self.token}"})
+        # The Supervisor is on the app's own network: never through an HTTP proxy, which
+        # would also see the token.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with _OPENER.open(request, timeout=TIMEOUT) as reply:
+            with opener.open(request, timeout=TIMEOUT) as reply:
                 body = reply.read(MAX_REPLY)
         except urllib.error.HTTPError as exc:
             raise SupervisorError(f"the Supervisor answered GET {path} with HTTP {exc.code}"
