@@ -104,7 +104,7 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
     In a Home Assistant app the app's options come over the environment, as for ``run``.
     """
     from . import supervisor
-    from .config import NO_INVERTER, ConfigError, load_settings
+    from .config import NO_HOST, NO_INVERTER, ConfigError, load_settings
 
     overrides = dict(overrides or {})
     flags = {"host": getattr(args, "inverter", None), "port": getattr(args, "port", None)}
@@ -118,9 +118,7 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
             overrides = {**options, **overrides} | ({"inverter": inverter} if inverter else {})
         return load_settings(config, overrides)
     except ConfigError as exc:
-        no_host = any(p == NO_INVERTER or (p.startswith("inverter.host (")
-                                           and p.endswith("required, but not set"))
-                      for p in exc.problems)
+        no_host = any(p in (NO_INVERTER, NO_HOST) for p in exc.problems)
         problems = exc.problems
         if any_inverter and no_host:
             fallback = {**overrides, "inverter": {**overrides.get("inverter", {}),
