@@ -170,12 +170,11 @@ class Broker:
         else:
             self.desired.pop(topic, None)
         if self.ready.is_set() and self.on_broker.get(topic, "") != value:
-            await self._send(topic, value, retain, properties)
+            await self._send(topic, text, retain, properties, kept=value)
 
-    async def _send(self, topic: str, value: str | bytes, retain: bool,
-                    properties: Properties | None = None) -> None:
-        """Publish ``value`` (a retained one as :func:`held` keeps it)."""
-        text = unheld(value)
+    async def _send(self, topic: str, text: str, retain: bool,
+                    properties: Properties | None = None, kept: str | bytes = "") -> None:
+        """Publish ``text``; ``kept``: a retained one as :func:`held` keeps it."""
         client = self.client
         if client is None:
             if not retain:
@@ -192,7 +191,7 @@ class Broker:
             return
         if retain:
             if text:
-                self.on_broker[topic] = value
+                self.on_broker[topic] = kept or held(text)
             else:
                 self.on_broker.pop(topic, None)
 
@@ -230,14 +229,18 @@ class Broker:
 
     async def sync(self) -> None:
         """Publish every retained message the broker lacks or holds differently."""
-        for topic, text in list(self.desired.items()):
-            if self.on_broker.get(topic) != text:
-                await self._send(topic, text, True)
+        for topic, value in list(self.desired.items()):
+            if self.on_broker.get(topic) != value:
+                await self._send_desired(topic)
 
     async def replay(self) -> None:
         """Publish every retained message again (Home Assistant restarted)."""
-        for topic, text in list(self.desired.items()):
-            await self._send(topic, text, True)
+        for topic in list(self.desired):
+            await self._send_desired(topic)
+
+    async def _send_desired(self, topic: str) -> None:
+        value = self.desired[topic]
+        await self._send(topic, unheld(value), True, kept=value)
 
     # ----------------------------------------------------------------------------------
     # Learning what the broker holds
@@ -336,7 +339,7 @@ class Broker:
         while self.contested:
             topic = self.contested.pop()
             if topic in self.desired and self.ready.is_set():
-                await self._send(topic, self.desired[topic], True)
+                await self._send_desired(topic)
 
     def claim_availability(self) -> None:
         """Inverters this bridge announced before (in a run that crashed, say) are
