@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -234,8 +234,13 @@ class DiscoveryContext:
 
 def group_commands(group: Group, version: int) -> list[Command]:
     """The commands whose replies fill a group, second frames included (0x95 → 0x9d)."""
+    return reply_commands(group.commands(version), version)
+
+
+def reply_commands(queries: Iterable[Command], version: int) -> list[Command]:
+    """The commands whose replies these queries bring, second frames included."""
     out: list[Command] = []
-    for command in group.commands(version):
+    for command in queries:
         for code in tables.replies(command, version):
             reply = tables.COMMANDS[code]
             if reply.layout(version) is not None and reply not in out:

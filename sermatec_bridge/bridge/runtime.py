@@ -161,10 +161,11 @@ class Availability:
 
 
 def unknown_values(queries: list[Query], version: int) -> dict[str, None]:
-    """Null (unknown in Home Assistant) for every value these queries would have brought."""
+    """Null (unknown in Home Assistant) for every value these queries would have brought,
+    in each of their reply frames (0x95's 0x9d too)."""
     out: dict[str, None] = {}
-    for query in queries:
-        layout = codec.layout_of(query, version)
+    for reply in discovery.reply_commands(queries, version):
+        layout = codec.layout_of(reply, version)
         for f in layout:
             if f.group is not None or is_published(f):
                 out[f.group or f.key] = None

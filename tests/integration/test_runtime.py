@@ -148,6 +148,21 @@ async def test_a_query_never_answered_costs_its_group_one_try_per_poll(
     assert "offline" not in availability_said(ha)
 
 
+async def test_a_query_answered_in_two_frames_is_unknown_in_both_when_unanswered(
+        ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
+    """0x95 is answered by 0x95 and 0x9d: when it goes unanswered, the settings of both
+    frames show as unknown, none of them vanishes from the state."""
+    async with FaultProxy(sim_port(sim), never_answer={0x95}) as inverter:
+        running = RunningBridge(make_settings(broker.port, inverter.port, tmp_path, {
+            "inverter": {"timeout": 0.5}})).start()
+        try:
+            settings = await ha.wait_json(topic("settings"), within=20)
+        finally:
+            await running.stop()
+    assert settings["meter_monitor"] is None, "a setting of 0x9d"
+    assert settings["anti_backflow"] is None, "a setting of 0x95"
+
+
 async def test_a_lost_reply_costs_the_wait_the_inverter_has_shown_not_the_timeout(
         ha: HomeAssistant, broker: Mosquitto, sim: Simulator, tmp_path: Path) -> None:
     """With the default 5 s timeout, a reply that never comes from an inverter that
