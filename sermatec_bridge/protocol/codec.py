@@ -79,10 +79,14 @@ class Reading:
 def layout_of(command: Command, version: int) -> tuple[Field, ...]:
     layout = command.layout(version)
     if layout is None:
-        raise CodecError(
-            f"command {command.label} ({command.name}) is not offered at PCU version {version}"
-        )
+        raise _not_offered(command, version)
     return layout
+
+
+def _not_offered(command: Command, version: int) -> CodecError:
+    return CodecError(
+        f"command {command.label} ({command.name}) is not offered at PCU version {version}"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -257,9 +261,12 @@ def shape(code: int, since: int) -> tuple[Element, ...]:
 
 
 def _since(command: Command, version: int) -> int:
-    """The PCU version whose layout of ``command`` applies at ``version``."""
-    layout_of(command, version)
-    return max(v for v in command.layouts if v <= version)
+    """The PCU version whose layout of ``command`` applies at ``version`` (one look at
+    the layouts: every decode asks)."""
+    since = max((v for v in command.layouts if v <= version), default=None)
+    if since is None:
+        raise _not_offered(command, version)
+    return since
 
 
 def fixed_size(command: Command, version: int) -> int | None:
