@@ -31,7 +31,7 @@ from ..log import Tally, get_logger
 from ..protocol import codec, frame, tables
 from ..protocol.codec import Reading
 from ..protocol.model import Command, Kind
-from ..protocol.tables import COMMANDS, REGISTER_QUERY, SYSTEM_INFO
+from ..protocol.tables import COMMANDS, SYSTEM_INFO
 from .timing import ReplyTimer
 
 log = get_logger(__name__)
@@ -377,10 +377,6 @@ class ClientCore(Generic[C]):
     def version(self) -> int:
         return self.identity.version if self.identity else 0
 
-    def reply_timeout(self, command: Command) -> float:
-        """Seconds an exchange of ``command`` may take: read here for every exchange."""
-        return self.timer.timeout()
-
     def _drop(self, error: InverterError) -> None:
         """The client's one teardown: close the connection, forget it and the identity.
 
@@ -483,6 +479,7 @@ class ClientCore(Generic[C]):
         bad_before = self.last_bad_frame
         while True:
             attempt += 1
+            waited = self.timer.timeout()  # this try's (a miss makes the next one longer)
             try:
                 (reply,) = yield from self._attempt(SYSTEM_INFO, frame.Frame(0x98), (0x98,))
             except (InverterTimeout, InverterUnreachable) as exc:
@@ -492,7 +489,7 @@ class ClientCore(Generic[C]):
                         raise InverterBusy(
                             f"connected to {self.where} but the inverter does not answer: "
                             f"no reply 0x98 (the identity query) within "
-                            f"{self.reply_timeout(SYSTEM_INFO):g} s, {attempt} tries; it is "
+                            f"{waited:g} s, {attempt} tries; it is "
                             "probably busy with another client (the vendor app, or another "
                             "bridge?)"
                         ) from exc
@@ -502,11 +499,7 @@ class ClientCore(Generic[C]):
                 yield Pause(self._delay(attempt))
                 yield from self._open()
                 continue
-            try:
-                return identity_of(reply, self.where)
-            except MalformedReply as exc:
-                self._drop(exc)
-                raise
+            return identity_of(reply, self.where)  # a MalformedReply: _ready drops it
 
     # ----------------------------------------------------------------------------------
     # Exchanges (the caller holds the queue slot, where there is one)
@@ -521,7 +514,7 @@ class ClientCore(Generic[C]):
         started = time.monotonic()
         try:
             answer: list[frame.Frame] = yield Ask(
-                connection, request, replies, self.reply_timeout(command))
+                connection, request, replies, self.timer.timeout())
         except InverterError as exc:
             if replies and isinstance(exc, InverterTimeout):
                 self.timer.unanswered()
@@ -600,7 +593,7 @@ class ClientCore(Generic[C]):
         """
         connection = self._connection
         assert connection is not None
-        timeout = self.reply_timeout(REGISTER_QUERY)
+        timeout = self.timer.timeout()
         try:
             yield Ask(connection, part1, (0xBB,), timeout)
         except InverterTimeout:  # the connection stays open: part 2 still goes out

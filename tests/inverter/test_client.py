@@ -259,6 +259,24 @@ async def test_an_inverter_busy_with_another_client_is_told_apart_from_an_unreac
         assert not second.connected
 
 
+async def test_an_inverter_that_stops_answering_is_told_busy_with_the_wait_it_got(
+        Client: Any) -> None:
+    """With the wait learnt from the round trips, the message names the wait the last
+    try had (the floor, 1 s), not the longer one the miss made for the next try."""
+    def busy_after_the_first(request: frame.Frame, connection: int) -> list[bytes] | None:
+        if connection > 1:
+            return []  # another client has it: the identity query gets no answer
+        return [frame.reply(0x0C, b"\x00\x01")] if request.command == 0x0C else None
+
+    async with FakeInverter(busy_after_the_first) as fake:
+        client = Client("127.0.0.1", fake.port, timeout=5, retries=0, adaptive=True)
+        await client.connect()
+        with pytest.raises(MalformedReply):  # drops the connection
+            await client.query(0x0C)
+        with pytest.raises(InverterBusy, match=r"within 1 s, 1 tries"):
+            await client.query(0x0C)
+
+
 @pytest.mark.parametrize("fault", [Fault.SILENCE, Fault.DROP])
 async def test_the_identity_query_is_retried_like_any_other(fault: Fault, Client: Any) -> None:
     async with Simulator(pcu=609) as sim:
