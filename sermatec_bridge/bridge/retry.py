@@ -28,7 +28,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,33 +49,34 @@ _CREDENTIALS = {134, 135, 140}  # bad user name or password, not authorized, bad
 
 @dataclass(frozen=True)
 class Step:
-    """What to do after a failure: wait ``delay`` seconds; log ``event`` unless None."""
+    """What to do after a failure: wait ``delay`` seconds; log ``event`` at ``level``."""
 
     delay: float
-    event: str | None = None
+    event: str
     level: str = "warning"
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def reason_code(error: BaseException) -> int | None:
-    """The MQTT reason code behind ``error`` (aiomqtt chains it as the cause), if any."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it was raised from or while handling, and so on."""
     seen: BaseException | None = error
     while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def reason_code(error: BaseException) -> int | None:
+    """The MQTT reason code behind ``error`` (aiomqtt chains it as the cause), if any."""
+    for seen in _chain(error):
         if isinstance(seen, MqttCodeError) and seen.rc is not None:
             rc = seen.rc
             return int(rc.value) if hasattr(rc, "value") else int(rc)
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
 def os_error(error: BaseException) -> OSError | None:
     """The socket error behind ``error`` (aiomqtt raises its text, with it as context)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((seen for seen in _chain(error) if isinstance(seen, OSError)), None)
 
 
 def what_to_check(code: int | None, mqtt: MqttSettings) -> str | None:

@@ -301,9 +301,8 @@ class Bridge:
             except* aiomqtt.MqttError as group_error:
                 self.broker.disconnected()
                 step = retry.failed(group_error.exceptions[0])
-                if step.event is not None:
-                    getattr(log, step.level)(step.event, broker=where,
-                                             retry_in=round(step.delay, 2), **step.fields)
+                getattr(log, step.level)(step.event, broker=where,
+                                         retry_in=round(step.delay, 2), **step.fields)
                 await asyncio.sleep(step.delay)
             finally:
                 self.broker.disconnected()

@@ -36,8 +36,9 @@ from . import schedules
 
 log = structlog.get_logger(__name__)
 
-# The writes reachable from MQTT. Network writes (Wi-Fi, cloud) and the reset are not.
-MQTT_WRITES = (0x64, 0x66, 0x67, 0x69, 0x6A, 0x71)
+# The writes reachable from MQTT as settings: every settings write but the clock (a
+# button of its own). Network writes (Wi-Fi, cloud) and the reset are not.
+MQTT_WRITES = tuple(sorted(tables.SETTINGS_WRITES - {tables.CLOCK.code}))
 CLOCK_KEY = "clock"
 CLOCK_PRESSES = ("press", "now")  # the button's payload_press (PRESS), or "now"
 FORCED_SCHEDULE = "forced_schedule"
