@@ -407,8 +407,8 @@ class Writer:
             version = session.version
             layout = codec.layout_of(command, version)
             sent = codec.decode(command, version, payload).values
-            request = {k: v for k, v in records.in_use(layout, sent).items()
-                       if k in {f.group or f.key for f in layout if f.wire is not Wire.RESERVED}}
+            settable = {f.group or f.key for f in layout if f.wire is not Wire.RESERVED}
+            request = {k: v for k, v in records.in_use(layout, sent).items() if k in settable}
             if tables.readback(command, version) is None:  # the clock: nothing to compare
                 plans = [_Plan(command, request, request, set(request))]
             else:
