@@ -254,13 +254,12 @@ class Relay:
 
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds``; False when the inverter has gone meanwhile."""
-        gone = asyncio.create_task(self._inverter_gone())
         try:
-            done, _ = await asyncio.wait({gone}, timeout=seconds)
-        finally:
-            gone.cancel()
-            await asyncio.gather(gone, return_exceptions=True)
-        return not done
+            async with asyncio.timeout(seconds):
+                await self._inverter_gone()
+        except TimeoutError:
+            return True
+        return False
 
     async def _inverter_gone(self) -> None:
         """Return once the inverter has had no connection for its timeout."""
