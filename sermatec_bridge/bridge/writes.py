@@ -215,9 +215,7 @@ def coerce(command: Command, version: int, key: str, value: Any,
     members = [f for f in codec.layout_of(command, version)
                if f.group == key and f.wire is not Wire.RESERVED]
     if not members:
-        slot = schedules.find(codec.layout_of(command, version), version, key)
-        f = slot.field if slot is not None else _field(command, version, key)
-        return _checked(f, key, value, notes)
+        return _checked(_field(command, version, key), key, value, notes)
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise codec.SettingRefused(key, value, "a list of records (JSON objects)")
     slots = records.slots(codec.layout_of(command, version), key)
@@ -326,8 +324,7 @@ def _wire(command: Command, version: int, key: str, value: Value) -> Any:
     layout = codec.layout_of(command, version)
     members = [f for f in layout if f.group == key and f.wire is not Wire.RESERVED]
     if not members:
-        slot = schedules.find(layout, version, key)
-        return codec.to_raw(slot.field if slot else _field(command, version, key), value)
+        return codec.to_raw(_field(command, version, key), value)
     return [tuple(codec.to_raw(f, r.get(f.key)) for f in members) for r in value]
 
 
@@ -770,7 +767,12 @@ async def _read(session: Session, query: Command) -> dict[str, Value]:
 
 
 def _field(command: Command, version: int, key: str) -> Field:
-    for f in codec.layout_of(command, version):
+    """The field of ``key``: one of the layout, or a schedule's period member."""
+    layout = codec.layout_of(command, version)
+    for f in layout:
         if f.key == key and f.group is None:
             return f
+    slot = schedules.find(layout, version, key)
+    if slot is not None:
+        return slot.field
     raise WriteRefused(f"{key} is not part of {command.label}")
