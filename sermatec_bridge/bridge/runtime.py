@@ -77,7 +77,7 @@ from .intake import STOPPING, Command, Intake, Refusal
 from .publisher import Broker, Publisher, bridge_id, quote, refusal
 from .schedule import Scheduler
 from .state import EnergyGuard, derived_fields, is_published, state_payload
-from .writes import Writer
+from .writes import Writer, WriteResult
 
 log = structlog.get_logger(__name__)
 
@@ -172,6 +172,14 @@ def unknown_values(queries: list[Query], version: int) -> dict[str, None]:
         out.update(dict.fromkeys(slot.key for slot in schedules.slots(layout, version)))
     out.update(dict.fromkeys(f.key for f in derived_fields(set(out))))
     return out
+
+
+def result_body(command: WriteCommand, result: WriteResult) -> dict[str, Any]:
+    """What a write's result says on ``set/result``: the result, and the topic it came on."""
+    body: dict[str, Any] = result.as_json()
+    if command.key is not None:
+        body["topic"] = f"set/{quote(command.key)}"
+    return body
 
 
 class InverterRuntime:
@@ -549,9 +557,7 @@ class InverterRuntime:
     async def answer(self, command: WriteCommand, result: Any) -> None:
         """Publish a write's result (a :class:`WriteResult`), count and log it."""
         self.stats.writes["ok" if result.ok else "refused"] += 1
-        body: dict[str, Any] = result.as_json()
-        if command.key is not None:
-            body["topic"] = f"set/{quote(command.key)}"
+        body = result_body(command, result)
         (self.log.info if result.ok else self.log.warning)("write result", **body)
         await self.publisher.result(body, command.properties)
 

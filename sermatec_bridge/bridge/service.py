@@ -40,7 +40,13 @@ from .intake import Intake, Refusal
 from .policy import Policy
 from .publisher import OFFLINE, Broker, publish_result, quote, refusal, valid_topic_name
 from .retry import SETTLED, BrokerRetry
-from .runtime import COMMAND_DEADLINE, STOP_GRACE, InverterRuntime, WriteCommand
+from .runtime import (
+    COMMAND_DEADLINE,
+    STOP_GRACE,
+    InverterRuntime,
+    WriteCommand,
+    result_body,
+)
 from .writes import WriteRefused, WriteResult, parse_request
 
 log = structlog.get_logger(__name__)
@@ -400,9 +406,7 @@ class Bridge:
                       worker: InverterRuntime | None) -> None:
         """The result of a write refused before it was queued: published every time,
         logged at most once a minute with the count (a flood on set/# costs one line)."""
-        body = result.as_json()
-        if command.key is not None:
-            body["topic"] = f"set/{quote(command.key)}"
+        body = result_body(command, result)
         if worker is not None:
             worker.stats.writes["refused"] += 1
         self.refused.add("write refused", inverter=quote(command.topic_id), **body)
