@@ -176,15 +176,14 @@ class Bridge:
             self._start(worker)
         host = self.settings.proxy.host
         proxies = [self._supervised(_listen(
-            partial(server.serve, host, port), host, port, f"the app proxy of {server.name}",
+            server.serve, host, port, f"the app proxy of {server.name}",
             "inverter.proxy_port, proxy.host"), f"proxy {server.name}")
             for port, server in self.proxies]
         if self.listener is not None:
             cloud_config = self.settings.cloud
             assert cloud_config.listen_port is not None
             proxies.append(self._supervised(_listen(
-                partial(self.listener.serve, cloud_config.listen_host,
-                        cloud_config.listen_port),
+                self.listener.serve,
                 cloud_config.listen_host, cloud_config.listen_port, "the cloud listener",
                 "cloud.listen_port, cloud.listen_host"), "cloud listener"))
         others = [self._supervised(self._mqtt_loop(), "mqtt"),
@@ -194,9 +193,8 @@ class Bridge:
         health_config = self.settings.health
         if health_config.metrics_port:
             others.append(self._supervised(_listen(
-                partial(metrics.serve, self, health_config.metrics_host,
-                        health_config.metrics_port),
-                health_config.metrics_host, health_config.metrics_port, "the metrics",
+                partial(metrics.serve, self), health_config.metrics_host,
+                health_config.metrics_port, "the metrics",
                 "health.metrics_port, health.metrics_host"), "metrics"))
         try:
             await self.stopping.wait()
@@ -473,8 +471,8 @@ class Bridge:
             await asyncio.sleep(min(5.0, self.settings.poll.live))
 
 
-async def _listen(serve: Callable[[], Awaitable[None]], host: str, port: int, what: str,
-                  settings: str) -> None:
+async def _listen(serve: Callable[[str, int], Awaitable[None]], host: str, port: int,
+                  what: str, settings: str) -> None:
     """Serve a port of the bridge's that is not what it is for (the app proxy, the cloud
     listener, the metrics): one it cannot listen on (in use, an address this machine
     lacks) is said in one line naming its settings and tried again with backoff, while the
@@ -482,7 +480,7 @@ async def _listen(serve: Callable[[], Awaitable[None]], host: str, port: int, wh
     failures = 0
     while True:
         try:
-            await serve()
+            await serve(host, port)
             return
         except OSError as exc:
             failures += 1
